@@ -1,0 +1,3 @@
+from matcli.cli import main
+
+main()

@@ -1,0 +1,138 @@
+"""Architecture knowledge as data: one YAML file per model family in `families/`.
+
+A family file names, relative to a decoder layer's prefix, where the FFN and attention
+projections are, plus the embedding and config keys. Adding a family means adding a file;
+no command branches on the family name.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from importlib import resources
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+from matcli.errors import MatcliError
+
+LinearKind = Literal["ffn", "attention", "other"]
+
+
+class FfnNames(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    gate: str | None
+    up: str
+    down: str
+    fused_gate_up: str | None = None
+
+
+class ConfigKeys(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    num_layers: str
+    intermediate_size: str
+
+
+class Family(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    model_types: tuple[str, ...]
+    text_config: str | None
+    layers: tuple[str, ...]
+    ffn: FfnNames
+    attention: tuple[str, ...]
+    other_linear: tuple[str, ...]
+    embeddings: tuple[str, ...]
+    lm_head: str | None
+    config: ConfigKeys
+
+
+@cache
+def families() -> dict[str, Family]:
+    """Every family file, with `extends:` resolved (a file overrides its parent's keys)."""
+    raw = {}
+    for entry in resources.files("matcli.arch").joinpath("families").iterdir():
+        if entry.name.endswith(".yaml"):
+            raw[entry.name.removesuffix(".yaml")] = yaml.safe_load(entry.read_text())
+
+    def resolved(name: str) -> dict:
+        data = dict(raw[name])
+        parent = data.pop("extends", None)
+        return {**resolved(parent), **data} if parent else data
+
+    return {name: Family(name=name, **resolved(name)) for name in sorted(raw)}
+
+
+def family_for_model_type(model_type: str | None) -> Family:
+    for family in families().values():
+        if model_type in family.model_types:
+            return family
+    known = ", ".join(sorted(t for f in families().values() for t in f.model_types))
+    raise MatcliError(
+        f"unknown model family {model_type!r} (config.json model_type); matcli knows {known}. "
+        f"Add matcli/arch/families/{model_type or 'NAME'}.yaml describing its tensor names "
+        "(copy llama.yaml and edit it)"
+    )
+
+
+class Architecture:
+    """A family bound to one checkpoint: the layer prefix its tensor names actually use."""
+
+    def __init__(self, family: Family, tensor_names: list[str]):
+        self.family = family
+        self._layer_re = None
+        for template in family.layers:
+            prefix_re = re.escape(template).replace(re.escape("{layer}"), r"(\d+)")
+            candidate = re.compile(f"^{prefix_re}(.+)$")
+            if any(candidate.match(n) for n in tensor_names):
+                self._layer_re = candidate
+                self.layer_template = template
+                break
+        if self._layer_re is None:
+            raise MatcliError(
+                f"no tensor name matches the {family.name} layer prefixes {list(family.layers)}; "
+                f"the checkpoint does not look like {family.name}: check config.json model_type, "
+                f"or fix matcli/arch/families/{family.name}.yaml"
+            )
+        self._kinds: dict[str, LinearKind] = {}
+        for name in (family.ffn.gate, family.ffn.up, family.ffn.down, family.ffn.fused_gate_up):
+            if name:
+                self._kinds[name] = "ffn"
+        for name in family.attention:
+            self._kinds[name] = "attention"
+        for name in family.other_linear:
+            self._kinds[name] = "other"
+
+    @property
+    def name(self) -> str:
+        return self.family.name
+
+    def split_layer(self, tensor_name: str) -> tuple[int, str] | None:
+        """(layer index, name relative to the layer) for a tensor inside a decoder layer."""
+        m = self._layer_re.match(tensor_name)
+        return (int(m.group(1)), m.group(2)) if m else None
+
+    def linear_kind(self, module_name: str) -> LinearKind | None:
+        """Whether a module (a tensor name without `.weight`) is an FFN, attention or other Linear."""
+        split = self.split_layer(module_name + ".")
+        return self._kinds.get(split[1].removesuffix(".")) if split else None
+
+    def num_layers(self, text_config: dict) -> int:
+        key = self.family.config.num_layers
+        if key not in text_config:
+            raise MatcliError(f"config.json has no {key!r}; the {self.name} config is incomplete")
+        return int(text_config[key])
+
+    def projection_regex(self, layers: list[int], names: list[str]) -> str:
+        """A regex matching the modules `names` (relative to a layer) in the given layers."""
+        layer_part = "(?:" + "|".join(str(i) for i in sorted(layers)) + ")"
+        # Every layout of the family, not only this checkpoint's: transformers renames old
+        # layouts on load (Gemma 3's language_model.model. -> model.language_model.), and
+        # compressed-tensors targets must match the module names it ends up with.
+        prefixes = [re.escape(t).replace(re.escape("{layer}"), layer_part) for t in self.family.layers]
+        return "^(?:" + "|".join(prefixes) + ")(?:" + "|".join(re.escape(n) for n in names) + ")$"
+
+
+def resolve(config: dict, tensor_names: list[str]) -> Architecture:
+    return Architecture(family_for_model_type(config.get("model_type")), tensor_names)

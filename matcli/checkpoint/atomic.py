@@ -1,0 +1,88 @@
+"""Atomic output: build everything in a staging folder beside the destination, then rename.
+
+A crash, Ctrl-C or a full disk leaves the destination absent (or, with --force, the old
+one untouched): never half written. A staging folder left by a killed process is named
+`.NAME.matcli-tmp-PID` and is removed by the next run that writes NAME.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from matcli.errors import MatcliError
+
+STAGING_MARK = ".matcli-tmp-"
+
+
+def check_destination(destination: Path, force: bool, inputs: list[Path]) -> None:
+    """Refuse destinations that would lose data, before any work is done."""
+    destination = destination.absolute()
+    resolved = destination.resolve()
+    for source in inputs:
+        source = source.resolve()
+        if resolved == source or resolved in source.parents:
+            raise MatcliError(f"output {destination} would replace the input {source}; choose another -o")
+    if destination.is_file():
+        raise MatcliError(f"output {destination} is a file; give a folder path for -o")
+    if destination.is_dir() and any(destination.iterdir()) and not force:
+        raise MatcliError(f"output folder {destination} exists and is not empty; choose another -o, or pass --force to replace it")
+
+
+@contextmanager
+def staged_folder(destination: Path, force: bool) -> Iterator[Path]:
+    """Yield an empty staging folder; on success it replaces `destination` in one rename."""
+    destination = destination.absolute()
+    parent = destination.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(parent, destination.name)
+    staging = parent / f".{destination.name}{STAGING_MARK}{os.getpid()}"
+    staging.mkdir()
+    try:
+        yield staging
+        _fsync_dir(staging)
+        _replace(staging, destination, force)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _replace(staging: Path, destination: Path, force: bool) -> None:
+    if destination.exists():
+        if any(destination.iterdir()) and not force:  # appeared while we worked
+            raise MatcliError(f"output folder {destination} was filled by someone else during the run; nothing was replaced")
+        old = destination.parent / f".{destination.name}.matcli-old-{os.getpid()}"
+        os.rename(destination, old)
+        os.rename(staging, destination)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(staging, destination)
+    _fsync_dir(destination.parent)
+
+
+def _remove_stale_staging(parent: Path, name: str) -> None:
+    for entry in parent.glob(f".{name}{STAGING_MARK}*"):
+        pid = entry.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

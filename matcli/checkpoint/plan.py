@@ -1,0 +1,182 @@
+"""Plan, then stream: the shared shape of every model-free command.
+
+A command turns headers and config into a `Plan` (every output tensor with dtype, shape and
+how to produce it; config edits; files to copy; shards). Every validation error is raised
+while planning, before a byte is written. `--dry-run` renders the plan; `execute` streams it
+into a staging folder and renames it into place.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from matcli import __version__
+from matcli.checkpoint.atomic import check_destination, staged_folder
+from matcli.checkpoint.aux_files import aux_files, copy_aux_files
+from matcli.checkpoint.manifest import base_manifest, source_digest, write_manifest
+from matcli.checkpoint.reader import DEFAULT_CHUNK_BYTES, ModelFolder
+from matcli.checkpoint.writer import (
+    DEFAULT_MAX_SHARD_BYTES,
+    CheckpointWriter,
+    OutputTensor,
+    ShardLayout,
+    write_in_lockstep,
+)
+
+# Measured resident size of a matcli process with torch imported, before any tensor work.
+PROCESS_BASE_BYTES = 300 * 1024 * 1024
+# Bytes of working memory per byte of input chunk: the chunk, its decoded codes and the
+# transformed output (measured for slicing in benchmarks/slice_benchmark.py).
+WORKING_SET_PER_CHUNK_BYTE = 6
+
+
+@dataclass
+class OutputCheckpoint:
+    """One model folder the plan writes (several when slicing to several widths)."""
+
+    name: str  # folder inside the destination; "" means the destination itself
+    config: dict
+    tensors: list[OutputTensor]
+    metadata: dict[str, str] = field(default_factory=dict)
+    # Called after the tensors are written, for facts known only then (e.g. overflow counts).
+    finish_config: Callable[[dict], None] | None = None
+
+
+@dataclass
+class Plan:
+    command: str
+    source: ModelFolder
+    outputs: list[OutputCheckpoint]
+    options: dict
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.aux = aux_files(self.source.path)
+
+    def layout(self, output: OutputCheckpoint) -> ShardLayout:
+        return ShardLayout.plan(output.tensors, self.max_shard_bytes)
+
+    @property
+    def lockstep(self) -> bool:
+        """Whether the outputs can be written chunk by chunk together (same tensor list)."""
+        names = [[t.name for t in o.tensors] for o in self.outputs]
+        return len(self.outputs) > 1 and all(n == names[0] for n in names)
+
+    def peak_memory_estimate(self) -> int:
+        caches = len(self.outputs) if self.lockstep else 1
+        return PROCESS_BASE_BYTES + (WORKING_SET_PER_CHUNK_BYTE + caches) * self.chunk_bytes
+
+    def total_bytes(self) -> int:
+        return sum(t.nbytes for o in self.outputs for t in o.tensors)
+
+    def describe(self) -> dict:
+        """The plan as JSON-able data: what --dry-run prints."""
+        outputs = []
+        for o in self.outputs:
+            layout = self.layout(o)
+            transforms: dict[str, dict] = {}
+            for t in o.tensors:
+                entry = transforms.setdefault(t.transform, {"tensors": 0, "bytes": 0})
+                entry["tensors"] += 1
+                entry["bytes"] += t.nbytes
+            outputs.append(
+                {
+                    "folder": o.name,
+                    "tensors": len(o.tensors),
+                    "bytes": sum(layout.shard_bytes()),
+                    "shards": dict(zip(layout.file_names(), layout.shard_bytes())),
+                    "transforms": transforms,
+                    "config_changes": config_diff(self.source.config, o.config),
+                    "tensor_list": [
+                        {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "transform": t.transform}
+                        for t in o.tensors
+                    ],
+                }
+            )
+        return {
+            "command": self.command,
+            "input": str(self.source.path),
+            "outputs": outputs,
+            "copied_files": [p.as_posix() for p in self.aux],
+            "estimated_peak_memory_bytes": self.peak_memory_estimate(),
+            "warnings": self.warnings,
+        }
+
+
+def copy_tensor(folder: ModelFolder, name: str, chunk_bytes: int) -> OutputTensor:
+    """An output tensor that is the input tensor, byte for byte, read in chunks."""
+    info = folder.tensors[name]
+
+    def chunks():
+        for start in range(0, info.nbytes, chunk_bytes):
+            yield folder.read_bytes(name, start, min(start + chunk_bytes, info.nbytes))
+
+    return OutputTensor(name, info.dtype, info.shape, chunks, "copy")
+
+
+def config_diff(before: dict, after: dict, prefix: str = "") -> list[dict]:
+    """Changed keys as {key, before, after}; nested objects are compared key by key."""
+    changes = []
+    for key in sorted(set(before) | set(after)):
+        path = f"{prefix}{key}"
+        b, a = before.get(key, _ABSENT), after.get(key, _ABSENT)
+        if isinstance(b, dict) and isinstance(a, dict):
+            changes += config_diff(b, a, path + ".")
+        elif b != a:
+            changes.append({"key": path, "before": _show(b), "after": _show(a)})
+    return changes
+
+
+_ABSENT = object()
+
+
+def _show(value: object) -> object:
+    return "(absent)" if value is _ABSENT else value
+
+
+def write_config(folder: Path, config: dict) -> None:
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def execute(plan: Plan, destination: Path, force: bool, on_bytes: Callable[[int], None] = lambda n: None) -> None:
+    """Stream the plan into a staging folder, then rename it to `destination`."""
+    check_destination(destination, force, [plan.source.path])
+    if plan.lockstep:
+        plan.source._cache_entries = 4 * len(plan.outputs)
+    with staged_folder(destination, force) as staging:
+        folders = [staging / o.name for o in plan.outputs]
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+        provenance = {
+            "format": "pt",
+            "matcli.version": __version__,
+            "matcli.command": plan.command,
+            "matcli.source_sha256": source_digest(plan.source),
+        }
+        writers = [
+            CheckpointWriter(folder, plan.layout(o), {**provenance, **o.metadata}, on_bytes)
+            for folder, o in zip(folders, plan.outputs)
+        ]
+        if plan.lockstep:
+            write_in_lockstep(writers, [o.tensors for o in plan.outputs])
+        else:
+            for writer, output in zip(writers, plan.outputs):
+                for tensor in output.tensors:
+                    writer.write_tensor(tensor)
+        for writer, folder, output in zip(writers, folders, plan.outputs):
+            writer.finish()
+            if output.finish_config:
+                output.finish_config(output.config)
+            write_config(folder, output.config)
+            copy_aux_files(plan.source.path, folder, plan.aux)
+            manifest = base_manifest(plan.command, plan.options, plan.source)
+            manifest["output"] = {
+                "folder": output.name,
+                "files": [{"name": w.name, "size": w.size, "sha256": w.sha256} for w in writer.written],
+            }
+            write_manifest(folder, manifest)

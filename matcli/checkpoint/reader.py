@@ -1,0 +1,198 @@
+"""Read a Hugging Face model folder: config, (sharded) safetensors headers, lazy tensor reads."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+
+from matcli.checkpoint.safetensors_file import (
+    DTYPES,
+    SafetensorsHeader,
+    TensorInfo,
+    read_header,
+    read_range,
+)
+from matcli.errors import MatcliError
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+# Default size of one read: large enough for full disk throughput, small enough that a few
+# chunks and their transforms stay well under the memory targets.
+DEFAULT_CHUNK_BYTES = 32 * 1024 * 1024
+
+
+class ModelFolder:
+    """A model folder opened for reading: config.json, headers of every shard, tensor index.
+
+    Opening reads only headers. Tensor data is read on demand, whole or by rows, with
+    positioned reads. A few recent row chunks are kept so that several outputs written in
+    lockstep read each input chunk from disk once.
+    """
+
+    def __init__(self, path: Path | str, chunk_cache_entries: int = 0):
+        self.path = Path(path)
+        _check_folder(self.path)
+        self.config = _read_json(self.path / "config.json", "config.json")
+        if not isinstance(self.config, dict):
+            raise MatcliError(f"{self.path / 'config.json'} is not a JSON object; fix or re-create it")
+        self.shard_names = _shard_names(self.path)
+        self.headers: dict[str, SafetensorsHeader] = {}
+        self.tensors: dict[str, TensorInfo] = {}
+        for name in self.shard_names:
+            header = read_header(self.path / name)
+            self.headers[name] = header
+            for tname, info in header.tensors.items():
+                if tname in self.tensors:
+                    raise MatcliError(f"tensor {tname!r} appears in two shards of {self.path}; the checkpoint is inconsistent")
+                self.tensors[tname] = info
+        self._check_index()
+        self._fds: dict[Path, int] = {}
+        self._cache: OrderedDict[tuple[str, int, int], torch.Tensor] = OrderedDict()
+        self._cache_entries = chunk_cache_entries
+
+    # --- structure -------------------------------------------------------------------------
+
+    def _check_index(self) -> None:
+        index_path = self.path / INDEX_NAME
+        if not index_path.exists():
+            return
+        weight_map = self._weight_map()
+        missing = sorted(set(weight_map) - set(self.tensors))
+        if missing:
+            raise MatcliError(
+                f"{index_path} lists {len(missing)} tensor(s) its shards do not hold "
+                f"(first: {missing[0]!r}); the checkpoint is incomplete, re-download it"
+            )
+
+    def _weight_map(self) -> dict[str, str]:
+        index = _read_json(self.path / INDEX_NAME, INDEX_NAME)
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict):
+            raise MatcliError(f"{self.path / INDEX_NAME} has no weight_map; fix or re-create the index")
+        return weight_map
+
+    @property
+    def total_tensor_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())
+
+    @property
+    def files_size(self) -> int:
+        return sum(h.file_size for h in self.headers.values())
+
+    def text_config(self, key: str | None) -> dict:
+        """The language-model part of the config (multimodal wrappers nest it under a key)."""
+        if key and isinstance(self.config.get(key), dict):
+            return self.config[key]
+        return self.config
+
+    # --- data ------------------------------------------------------------------------------
+
+    def read(self, name: str) -> torch.Tensor:
+        info = self.tensors[name]
+        return self.read_rows(name, 0, info.rows)
+
+    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of a tensor (the whole tensor for a scalar), as a new tensor."""
+        key = (name, start, stop)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        info = self.tensors[name]
+        row_bytes = info.row_bytes
+        buf = read_range(self._fd(info.path), info.start + start * row_bytes, (stop - start) * row_bytes, info.path)
+        dtype = getattr(torch, DTYPES[info.dtype][0])
+        shape = (stop - start, *info.shape[1:]) if info.shape else ()
+        tensor = torch.frombuffer(buf, dtype=dtype).reshape(shape) if buf else torch.empty(shape, dtype=dtype)
+        if self._cache_entries:
+            self._cache[key] = tensor
+            while len(self._cache) > self._cache_entries:
+                self._cache.popitem(last=False)
+        return tensor
+
+    def read_bytes(self, name: str, start: int, stop: int) -> bytearray:
+        """Raw bytes [start, stop) of a tensor's data, for byte-for-byte copies."""
+        info = self.tensors[name]
+        return read_range(self._fd(info.path), info.start + start, stop - start, info.path)
+
+    def row_chunks(self, name: str, max_bytes: int = DEFAULT_CHUNK_BYTES) -> list[tuple[int, int]]:
+        """Row ranges that cover the tensor, each at most max_bytes (at least one row)."""
+        info = self.tensors[name]
+        rows_per_chunk = max(1, max_bytes // max(1, info.row_bytes))
+        return [(s, min(s + rows_per_chunk, info.rows)) for s in range(0, info.rows, rows_per_chunk)] or [(0, 0)]
+
+    def _fd(self, path: Path) -> int:
+        if path not in self._fds:
+            self._fds[path] = os.open(path, os.O_RDONLY)
+        return self._fds[path]
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        self._cache.clear()
+
+    def __enter__(self) -> ModelFolder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _check_folder(path: Path) -> None:
+    if not path.exists():
+        raise MatcliError(f"{path} does not exist; give the path of a Hugging Face model folder")
+    if not path.is_dir():
+        raise MatcliError(f"{path} is a file; give the folder that holds config.json and the safetensors files")
+    if not (path / "config.json").is_file():
+        raise MatcliError(f"{path} has no config.json; give the path of a Hugging Face model folder")
+
+
+def _shard_names(path: Path) -> list[str]:
+    if (path / INDEX_NAME).is_file():
+        index = _read_json(path / INDEX_NAME, INDEX_NAME)
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise MatcliError(f"{path / INDEX_NAME} has no weight_map; fix or re-create the index")
+        names = sorted(set(weight_map.values()))
+        for name in names:
+            _check_inside(path, name)
+        return names
+    if (path / SINGLE_NAME).is_file():
+        return [SINGLE_NAME]
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise MatcliError(
+            f"{path} holds only pickle checkpoints ({pickles[0]}); matcli reads safetensors only, "
+            "because loading pickles can run arbitrary code. Convert it first: "
+            "AutoModel.from_pretrained(path).save_pretrained(new_path) writes safetensors"
+        )
+    raise MatcliError(f"{path} has no {SINGLE_NAME} and no {INDEX_NAME}; it holds no safetensors weights")
+
+
+def _check_inside(folder: Path, name: object) -> None:
+    """A shard name from an index must be a plain file inside the model folder."""
+    if not isinstance(name, str) or not name:
+        raise MatcliError(f"{folder / INDEX_NAME} names an invalid shard {name!r}; fix the index")
+    resolved = (folder / name).resolve()
+    if resolved.parent != folder.resolve() or os.path.isabs(name):
+        raise MatcliError(
+            f"{folder / INDEX_NAME} points to {name!r}, outside the model folder; "
+            "refusing to read it (fix the index: shard names must be plain file names)"
+        )
+    if not resolved.is_file():
+        raise MatcliError(f"{folder / INDEX_NAME} names shard {name!r}, which is missing; re-download the checkpoint")
+
+
+def _read_json(path: Path, what: str) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise MatcliError(f"{path} is missing") from e
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MatcliError(f"{path} ({what}) is not valid JSON: {e}; fix or re-create it") from e

@@ -1,0 +1,164 @@
+"""safetensors headers and byte-range reads, without memory-mapping whole files.
+
+A safetensors file is: 8 bytes (little-endian u64) header length N, N bytes of JSON
+header ({name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {str: str}}),
+then the tensor data; offsets are relative to the end of the header. We parse the header
+ourselves to give one clear error for each way a file can be broken, and read tensor bytes
+with positioned reads into fresh buffers, so peak memory is one chunk rather than every page
+of an mmap that was ever touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from matcli.errors import MatcliError
+
+# safetensors dtype code -> (torch dtype name, bytes per element)
+DTYPES: dict[str, tuple[str, int]] = {
+    "BOOL": ("bool", 1),
+    "U8": ("uint8", 1),
+    "I8": ("int8", 1),
+    "I16": ("int16", 2),
+    "U16": ("uint16", 2),
+    "F16": ("float16", 2),
+    "BF16": ("bfloat16", 2),
+    "I32": ("int32", 4),
+    "U32": ("uint32", 4),
+    "F32": ("float32", 4),
+    "I64": ("int64", 8),
+    "U64": ("uint64", 8),
+    "F64": ("float64", 8),
+    "F8_E4M3": ("float8_e4m3fn", 1),
+    "F8_E5M2": ("float8_e5m2", 1),
+}
+CODE_OF_TORCH_NAME = {name: code for code, (name, _) in DTYPES.items()}
+
+# Real headers are a few MB at most (a 10k-tensor model is ~1 MB); anything far larger is
+# a corrupt length field, and reading it would allocate that much memory.
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor's bytes are: file, absolute offset, size; plus dtype and shape."""
+
+    name: str
+    dtype: str  # safetensors code, e.g. "BF16"
+    shape: tuple[int, ...]
+    path: Path
+    start: int  # absolute byte offset of the data in the file
+    nbytes: int
+
+    @property
+    def itemsize(self) -> int:
+        return DTYPES[self.dtype][1]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def rows(self) -> int:
+        """Length of the first dimension (1 for a scalar)."""
+        return self.shape[0] if self.shape else 1
+
+    @property
+    def row_bytes(self) -> int:
+        return self.nbytes // self.rows if self.rows else 0
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    path: Path
+    tensors: dict[str, TensorInfo]
+    metadata: dict[str, str]
+    header_sha256: str
+    file_size: int
+
+
+def _corrupt(path: Path, what: str) -> MatcliError:
+    return MatcliError(f"{path} is not a valid safetensors file: {what}; re-download or re-create it")
+
+
+def read_header(path: Path) -> SafetensorsHeader:
+    """Parse and validate a safetensors header; no tensor data is read."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise _corrupt(path, f"the file has only {size} bytes")
+            header_len = int.from_bytes(prefix, "little")
+            if header_len > min(size - 8, MAX_HEADER_BYTES):
+                raise _corrupt(
+                    path, f"its header length field says {header_len} bytes but the file has {size}"
+                )
+            raw = f.read(header_len)
+    except OSError as e:
+        raise MatcliError(f"cannot read {path}: {e.strerror}") from e
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _corrupt(path, f"its header is not JSON ({e})") from e
+    if not isinstance(header, dict):
+        raise _corrupt(path, "its header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    data_start = 8 + header_len
+    data_size = size - data_start
+    tensors = {}
+    end_of_data = 0
+    for name, entry in header.items():
+        info = _tensor_info(path, name, entry, data_start)
+        if info.start + info.nbytes > size:
+            raise _corrupt(path, f"tensor {name!r} ends at byte {info.start + info.nbytes} beyond the end of the file ({size} bytes): the file is truncated")
+        end_of_data = max(end_of_data, info.start + info.nbytes - data_start)
+        tensors[name] = info
+    if end_of_data != data_size:
+        raise _corrupt(path, f"its header describes {end_of_data} bytes of tensor data but the file holds {data_size}")
+    return SafetensorsHeader(
+        path=path,
+        tensors=tensors,
+        metadata={str(k): str(v) for k, v in metadata.items()},
+        header_sha256=hashlib.sha256(prefix + raw).hexdigest(),
+        file_size=size,
+    )
+
+
+def _tensor_info(path: Path, name: str, entry: object, data_start: int) -> TensorInfo:
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+        raise _corrupt(path, f"entry {name!r} lacks dtype, shape or data_offsets")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dtype not in DTYPES:
+        raise _corrupt(path, f"tensor {name!r} has unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise _corrupt(path, f"tensor {name!r} has an invalid shape {shape!r}")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(o, int) and o >= 0 for o in offsets)
+        or offsets[1] < offsets[0]
+    ):
+        raise _corrupt(path, f"tensor {name!r} has invalid data_offsets {offsets!r}")
+    nbytes = offsets[1] - offsets[0]
+    if nbytes != math.prod(shape) * DTYPES[dtype][1]:
+        raise _corrupt(path, f"tensor {name!r} has {nbytes} bytes for shape {shape} of {dtype}")
+    return TensorInfo(name, dtype, tuple(shape), path, data_start + offsets[0], nbytes)
+
+
+def read_range(fd: int, start: int, nbytes: int, path: Path) -> bytearray:
+    """Read exactly nbytes at an absolute offset into a fresh, writable buffer."""
+    buf = bytearray(nbytes)
+    view = memoryview(buf)
+    done = 0
+    while done < nbytes:
+        n = os.preadv(fd, [view[done:]], start + done)
+        if n == 0:
+            raise MatcliError(f"{path} ended early while reading: the file was truncated or changed during the run")
+        done += n
+    return buf

@@ -1,0 +1,68 @@
+"""The `matcli` command line. Thin: options -> plan -> run -> render.
+
+Command modules import torch and transformers inside their functions, so that
+`matcli --help` starts instantly.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import traceback
+
+import typer
+
+from matcli import __version__
+from matcli.cli import demo, inspect, quantize, slice
+from matcli.errors import RUNTIME, MatcliError
+
+app = typer.Typer(
+    name="matcli",
+    help="Turn one trained model into many: Matryoshka quantization (quantize, slice), inspect, demo.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("quantize", help=quantize.HELP)(quantize.quantize)
+app.command("slice", help=slice.HELP)(slice.slice_command)
+app.command("inspect", help=inspect.HELP)(inspect.inspect_command)
+app.command("demo", help=demo.HELP)(demo.demo)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"matcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Global options."""
+
+
+def _terminate(signum, frame):
+    # SIGTERM unwinds like Ctrl-C, so staging folders are removed and nothing partial stays.
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    debug = "--debug" in sys.argv[1:]
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        app(prog_name="matcli")
+    except MatcliError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("error: interrupted; no output was written", file=sys.stderr)
+        sys.exit(130)
+    except MemoryError:
+        if debug:
+            traceback.print_exc()
+        print("error: out of memory; lower --chunk-size or free memory", file=sys.stderr)
+        sys.exit(RUNTIME)

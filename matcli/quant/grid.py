@@ -1,0 +1,170 @@
+"""Grid math of Matryoshka Quantization: pure tensor functions, no I/O.
+
+Notation follows the MatQuant paper (Nair et al. 2025): c is the parent bit-width, r the
+sliced width, k = c - r. Codes are unsigned integers on the c-bit grid [0, 2^c - 1]; a
+weight is recovered as scale * (code - zero).
+
+- `minmax_params` / `quantize_codes`: MinMax quantization Q(w, c) (paper Eq. 1), asymmetric
+  or symmetric, one (scale, zero) per output channel or per group of input columns.
+- `slice_codes`: the slicing operator S(q, c, r) (paper Eq. 6) in integer arithmetic,
+  rounding half up, then clamping; `extra_precision=True` drops the clamp (2^r + 1 levels).
+- `dequantize`: scale * (code - zero), computed exactly as compressed-tensors does it, so a
+  checkpoint loaded by transformers materializes the same floats as matcli computes here.
+"""
+
+from __future__ import annotations
+
+import torch
+
+MAX_BITS = 8
+
+
+def check_bits(bits: int, what: str = "bit-width") -> None:
+    if not 1 <= bits <= MAX_BITS:
+        raise ValueError(f"{what} must be between 1 and {MAX_BITS}, got {bits}")
+
+
+def groups_of(num_columns: int, group_size: int | None) -> int:
+    """Number of scale columns: 1 per output channel, or one per group of input columns."""
+    if group_size is None:
+        return 1
+    if group_size <= 0 or num_columns % group_size:
+        raise ValueError(f"group size {group_size} does not divide the {num_columns} input columns")
+    return num_columns // group_size
+
+
+def _grouped(w: torch.Tensor, group_size: int | None) -> torch.Tensor:
+    """View a [rows, cols] tensor as [rows, groups, columns per group]."""
+    rows, cols = w.shape
+    return w.reshape(rows, groups_of(cols, group_size), -1)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def symmetric_zero(bits: int) -> int:
+    """The zero point of the symmetric scheme: the middle of the unsigned grid."""
+    return 1 << (bits - 1)
+
+
+def minmax_params(
+    w: torch.Tensor,
+    bits: int,
+    symmetric: bool,
+    group_size: int | None = None,
+    scale_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MinMax scale and zero point of Q(w, c), shape [rows, groups] each.
+
+    Asymmetric (paper Eq. 1): alpha = (max - min) / (2^c - 1), z = round(-min / alpha). The
+    range is widened to include 0 so that an all-positive or constant group stays exact.
+    Symmetric (MatGPTQ's choice): alpha = 2 max|w| / (2^c - 1), z = 2^(c-1), which keeps the
+    sliced zero point z / 2^(c-r) an integer at every r.
+
+    The scale is rounded to `scale_dtype` (the dtype it will be stored in) before the zero
+    point is computed, so codes, scale and zero stay consistent after saving.
+    """
+    check_bits(bits)
+    levels = (1 << bits) - 1
+    g = _grouped(w.to(_compute_dtype(w.dtype)), group_size)
+    if symmetric:
+        scale = 2 * g.abs().amax(dim=-1) / levels
+    else:
+        lo = g.amin(dim=-1).clamp(max=0)
+        hi = g.amax(dim=-1).clamp(min=0)
+        scale = (hi - lo) / levels
+    # An all-zero group has no range: any positive scale represents it exactly.
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    scale = scale.to(scale_dtype or w.dtype)
+    if symmetric:
+        zero = torch.full(scale.shape, symmetric_zero(bits), dtype=torch.int32)
+    else:
+        zero = torch.round(-lo / scale.to(lo.dtype)).clamp(0, levels).to(torch.int32)
+    return scale, zero
+
+
+def quantize_codes(
+    w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int
+) -> torch.Tensor:
+    """Q(w, c) = clamp(round(w / alpha) + z, 0, 2^c - 1) as uint8 codes, shape of w.
+
+    `scale` and `zero` have shape [rows, groups]; ties of w / alpha round half to even (as
+    torch.round does); for real-valued weights ties have measure zero.
+    """
+    check_bits(bits)
+    rows, cols = w.shape
+    group_size = cols // scale.shape[1]
+    g = _grouped(w.to(_compute_dtype(w.dtype)), group_size)
+    s = scale.to(g.dtype).unsqueeze(-1)
+    q = torch.round(g / s) + zero.to(g.dtype).unsqueeze(-1)
+    return q.clamp(0, (1 << bits) - 1).to(torch.uint8).reshape(rows, cols)
+
+
+def slice_codes(
+    q: torch.Tensor, parent_bits: int, bits: int, extra_precision: bool = False
+) -> torch.Tensor:
+    """S(q, c, r) as r-bit integer codes: clamp(round_half_up(q / 2^(c-r)), 0, 2^r - 1).
+
+    Integer form (MatGPTQ's): (q >> k) + ((q >> (k-1)) & 1) adds the rounding bit instead of
+    2^(k-1), so it cannot overflow uint8 (250 + 32 would wrap to 26). Ties round up, as the
+    paper's Appendix A asks: q = 32, r = 2 gives 1, where round-half-even would give 0.
+    With `extra_precision` the clamp is dropped and the code 2^r is possible (2^r + 1 levels).
+    Returns uint8 codes.
+    """
+    check_bits(parent_bits, "parent bit-width")
+    check_bits(bits)
+    if bits > parent_bits:
+        raise ValueError(f"cannot slice {bits} bits out of a {parent_bits}-bit parent")
+    if q.dtype != torch.uint8:
+        raise TypeError(f"codes must be uint8, got {q.dtype}")
+    k = parent_bits - bits
+    if k == 0:
+        return q.clone()
+    rounded = (q >> k) + ((q >> (k - 1)) & 1)
+    if extra_precision:
+        return rounded
+    return rounded.clamp(max=(1 << bits) - 1)
+
+
+def codes_on_parent_grid(q_r: torch.Tensor, parent_bits: int, bits: int) -> torch.Tensor:
+    """S's value on the c-bit grid: q_r * 2^(c-r), as int16 (extra precision can reach 2^c)."""
+    return q_r.to(torch.int16) << (parent_bits - bits)
+
+
+def sliced_params(
+    scale: torch.Tensor, zero: torch.Tensor, parent_bits: int, bits: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point of the r-bit slice: alpha * 2^(c-r) and z / 2^(c-r).
+
+    The scale multiplication is exact in floating point. The zero point is returned as
+    float64 because it is fractional unless z is a multiple of 2^(c-r) (always true for the
+    symmetric scheme).
+    """
+    k = parent_bits - bits
+    return scale * (1 << k), zero.to(torch.float64) / (1 << k)
+
+
+def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """scale * (code - zero), in the scale's dtype, per [rows, groups] scale and zero.
+
+    The subtraction is done exactly (in float64 when the zero point is fractional); the
+    product is then rounded once, in the order compressed-tensors uses, so that the weights
+    transformers materializes from a saved checkpoint equal this function's output bit for bit.
+    """
+    rows, cols = codes.shape
+    groups = scale.shape[1]
+    diff_dtype = torch.float64 if zero.is_floating_point() else torch.int32
+    diff = codes.to(diff_dtype).reshape(rows, groups, -1) - zero.to(diff_dtype).unsqueeze(-1)
+    out = diff.to(scale.dtype) * scale.unsqueeze(-1)
+    return out.reshape(rows, cols)
+
+
+def to_signed(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Unsigned codes [0, 2^b - 1] -> the signed int8 range compressed-tensors stores."""
+    return (codes.to(torch.int16) - (1 << (bits - 1))).to(torch.int8)
+
+
+def from_signed(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Signed int8 codes from compressed-tensors -> unsigned codes [0, 2^b - 1] as uint8."""
+    return (codes.to(torch.int16) + (1 << (bits - 1))).to(torch.uint8)

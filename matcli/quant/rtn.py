@@ -1,0 +1,133 @@
+"""`matcli quantize --method rtn`: a round-to-nearest c-bit parent, streamed without a model.
+
+Each chosen Linear weight is read in row chunks; per-channel and per-group MinMax
+parameters only need the rows at hand, so memory stays at one chunk whatever the size.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from matcli.arch import resolve
+from matcli.checkpoint.plan import OutputCheckpoint, Plan, copy_tensor
+from matcli.checkpoint.reader import ModelFolder
+from matcli.checkpoint.writer import OutputTensor
+from matcli.errors import MatcliError
+from matcli.quant import ct_format, grid
+from matcli.quant.ct_format import PACKED, SCALE, SHAPE, ZERO, WeightScheme
+from matcli.quant.packing import packed_columns
+from matcli.quant.parent import CONFIG_KEY, ParentInfo
+from matcli.quant.targets import select_linears, targets_regex
+from matcli.recipe import QuantizeOptions
+
+FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+
+
+class RtnLinear:
+    """Produces the compressed-tensors tensors of one Linear from its float weight.
+
+    The packed codes are produced first (tensor names sort `weight_packed` before
+    `weight_scale` and `weight_zero_point`); the scale and zero point computed on the way are
+    kept until written, then dropped, so a model's worth of scales is never held at once.
+    """
+
+    def __init__(self, folder: ModelFolder, module: str, scheme: WeightScheme, chunk_bytes: int):
+        self.folder, self.module, self.scheme, self.chunk_bytes = folder, module, scheme, chunk_bytes
+        self.weight = folder.tensors[module + ".weight"]
+        self._scale: torch.Tensor | None = None
+        self._zero: torch.Tensor | None = None
+
+    def outputs(self) -> list[OutputTensor]:
+        out_features, in_features = self.weight.shape
+        groups = grid.groups_of(in_features, self.scheme.group_size)
+        bits = self.scheme.bits
+        label = f"quantize int{bits}"
+        tensors = [
+            OutputTensor(f"{self.module}.{PACKED}", "I32", (out_features, packed_columns(in_features, bits)), self._packed, label),
+            OutputTensor(f"{self.module}.{SCALE}", self.weight.dtype, (out_features, groups), self._scale_chunks, label),
+            OutputTensor(f"{self.module}.{SHAPE}", "I64", (2,), lambda: iter([torch.tensor(self.weight.shape)]), label),
+        ]
+        if not self.scheme.symmetric:
+            zero_shape = (packed_columns(out_features, bits), groups)
+            tensors.append(OutputTensor(f"{self.module}.{ZERO}", "I32", zero_shape, self._zero_chunks, label))
+        return tensors
+
+    def _quantize_rows(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        w = self.folder.read_rows(self.weight.name, start, stop)
+        scale, zero = grid.minmax_params(w, self.scheme.bits, self.scheme.symmetric, self.scheme.group_size)
+        return grid.quantize_codes(w, scale, zero, self.scheme.bits), scale, zero
+
+    def _packed(self):
+        scales, zeros = [], []
+        for start, stop in self.folder.row_chunks(self.weight.name, self.chunk_bytes):
+            codes, scale, zero = self._quantize_rows(start, stop)
+            scales.append(scale)
+            zeros.append(zero)
+            yield ct_format.pack_codes(grid.to_signed(codes, self.scheme.bits), self.scheme.bits)
+        self._scale, self._zero = torch.cat(scales), torch.cat(zeros)
+
+    def _params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._scale is None:  # only if written out of the usual order
+            for _ in self._packed():
+                pass
+        return self._scale, self._zero
+
+    def _scale_chunks(self):
+        scale, _ = self._params()
+        if self.scheme.symmetric:
+            self._scale = self._zero = None
+        else:
+            self._scale = None
+        yield scale
+
+    def _zero_chunks(self):
+        _, zero = self._params()
+        self._scale = self._zero = None
+        yield ct_format.pack_zero_point(zero, self.scheme.bits)
+
+
+def plan_rtn(options: QuantizeOptions) -> Plan:
+    folder = ModelFolder(options.model)
+    if "quantization_config" in folder.config:
+        raise MatcliError(f"{options.model} is already quantized (config.json has quantization_config); quantize a dense model")
+    arch = resolve(folder.config, list(folder.tensors))
+    modules = select_linears(arch, {n: t.shape for n, t in folder.tensors.items()}, options.layers)
+    scheme = WeightScheme(options.bits, options.scheme == "symmetric", options.group_size)
+    quantized: dict[str, RtnLinear] = {}
+    for module in modules:
+        weight = folder.tensors[module + ".weight"]
+        if weight.dtype not in FLOAT_DTYPES:
+            raise MatcliError(f"{weight.name} is {weight.dtype}, not a float weight; quantize a dense model")
+        try:
+            grid.groups_of(weight.shape[1], scheme.group_size)
+        except ValueError as e:
+            raise MatcliError(f"--group-size {scheme.group_size}: {weight.name} has {weight.shape[1]} input columns, which it does not divide; choose a divisor (e.g. 32, 64 or 128) or omit --group-size for per-channel scales") from e
+        quantized[module + ".weight"] = RtnLinear(folder, module, scheme, options.chunk_size)
+
+    tensors = []
+    for name in sorted(folder.tensors):
+        if name in quantized:
+            tensors += quantized[name].outputs()
+        else:
+            tensors.append(copy_tensor(folder, name, options.chunk_size))
+    tensors.sort(key=lambda t: t.name)
+
+    config = dict(folder.config)
+    config["quantization_config"] = ct_format.quantization_config([(targets_regex(arch, modules), scheme)], ignore=["lm_head"])
+    config[CONFIG_KEY] = ParentInfo(
+        parent_bits=scheme.bits,
+        scheme=options.scheme,
+        group_size=scheme.group_size,
+        trained_bits=[scheme.bits],
+        method="rtn",
+        layers=options.layers,
+    ).model_dump()
+    output = OutputCheckpoint(name="", config=config, tensors=tensors, metadata={"matcli.role": "parent", "matcli.bits": str(scheme.bits)})
+    return Plan(
+        command="quantize",
+        source=folder,
+        outputs=[output],
+        options=options.model_dump(mode="json"),
+        max_shard_bytes=options.max_shard_size,
+        chunk_bytes=options.chunk_size,
+    )

@@ -1,0 +1,103 @@
+"""Settings of every command as pydantic models (extra="forbid": a misspelt key is an error,
+never silently ignored). CLI flags and YAML recipes both load into these models."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from matcli.errors import MatcliError
+
+DEFAULT_MAX_SHARD_BYTES = 5_000_000_000
+DEFAULT_CHUNK_BYTES = 32 * 1024 * 1024
+MIX_N_MATCH_STRATEGIES = ("pyramid", "reverse-pyramid", "increasing", "decreasing")
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(text: str | int) -> int:
+    """'5GB' (decimal), '2GiB' (binary) or a plain number of bytes -> bytes."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    unit = m.group(2).upper() if m else None
+    if not m or unit not in _UNITS:
+        raise MatcliError(f"size {text!r} is not a number of bytes like 5000000000, 5GB or 2GiB")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+class Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class WriteOptions(Options):
+    output: Path
+    force: bool = False
+    dry_run: bool = False
+    max_shard_size: int = Field(DEFAULT_MAX_SHARD_BYTES, gt=0, description="bytes per output shard")
+    chunk_size: int = Field(DEFAULT_CHUNK_BYTES, gt=0, description="bytes read per chunk")
+
+
+class QuantizeOptions(WriteOptions):
+    model: Path
+    method: Literal["rtn"] = "rtn"
+    bits: int = Field(8, ge=2, le=8, description="parent bit-width c")
+    scheme: Literal["symmetric", "asymmetric"] = "symmetric"
+    group_size: int | None = Field(None, gt=0)
+    layers: str = "ffn"
+
+
+class SliceOptions(WriteOptions):
+    parent: Path
+    bits: list[int] | None = None
+    bits_config: str | None = None
+    target_bits: float | None = Field(None, gt=0)
+    extra_precision: bool = False
+    format: Literal["compressed-tensors", "dense"] = "compressed-tensors"
+    dtype: Literal["bfloat16", "float16", "float32"] | None = None
+
+    @field_validator("bits")
+    @classmethod
+    def _bits_in_range(cls, bits: list[int] | None) -> list[int] | None:
+        if bits is not None:
+            if not bits:
+                raise ValueError("give at least one width, e.g. --bits 2 or --bits 4,2")
+            for r in bits:
+                if not 1 <= r <= 8:
+                    raise ValueError(f"width {r} is out of range: widths are 1 to 8 bits")
+            if len(set(bits)) != len(bits):
+                raise ValueError("a width is repeated")
+        return bits
+
+    @model_validator(mode="after")
+    def _one_way_to_choose_widths(self) -> SliceOptions:
+        if (self.bits is None) == (self.bits_config is None):
+            raise ValueError("give either --bits (e.g. 4,2) or --bits-config (a file or one of " + ", ".join(MIX_N_MATCH_STRATEGIES) + ")")
+        if self.target_bits is not None and self.bits_config not in MIX_N_MATCH_STRATEGIES:
+            raise ValueError("--target-bits needs --bits-config " + "|".join(MIX_N_MATCH_STRATEGIES))
+        if self.dtype is not None and self.format != "dense":
+            raise ValueError("--dtype applies to --format dense only")
+        return self
+
+
+class InspectOptions(Options):
+    path: Path
+    json_output: bool = False
+
+
+M = TypeVar("M", bound=Options)
+
+
+def build_options(options_type: type[M], **values: object) -> M:
+    """Validate settings; the first problem becomes one MatcliError line."""
+    try:
+        return options_type(**values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "options"
+        msg = err["msg"].removeprefix("Value error, ")
+        flag = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else where
+        raise MatcliError(f"invalid {flag}: {msg}" if err["loc"] else msg) from e
