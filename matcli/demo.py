@@ -7,12 +7,10 @@ artifact with stock transformers, and reports sizes and quality against the dens
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def build_tiny_llama(path: Path, seed: int = 0) -> None:

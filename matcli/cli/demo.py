@@ -19,8 +19,11 @@ HELP = (
 def demo(
     workdir: Path = typer.Option(Path("matcli-demo"), "-o", "--output", help="Folder for the demo's models (replaced if it exists)."),
 ) -> None:
+    import os
     import shutil
 
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' and compressed-tensors' load bars
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -57,12 +60,14 @@ def demo(
     dense_logits = None
     for name in ("dense", "parent-int8", "int4", "int2"):
         folder = workdir / name
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        with _quiet_stderr():
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
         with torch.no_grad():
             logits = model(tokens).logits
         with ModelFolder(folder) as f:
             reference = dequantized_state_dict(f)
-            reference_model = AutoModelForCausalLM.from_pretrained(dense, dtype=torch.float32)
+            with _quiet_stderr():
+                reference_model = AutoModelForCausalLM.from_pretrained(dense, dtype=torch.float32)
             reference_model.load_state_dict(reference, strict=True)
         with torch.no_grad():
             mismatch = (reference_model(tokens).logits - logits).abs().max().item()
@@ -71,13 +76,22 @@ def demo(
         agree, kl = compare(dense_logits, logits)
         rows.append((name, common.folder_size(folder), ffn_error(dense_weights, reference), agree, kl, mismatch))
 
-    table = Table(title="matcli demo: one int8 parent, sliced without a model, loaded by stock transformers", title_justify="left")
-    for column in ("model", "size on disk", "FFN weight error", "top-1 agreement", "KL vs dense", "|transformers - matcli| logits"):
+    table = Table(title="one int8 parent, sliced without a model, loaded by stock transformers", title_justify="left")
+    for column in ("model", "size", "FFN error", "top-1 agree", "KL vs dense", "logits diff*"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for name, size, err, agree, kl, mismatch in rows:
         table.add_row(name, common.human_bytes(size), f"{err:.2%}", f"{agree:.1%}", f"{kl:.2e}", f"{mismatch:.1e}")
     common.out.print(table)
     common.out.print(
+        "* max |logits of the folder loaded by transformers - logits of matcli's own dequantized weights|.\n"
         "An RTN parent is not Matryoshka-trained, so int2 degrades sharply: MatQuant training "
         "exists to keep the int4 and int2 slices good (docs/results.md has real-model numbers)."
     )
+
+
+def _quiet_stderr():
+    """compressed-tensors draws progress bars with disable=False hard-coded; hide them."""
+    import contextlib
+    import io
+
+    return contextlib.redirect_stderr(io.StringIO())

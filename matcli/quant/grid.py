@@ -62,7 +62,7 @@ def minmax_params(
     Symmetric (MatGPTQ's choice): alpha = 2 max|w| / (2^c - 1), z = 2^(c-1), which keeps the
     sliced zero point z / 2^(c-r) an integer at every r.
 
-    The scale is rounded to `scale_dtype` (the dtype it will be stored in) before the zero
+    The scale is rounded up to `scale_dtype` (the dtype it will be stored in) before the zero
     point is computed, so codes, scale and zero stay consistent after saving.
     """
     check_bits(bits)
@@ -76,12 +76,22 @@ def minmax_params(
         scale = (hi - lo) / levels
     # An all-zero group has no range: any positive scale represents it exactly.
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    scale = scale.to(scale_dtype or w.dtype)
+    scale = _round_up_to(scale, scale_dtype or w.dtype)
     if symmetric:
         zero = torch.full(scale.shape, symmetric_zero(bits), dtype=torch.int32)
     else:
         zero = torch.round(-lo / scale.to(lo.dtype)).clamp(0, levels).to(torch.int32)
     return scale, zero
+
+
+def _round_up_to(scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Cast to the storage dtype, rounding up: a scale rounded down would shrink the grid
+    below the weights' range, and the clamp would then cost up to a whole extra step."""
+    stored = scale.to(dtype)
+    too_small = stored.to(scale.dtype) < scale
+    if too_small.any():
+        stored = torch.where(too_small, torch.nextafter(stored, torch.full_like(stored, float("inf"))), stored)
+    return stored
 
 
 def quantize_codes(

@@ -1,0 +1,21 @@
+# Two commands for a newcomer (see README):  make demo   |   make test
+# Both create .venv and install what they need. torch is installed first and pinned to the
+# CPU build that our machines keep on local disk; a plain `torch` requirement would pull a
+# multi-GB CUDA build. Override with `make demo TORCH=torch` elsewhere.
+VENV  := .venv
+PY    := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+
+.PHONY: demo test
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/matcli demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest

@@ -1,0 +1,110 @@
+"""Shared fixtures: tiny models built offline from transformers configs, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def build_llama(path: Path, seed: int = 0, **overrides) -> Path:
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    settings = dict(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
+    settings.update(overrides)
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(LlamaConfig(**settings), dtype=torch.float32).save_pretrained(path)
+    (path / "tokenizer_config.json").write_text('{"model_max_length": 64, "note": "kept byte for byte"}\n')
+    (path / "chat_template.jinja").write_text("{{ messages }}\n")
+    return path
+
+
+def build_gemma3n_text(path: Path, seed: int = 0) -> Path:
+    from transformers import AutoModelForCausalLM, Gemma3nTextConfig
+
+    config = Gemma3nTextConfig(
+        vocab_size=128,
+        vocab_size_per_layer_input=128,
+        hidden_size=64,
+        hidden_size_per_layer_input=8,
+        intermediate_size=[128, 128, 256, 256],
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        num_kv_shared_layers=2,
+        layer_types=["sliding_attention", "full_attention"] * 2,
+        sliding_window=16,
+        activation_sparsity_pattern=[0.95, 0.0, 0.0, 0.0],
+        laurel_rank=4,
+        altup_num_inputs=2,
+    )
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def llama(tmp_path_factory) -> Path:
+    return build_llama(tmp_path_factory.mktemp("llama") / "dense")
+
+
+@pytest.fixture(scope="session")
+def gemma3n(tmp_path_factory) -> Path:
+    return build_gemma3n_text(tmp_path_factory.mktemp("gemma3n") / "dense")
+
+
+@pytest.fixture(scope="session")
+def llama_parent(llama, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("llama-parent") / "parent"
+    code, _, stderr = run_matcli("quantize", str(llama), "-o", str(out), "-q")
+    assert code == 0, stderr
+    return out
+
+
+def run_matcli(*args: str) -> tuple[int, str, str]:
+    """Run the CLI in-process, as `matcli ARGS`: (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from matcli.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    argv = sys.argv
+    sys.argv = ["matcli", *args]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = argv
+    return code, stdout.getvalue(), stderr.getvalue()
+
+
+def logits_of(model_path: Path, tokens: torch.Tensor, state_dict: dict | None = None, base: Path | None = None) -> torch.Tensor:
+    """Logits of a folder loaded by stock transformers, or of `base` carrying `state_dict`."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base or model_path, dtype=torch.float32)
+    if state_dict is not None:
+        model.load_state_dict(state_dict, strict=True)
+    model.eval()
+    with torch.no_grad():
+        return model(tokens).logits

@@ -1,0 +1,167 @@
+"""Bad input: one clear line, a non-zero exit, no traceback, nothing written, input untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run_matcli
+
+
+def tree_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(path).as_posix().encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def assert_refused(args: list[str], output: Path, match: str, code: int = 2, inputs: list[Path] = ()):
+    before = [tree_digest(p) for p in inputs]
+    exit_code, stdout, stderr = run_matcli(*args)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert exit_code == code, stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert match in lines[0], lines[0]
+    assert "Traceback" not in stderr + stdout
+    assert not output.exists() or not any(output.iterdir())
+    assert not list(output.parent.glob(f".{output.name}.matcli-*"))
+    assert [tree_digest(p) for p in inputs] == before
+
+
+@pytest.fixture
+def parent_copy(llama_parent, tmp_path) -> Path:
+    return Path(shutil.copytree(llama_parent, tmp_path / "parent"))
+
+
+def test_missing_folder(tmp_path):
+    assert_refused(["slice", str(tmp_path / "nope"), "--bits", "2", "-o", str(tmp_path / "out")], tmp_path / "out", "does not exist")
+
+
+def test_folder_without_safetensors(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text('{"model_type": "llama"}')
+    assert_refused(["slice", str(tmp_path / "m"), "--bits", "2", "-o", str(tmp_path / "out")], tmp_path / "out", "no model.safetensors")
+
+
+def test_pickle_checkpoint_is_refused(tmp_path):
+    m = tmp_path / "m"
+    m.mkdir()
+    (m / "config.json").write_text('{"model_type": "llama"}')
+    (m / "pytorch_model.bin").write_bytes(b"\x80\x04\x95 pickle")
+    assert_refused(["quantize", str(m), "-o", str(tmp_path / "out")], tmp_path / "out", "pickle", inputs=[m])
+
+
+def test_truncated_safetensors(parent_copy, tmp_path):
+    shard = parent_copy / "model.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-1000])
+    assert_refused(["slice", str(parent_copy), "--bits", "2", "-o", str(tmp_path / "out")], tmp_path / "out", "truncated", inputs=[parent_copy])
+
+
+def test_absurd_header_length(parent_copy, tmp_path):
+    shard = parent_copy / "model.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[:8] = (2**62).to_bytes(8, "little")
+    shard.write_bytes(bytes(data))
+    assert_refused(["inspect", str(parent_copy)], tmp_path / "none", "header length field")
+
+
+def test_index_escaping_the_folder(parent_copy, tmp_path):
+    (parent_copy / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": {"x": "../../../etc/hosts"}})
+    )
+    assert_refused(["slice", str(parent_copy), "--bits", "2", "-o", str(tmp_path / "out")], tmp_path / "out", "outside the model folder")
+
+
+@pytest.mark.parametrize(("bits", "match"), [("0", "out of range"), ("9", "out of range"), ("two", "integers")])
+def test_bits_out_of_range(llama_parent, tmp_path, bits, match):
+    assert_refused(["slice", str(llama_parent), "--bits", bits, "-o", str(tmp_path / "out")], tmp_path / "out", match)
+
+
+def test_bits_above_the_parent(llama, tmp_path):
+    parent = tmp_path / "int4-parent"
+    assert run_matcli("quantize", str(llama), "-o", str(parent), "--bits", "4", "-q")[0] == 0
+    assert_refused(["slice", str(parent), "--bits", "8", "-o", str(tmp_path / "out")], tmp_path / "out", "cannot slice int8 out of an int4 parent")
+
+
+def test_unknown_family(llama, tmp_path):
+    m = Path(shutil.copytree(llama, tmp_path / "m"))
+    config = json.loads((m / "config.json").read_text())
+    config["model_type"] = "brandnew"
+    (m / "config.json").write_text(json.dumps(config))
+    assert_refused(["quantize", str(m), "-o", str(tmp_path / "out")], tmp_path / "out", "matcli/arch/families/brandnew.yaml")
+
+
+def test_dense_model_given_to_slice(llama, tmp_path):
+    assert_refused(["slice", str(llama), "--bits", "2", "-o", str(tmp_path / "out")], tmp_path / "out", "matcli quantize")
+
+
+def test_existing_output_needs_force(llama_parent, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep")
+    code, _, err = run_matcli("slice", str(llama_parent), "--bits", "2", "-o", str(out))
+    assert code == 2 and "--force" in err and (out / "precious.txt").read_text() == "keep"
+    assert run_matcli("slice", str(llama_parent), "--bits", "2", "-o", str(out), "--force", "-q")[0] == 0
+    assert not (out / "precious.txt").exists() and (out / "model.safetensors").exists()
+
+
+def test_output_inside_input_is_refused(parent_copy):
+    out = parent_copy / "sub"
+    code, _, err = run_matcli("slice", str(parent_copy), "--bits", "2", "-o", str(parent_copy), "--force")
+    assert code == 2 and "replace the input" in err and (parent_copy / "model.safetensors").exists()
+    assert not out.exists()
+
+
+def test_group_size_that_does_not_divide(llama, tmp_path):
+    assert_refused(["quantize", str(llama), "-o", str(tmp_path / "out"), "--group-size", "48"], tmp_path / "out", "does not divide")
+
+
+def test_untrained_width_is_a_warning_not_a_refusal(llama_parent, tmp_path):
+    code, _, err = run_matcli("slice", str(llama_parent), "--bits", "2", "-o", str(tmp_path / "out"))
+    assert code == 0 and "not trained for int2" in err
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    code, _, err = run_matcli("--debug", "slice", str(tmp_path / "nope"), "--bits", "2", "-o", str(tmp_path / "out"))
+    assert code == 2 and "Traceback" in err and err.strip().endswith("does not exist; give the path of a Hugging Face model folder")
+
+
+def test_dry_run_writes_nothing(llama_parent, tmp_path):
+    code, out, _ = run_matcli("slice", str(llama_parent), "--bits", "4,2", "-o", str(tmp_path / "out"), "--dry-run", "--json")
+    assert code == 0 and not (tmp_path / "out").exists()
+    plan = json.loads(out)
+    assert [o["folder"] for o in plan["outputs"]] == ["int4", "int2"]
+    changes = {c["key"] for c in plan["outputs"][1]["config_changes"]}
+    assert "quantization_config.config_groups.group_0.weights.num_bits" in changes
+    assert plan["estimated_peak_memory_bytes"] > 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_interrupted_write_leaves_no_destination(llama_parent, tmp_path, sig):
+    """Kill a slice while it streams (slowed down by 1-byte chunks): no destination appears."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "matcli", "slice", str(llama_parent), "--bits", "4,2", "-o", str(out), "--chunk-size", "64", "-q"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(tmp_path.glob(".out.matcli-tmp-*/int*/model.safetensors")):
+        time.sleep(0.02)
+    assert proc.poll() is None, "the slice finished before it could be interrupted"
+    os.kill(proc.pid, sig)
+    _, stderr = proc.communicate(timeout=60)
+    assert not out.exists()
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr
+        assert not list(tmp_path.glob(".out.matcli-*"))  # Ctrl-C cleans its staging folder
+    # A later run cleans a killed run's staging folder and succeeds.
+    assert run_matcli("slice", str(llama_parent), "--bits", "2", "-o", str(out), "-q")[0] == 0
+    assert not list(tmp_path.glob(".out.matcli-*"))

@@ -1,0 +1,51 @@
+"""Command-line surface: fast help, inspect, quantize and slice reports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import run_matcli
+
+
+def test_help_does_not_import_torch_or_transformers():
+    code = (
+        "import sys, runpy; sys.argv = ['matcli', '--help']\n"
+        "try:\n    runpy.run_module('matcli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "slice" in result.stdout and "quantize" in result.stdout
+
+
+def test_inspect_parent_and_slice(llama, llama_parent, tmp_path):
+    code, out, _ = run_matcli("inspect", str(llama_parent), "--json")
+    report = json.loads(out)
+    assert code == 0
+    assert report["family"] == "llama" and report["num_layers"] == 2 and report["role"] == "parent"
+    assert report["trained_bits"] == [8]
+    (group,) = report["quantized"]
+    assert group["bits"] == 8 and group["modules"] == 6 and group["weights"] == 6 * 64 * 128
+    assert 8 < report["effective_bits"] < 8.6  # codes plus one fp32 scale per row
+    assert run_matcli("slice", str(llama_parent), "--bits", "2", "-o", str(tmp_path / "s"), "-q")[0] == 0
+    report = json.loads(run_matcli("inspect", str(tmp_path / "s"), "--json")[1])
+    assert report["role"] == "slice" and report["quantized"][0]["bits"] == 2
+    assert report["size_on_disk"] < json.loads(run_matcli("inspect", str(llama_parent), "--json")[1])["size_on_disk"]
+    dense = json.loads(run_matcli("inspect", str(llama), "--json")[1])
+    assert dense["role"] == "dense" and dense["quantized"] == []
+    assert run_matcli("inspect", str(llama_parent))[0] == 0
+
+
+def test_slice_json_summary(llama_parent, tmp_path):
+    code, out, _ = run_matcli("slice", str(llama_parent), "--bits", "4,2", "-o", str(tmp_path / "s"), "--json")
+    summary = json.loads(out)
+    assert code == 0 and [r["bits"] for r in summary["outputs"]] == [4, 2]
+    assert summary["outputs"][0]["size_bytes"] > summary["outputs"][1]["size_bytes"]
+    assert any("not trained for int4" in w for w in summary["warnings"])
+
+
+def test_target_bits_needs_a_strategy(llama_parent, tmp_path):
+    code, _, err = run_matcli("slice", str(llama_parent), "--bits", "2", "--target-bits", "3", "-o", str(tmp_path / "s"))
+    assert code == 2 and "--target-bits needs --bits-config" in err

@@ -1,0 +1,155 @@
+"""The central invariant: a sliced folder loads with stock transformers, and the weights it
+materializes (and so its logits) equal matcli's dequant(S(Q(w, c), r))."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_matcli
+from matcli.checkpoint.reader import ModelFolder
+from matcli.quant import ct_format, grid
+
+
+def expected_weights(parent: Path, bits: dict[str, int] | int, extra_precision: bool = False) -> dict[str, torch.Tensor]:
+    """matcli's reference: every tensor of the parent, quantized Linears as dequant(S(q, r))."""
+    with ModelFolder(parent) as folder:
+        linears = ct_format.packed_linears(folder)
+        owned = {lin.tensor(s) for lin in linears.values() for s in (ct_format.PACKED, ct_format.SCALE, ct_format.SHAPE, ct_format.ZERO)}
+        state = {n: folder.read(n).clone() for n in folder.tensors if n not in owned}
+        for module, lin in linears.items():
+            r = bits if isinstance(bits, int) else bits[module]
+            c = lin.scheme.bits
+            q = ct_format.read_codes(folder, lin, 0, lin.out_features)
+            scale, zero = ct_format.read_scale_zero(folder, lin)
+            q_r = grid.slice_codes(q, c, r, extra_precision)
+            state[module + ".weight"] = grid.dequantize(grid.codes_on_parent_grid(q_r, c, r), scale, zero)
+    return state
+
+
+def load(path: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def check_invariant(dense: Path, sliced: Path, expected: dict[str, torch.Tensor]) -> None:
+    model = load(sliced)
+    params = dict(model.named_parameters())
+    for name, weight in expected.items():
+        if name in params:
+            assert torch.equal(params[name].detach(), weight.to(params[name].dtype)), name
+    reference = load(dense)
+    missing, unexpected = reference.load_state_dict(expected, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}
+    tokens = torch.randint(0, 128, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got, want = model(tokens).logits, reference(tokens).logits
+    assert torch.allclose(got, want, rtol=0, atol=1e-6), (got - want).abs().max()
+
+
+@pytest.fixture(scope="module")
+def gemma3n_parent(gemma3n, tmp_path_factory):
+    out = tmp_path_factory.mktemp("g3n-parent") / "parent"
+    code, _, err = run_matcli("quantize", str(gemma3n), "-o", str(out), "--group-size", "32", "-q")
+    assert code == 0, err
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["compressed-tensors", "dense"])
+def test_llama_slices_load_and_match(llama, llama_parent, tmp_path, fmt):
+    out = tmp_path / "slices"
+    code, _, err = run_matcli("slice", str(llama_parent), "--bits", "8,4,3,2", "--format", fmt, "-o", str(out), "-q")
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["int2", "int3", "int4", "int8"]
+    for r in (8, 4, 3, 2):
+        config = json.loads((out / f"int{r}" / "config.json").read_text())
+        assert config["matcli"]["bits"] == r
+        if fmt == "dense":
+            assert "quantization_config" not in config
+        else:
+            assert config["quantization_config"]["config_groups"]["group_0"]["weights"]["num_bits"] == r
+        check_invariant(llama, out / f"int{r}", expected_weights(llama_parent, r))
+
+
+def test_parent_itself_loads_as_int8(llama, llama_parent):
+    check_invariant(llama, llama_parent, expected_weights(llama_parent, 8))
+
+
+@pytest.mark.parametrize("fmt", ["compressed-tensors", "dense"])
+def test_gemma3n_text_slices_load_and_match(gemma3n, gemma3n_parent, tmp_path, fmt):
+    for r in (4, 2):
+        out = tmp_path / f"int{r}"
+        code, _, err = run_matcli("slice", str(gemma3n_parent), "--bits", str(r), "--format", fmt, "-o", str(out), "-q")
+        assert code == 0, err
+        check_invariant(gemma3n, out, expected_weights(gemma3n_parent, r))
+
+
+def test_attention_and_group_quantization(llama, tmp_path):
+    parent = tmp_path / "parent"
+    code, _, err = run_matcli("quantize", str(llama), "-o", str(parent), "--layers", "ffn,attention", "--group-size", "16", "-q")
+    assert code == 0, err
+    config = json.loads((parent / "config.json").read_text())
+    assert "self_attn" in config["quantization_config"]["config_groups"]["group_0"]["targets"][0]
+    out = tmp_path / "int3"
+    assert run_matcli("slice", str(parent), "--bits", "3", "-o", str(out), "-q")[0] == 0
+    check_invariant(llama, out, expected_weights(parent, 3))
+
+
+def test_asymmetric_parent_slices_exactly_as_dense_only(llama, tmp_path):
+    parent = tmp_path / "parent"
+    assert run_matcli("quantize", str(llama), "-o", str(parent), "--scheme", "asymmetric", "-q")[0] == 0
+    code, _, err = run_matcli("slice", str(parent), "--bits", "2", "-o", str(tmp_path / "ct"))
+    assert code == 2 and "--format dense" in err and not (tmp_path / "ct").exists()
+    out = tmp_path / "dense2"
+    assert run_matcli("slice", str(parent), "--bits", "2", "--format", "dense", "-o", str(out), "-q")[0] == 0
+    check_invariant(llama, out, expected_weights(parent, 2))
+
+
+def test_extra_precision_stores_r_plus_one_bits(llama, llama_parent, tmp_path):
+    out = tmp_path / "ep2"
+    assert run_matcli("slice", str(llama_parent), "--bits", "2", "--extra-precision", "-o", str(out), "-q")[0] == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization_config"]["config_groups"]["group_0"]["weights"]["num_bits"] == 3
+    assert config["matcli"]["storage_bits"] == 3 and config["matcli"]["extra_precision"]
+    fraction = config["matcli"]["extra_bucket_fraction"]
+    assert 0 < fraction < 0.2
+    expected = expected_weights(llama_parent, 2, extra_precision=True)
+    check_invariant(llama, out, expected)
+    # The extra bucket is 2^r on the r-bit grid: one step above the clamped maximum.
+    clamped = expected_weights(llama_parent, 2)
+    diff = sum(int((expected[n] != clamped[n]).sum()) for n in expected if ".mlp." in n)
+    assert diff > 0
+
+
+def test_mix_n_match_pyramid_loads(llama, llama_parent, tmp_path):
+    out = tmp_path / "pyramid"
+    code, _, err = run_matcli("slice", str(llama_parent), "--bits-config", "pyramid", "-o", str(out), "-q")
+    assert code == 0, err
+    config = json.loads((out / "config.json").read_text())
+    layer_bits = config["matcli"]["layer_bits"]
+    assert layer_bits == {"0": 8, "1": 4}  # 2 layers, widths {8, 4, 2}: middle-most first
+    groups = config["quantization_config"]["config_groups"]
+    assert sorted(g["weights"]["num_bits"] for g in groups.values()) == [4, 8]
+    widths = {f"model.layers.{i}.mlp.{p}": b for i, b in ((0, 8), (1, 4)) for p in ("gate_proj", "up_proj", "down_proj")}
+    check_invariant(llama, out, expected_weights(llama_parent, widths))
+
+
+def test_slicing_is_deterministic(llama_parent, tmp_path):
+    for name in ("a", "b"):
+        assert run_matcli("slice", str(llama_parent), "--bits", "2", "-o", str(tmp_path / name), "-q")[0] == 0
+    for fname in ("model.safetensors", "config.json"):
+        assert (tmp_path / "a" / fname).read_bytes() == (tmp_path / "b" / fname).read_bytes()
+
+
+def test_sharded_output_and_aux_files(llama, llama_parent, tmp_path):
+    out = tmp_path / "sharded"
+    assert run_matcli("slice", str(llama_parent), "--bits", "4", "--max-shard-size", "20000", "-o", str(out), "-q")[0] == 0
+    shards = sorted(p.name for p in out.glob("*.safetensors"))
+    assert len(shards) > 1 and (out / "model.safetensors.index.json").exists()
+    assert (out / "tokenizer_config.json").read_bytes() == (llama / "tokenizer_config.json").read_bytes()
+    assert (out / "chat_template.jinja").read_bytes() == (llama / "chat_template.jinja").read_bytes()
+    check_invariant(llama, out, expected_weights(llama_parent, 4))
