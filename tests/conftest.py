@@ -29,8 +29,28 @@ def build_llama(path: Path, seed: int = 0, **overrides) -> Path:
     settings.update(overrides)
     torch.manual_seed(seed)
     AutoModelForCausalLM.from_config(LlamaConfig(**settings), dtype=torch.float32).save_pretrained(path)
-    (path / "tokenizer_config.json").write_text('{"model_max_length": 64, "note": "kept byte for byte"}\n')
+    char_tokenizer().save_pretrained(path)
     (path / "chat_template.jinja").write_text("{{ messages }}\n")
+    return path
+
+
+def char_tokenizer():
+    """A character-level tokenizer (98 ids) built offline, so tiny models can read text."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<eos>": 1, "\n": 2}
+    for code in range(32, 127):
+        vocab[chr(code)] = len(vocab)
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(".|\n"), "isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", eos_token="<eos>")
+
+
+@pytest.fixture(scope="session")
+def text_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("text") / "sample.txt"
+    path.write_text("The quick brown fox jumps over the lazy dog. " * 40)
     return path
 
 

@@ -12,13 +12,21 @@ from matcli.checkpoint.reader import ModelFolder
 from matcli.quant import ct_format, grid
 
 
-def dequantized_state_dict(folder: ModelFolder) -> dict[str, torch.Tensor]:
-    """Every tensor of the checkpoint, with each quantized Linear replaced by its dense weight."""
+def dequantized_state_dict(
+    folder: ModelFolder, bits: int | None = None, extra_precision: bool = False
+) -> dict[str, torch.Tensor]:
+    """Every tensor of the checkpoint, each quantized Linear replaced by its dense weight.
+
+    With `bits`, each Linear is first sliced to r = bits, S(q, c, r), as `matcli slice` would.
+    """
     linears = ct_format.packed_linears(folder)
     owned = {lin.tensor(s) for lin in linears.values() for s in (ct_format.PACKED, ct_format.SCALE, ct_format.SHAPE, ct_format.ZERO)}
     state = {name: folder.read(name).clone() for name in folder.tensors if name not in owned}
     for module, lin in linears.items():
+        c = lin.scheme.bits
+        r = c if bits is None else bits
         codes = ct_format.read_codes(folder, lin, 0, lin.out_features)
+        sliced = grid.slice_codes(codes, c, r, extra_precision)
         scale, zero = ct_format.read_scale_zero(folder, lin)
-        state[module + ".weight"] = grid.dequantize(codes, scale, zero)
+        state[module + ".weight"] = grid.dequantize(grid.codes_on_parent_grid(sliced, c, r), scale, zero)
     return state

@@ -1,0 +1,56 @@
+"""`matcli eval`: perplexity of models, parents at several widths, or sliced folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from matcli.cli import common
+
+HELP = "Held-out perplexity of a dense model, a sliced folder, or a parent sliced in memory at each --bits (nothing written)."
+
+
+def eval_command(
+    model: Path = typer.Argument(..., help="Model folder: dense, parent or slice."),
+    data: Path = typer.Option(..., "--data", help="Evaluation text: .txt, or .jsonl with a text field."),
+    bits: str | None = typer.Option(None, "--bits", help="Parent only: widths to slice in memory, e.g. 8,6,4,3,2."),
+    extra_precision: bool = typer.Option(False, "--extra-precision", help="Slice without the clamp."),
+    seq_len: int = typer.Option(512, "--seq-len", help="Tokens per window."),
+    max_tokens: int = typer.Option(32768, "--max-tokens", help="Evaluate at most this many tokens."),
+    batch_size: int = typer.Option(4, "--batch-size"),
+    json_output: bool = common.JSON_OUTPUT,
+) -> None:
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import AutoTokenizer
+
+    from matcli.data import read_texts, token_windows
+    from matcli.evaluate import load_model, perplexity
+
+    torch.set_grad_enabled(False)
+    widths = common.parse_int_list(bits, "--bits") if bits else [None]
+    windows = token_windows(AutoTokenizer.from_pretrained(model), read_texts(data), seq_len, max_tokens)
+    results = []
+    for r in widths:
+        ppl = perplexity(load_model(model, r, extra_precision), windows, batch_size)
+        results.append({"bits": r if r is not None else _own_bits(model), "perplexity": round(ppl, 4)})
+    if json_output:
+        print(json.dumps({"model": str(model), "data": str(data), "tokens": windows.numel(), "results": results}, indent=2))
+        return
+    table = Table(title=f"{model} on {data.name} ({windows.numel():,} tokens)", title_justify="left")
+    table.add_column("bits", justify="right")
+    table.add_column("perplexity", justify="right")
+    for row in results:
+        table.add_row(str(row["bits"] or "dense"), f"{row['perplexity']:.3f}")
+    common.out.print(table)
+
+
+def _own_bits(model: Path) -> int | None:
+    config = json.loads((model / "config.json").read_text())
+    info = config.get("matcli") or {}
+    return info.get("bits") or info.get("parent_bits")

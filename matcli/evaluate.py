@@ -1,0 +1,50 @@
+"""Perplexity of a dense model, a sliced folder, or a parent sliced in memory."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from matcli.checkpoint.reader import ModelFolder
+from matcli.errors import MatcliError
+from matcli.quant import ct_format
+from matcli.quant.reference import dequantized_state_dict
+
+
+def load_model(path: Path, bits: int | None = None, extra_precision: bool = False):
+    """A float32 causal LM: loaded by stock transformers, or, with `bits`, a parent sliced in memory."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if bits is None:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    with ModelFolder(path) as folder:
+        linears = ct_format.packed_linears(folder)
+        if not linears:
+            raise MatcliError(f"--bits needs a quantized parent; {path} is dense (evaluate it without --bits)")
+        parent_bits = next(iter(linears.values())).scheme.bits
+        if bits > parent_bits:
+            raise MatcliError(f"--bits {bits}: cannot slice int{bits} out of an int{parent_bits} parent")
+        config = {k: v for k, v in folder.config.items() if k != "quantization_config"}
+        state = dequantized_state_dict(folder, bits, extra_precision)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config), dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {k for k in missing if "lm_head" in k}
+    if unexpected or set(missing) - tied:
+        raise MatcliError(f"{path}: weights do not fit the config (missing {sorted(set(missing) - tied)[:3]}, unexpected {unexpected[:3]})")
+    model.tie_weights()
+    return model.eval()
+
+
+@torch.no_grad()
+def perplexity(model, windows: torch.Tensor, batch_size: int = 4) -> float:
+    """exp(mean next-token negative log-likelihood) over every predicted token of the windows."""
+    total_nll, total_tokens = 0.0, 0
+    for batch in windows.split(batch_size):
+        logits = model(batch).logits[:, :-1].float()
+        targets = batch[:, 1:]
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
+        total_nll += nll.item()
+        total_tokens += targets.numel()
+    return math.exp(total_nll / total_tokens)
