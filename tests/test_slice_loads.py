@@ -153,3 +153,24 @@ def test_sharded_output_and_aux_files(llama, llama_parent, tmp_path):
     assert (out / "tokenizer_config.json").read_bytes() == (llama / "tokenizer_config.json").read_bytes()
     assert (out / "chat_template.jinja").read_bytes() == (llama / "chat_template.jinja").read_bytes()
     check_invariant(llama, out, expected_weights(llama_parent, 4))
+
+
+def test_several_widths_read_the_parent_once(llama_parent, tmp_path, monkeypatch):
+    from matcli.checkpoint import reader
+    from matcli.checkpoint.plan import execute
+    from matcli.quant.slicing import plan_slice
+    from matcli.recipe import SliceOptions
+
+    read = []
+    original = reader.read_range
+    monkeypatch.setattr(reader, "read_range", lambda fd, start, n, path: read.append(n) or original(fd, start, n, path))
+
+    def bytes_read(bits: list[int]) -> int:
+        read.clear()
+        plan = plan_slice(SliceOptions(parent=llama_parent, output=tmp_path / str(bits), bits=bits, chunk_size=4096))
+        execute(plan, tmp_path / str(bits), force=False)
+        plan.source.close()
+        return sum(read)
+
+    one, three = bytes_read([4]), bytes_read([4, 3, 2])
+    assert three == one

@@ -31,6 +31,9 @@ PROCESS_BASE_BYTES = 300 * 1024 * 1024
 # Bytes of working memory per byte of input chunk: the chunk, its decoded codes and the
 # transformed output (measured for slicing in benchmarks/slice_benchmark.py).
 WORKING_SET_PER_CHUNK_BYTE = 6
+# Chunks the reader keeps while writing several outputs in lockstep: a Linear's codes, scale
+# and zero point, plus one spare; each later output finds them instead of re-reading.
+LOCKSTEP_CACHE_ENTRIES = 4
 
 
 @dataclass
@@ -68,8 +71,8 @@ class Plan:
         return len(self.outputs) > 1 and all(n == names[0] for n in names)
 
     def peak_memory_estimate(self) -> int:
-        caches = len(self.outputs) if self.lockstep else 1
-        return PROCESS_BASE_BYTES + (WORKING_SET_PER_CHUNK_BYTE + caches) * self.chunk_bytes
+        cached = LOCKSTEP_CACHE_ENTRIES if self.lockstep else 0
+        return PROCESS_BASE_BYTES + (WORKING_SET_PER_CHUNK_BYTE + cached) * self.chunk_bytes
 
     def total_bytes(self) -> int:
         return sum(t.nbytes for o in self.outputs for t in o.tensors)
@@ -147,7 +150,7 @@ def execute(plan: Plan, destination: Path, force: bool, on_bytes: Callable[[int]
     """Stream the plan into a staging folder, then rename it to `destination`."""
     check_destination(destination, force, [plan.source.path])
     if plan.lockstep:
-        plan.source._cache_entries = 4 * len(plan.outputs)
+        plan.source.cache_entries = LOCKSTEP_CACHE_ENTRIES
     with staged_folder(destination, force) as staging:
         folders = [staging / o.name for o in plan.outputs]
         for folder in folders:

@@ -31,11 +31,11 @@ class ModelFolder:
     """A model folder opened for reading: config.json, headers of every shard, tensor index.
 
     Opening reads only headers. Tensor data is read on demand, whole or by rows, with
-    positioned reads. A few recent row chunks are kept so that several outputs written in
-    lockstep read each input chunk from disk once.
+    positioned reads. With `cache_entries`, the most recent chunks are kept so that several
+    outputs written in lockstep read each input chunk from disk once.
     """
 
-    def __init__(self, path: Path | str, chunk_cache_entries: int = 0):
+    def __init__(self, path: Path | str, cache_entries: int = 0):
         self.path = Path(path)
         _check_folder(self.path)
         self.config = _read_json(self.path / "config.json", "config.json")
@@ -53,8 +53,8 @@ class ModelFolder:
                 self.tensors[tname] = info
         self._check_index()
         self._fds: dict[Path, int] = {}
-        self._cache: OrderedDict[tuple[str, int, int], torch.Tensor] = OrderedDict()
-        self._cache_entries = chunk_cache_entries
+        self._cache: OrderedDict[tuple[str, int, int], bytearray] = OrderedDict()
+        self.cache_entries = cache_entries
 
     # --- structure -------------------------------------------------------------------------
 
@@ -99,26 +99,25 @@ class ModelFolder:
 
     def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop) of a tensor (the whole tensor for a scalar), as a new tensor."""
+        info = self.tensors[name]
+        buf = self.read_bytes(name, start * info.row_bytes, stop * info.row_bytes)
+        dtype = getattr(torch, DTYPES[info.dtype][0])
+        shape = (stop - start, *info.shape[1:]) if info.shape else ()
+        return torch.frombuffer(buf, dtype=dtype).reshape(shape) if buf else torch.empty(shape, dtype=dtype)
+
+    def read_bytes(self, name: str, start: int, stop: int) -> bytearray:
+        """Raw bytes [start, stop) of a tensor's data (a shared buffer: do not modify it)."""
         key = (name, start, stop)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
         info = self.tensors[name]
-        row_bytes = info.row_bytes
-        buf = read_range(self._fd(info.path), info.start + start * row_bytes, (stop - start) * row_bytes, info.path)
-        dtype = getattr(torch, DTYPES[info.dtype][0])
-        shape = (stop - start, *info.shape[1:]) if info.shape else ()
-        tensor = torch.frombuffer(buf, dtype=dtype).reshape(shape) if buf else torch.empty(shape, dtype=dtype)
-        if self._cache_entries:
-            self._cache[key] = tensor
-            while len(self._cache) > self._cache_entries:
+        buf = read_range(self._fd(info.path), info.start + start, stop - start, info.path)
+        if self.cache_entries:
+            self._cache[key] = buf
+            while len(self._cache) > self.cache_entries:
                 self._cache.popitem(last=False)
-        return tensor
-
-    def read_bytes(self, name: str, start: int, stop: int) -> bytearray:
-        """Raw bytes [start, stop) of a tensor's data, for byte-for-byte copies."""
-        info = self.tensors[name]
-        return read_range(self._fd(info.path), info.start + start, stop - start, info.path)
+        return buf
 
     def row_chunks(self, name: str, max_bytes: int = DEFAULT_CHUNK_BYTES) -> list[tuple[int, int]]:
         """Row ranges that cover the tensor, each at most max_bytes (at least one row)."""

