@@ -40,6 +40,11 @@ class WriteOptions(Options):
     max_shard_size: int = Field(DEFAULT_MAX_SHARD_BYTES, gt=0, description="bytes per output shard")
     chunk_size: int = Field(DEFAULT_CHUNK_BYTES, gt=0, description="bytes read per chunk")
 
+    @field_validator("max_shard_size", "chunk_size", mode="before")
+    @classmethod
+    def _sizes(cls, value: object) -> object:
+        return parse_size(value) if isinstance(value, str) else value
+
 
 class QuantizeOptions(WriteOptions):
     model: Path
@@ -89,6 +94,29 @@ class InspectOptions(Options):
 
 
 M = TypeVar("M", bound=Options)
+
+
+def read_recipe(path: Path) -> dict:
+    """A YAML recipe: a flat mapping of option names (dashes or underscores) to values."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise MatcliError(f"cannot read --recipe {path}: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise MatcliError(f"--recipe {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise MatcliError(f"--recipe {path} must be a mapping of option names to values")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def merge_recipe(recipe: Path | None, flags: dict[str, object], given: set[str]) -> dict[str, object]:
+    """Recipe values, overridden by the flags given on the command line (not by defaults)."""
+    if recipe is None:
+        return flags
+    merged = {k: v for k, v in flags.items() if k in given}
+    return {**{k: v for k, v in flags.items() if k not in given}, **read_recipe(recipe), **merged}
 
 
 def build_options(options_type: type[M], **values: object) -> M:

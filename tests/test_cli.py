@@ -49,3 +49,14 @@ def test_slice_json_summary(llama_parent, tmp_path):
 def test_target_bits_needs_a_strategy(llama_parent, tmp_path):
     code, _, err = run_matcli("slice", str(llama_parent), "--bits", "2", "--target-bits", "3", "-o", str(tmp_path / "s"))
     assert code == 2 and "--target-bits needs --bits-config" in err
+
+
+def test_quantize_dry_run_plans_without_writing(llama, tmp_path):
+    code, out, _ = run_matcli("quantize", str(llama), "-o", str(tmp_path / "p"), "--dry-run", "--json")
+    plan = json.loads(out)
+    assert code == 0 and not (tmp_path / "p").exists()
+    (output,) = plan["outputs"]
+    assert output["transforms"]["quantize int8"]["tensors"] == 6 * 3  # packed, scale, shape per Linear
+    assert any(c["key"] == "quantization_config" for c in output["config_changes"])
+    code, text, _ = run_matcli("quantize", str(llama), "-o", str(tmp_path / "p"), "--dry-run")
+    assert code == 0 and "estimated peak memory" in text and "model.safetensors" in text

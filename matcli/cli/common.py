@@ -26,6 +26,12 @@ MAX_SHARD_SIZE = typer.Option("5GB", "--max-shard-size", help="Largest output sh
 CHUNK_SIZE = typer.Option("32MiB", "--chunk-size", help="Bytes read at a time; peak memory grows with it.")
 JSON_OUTPUT = typer.Option(False, "--json", help="Print one JSON object instead of tables.")
 QUIET = typer.Option(False, "-q", "--quiet", help="No progress bar or tables.")
+RECIPE = typer.Option(None, "--recipe", help="YAML file of option values; flags given on the command line override it.")
+
+
+def given_flags(ctx: typer.Context) -> set[str]:
+    """Names of the parameters the user actually typed (not left at their defaults)."""
+    return {name for name in ctx.params if ctx.get_parameter_source(name).name != "DEFAULT"}
 
 
 def parse_int_list(text: str, flag: str) -> list[int]:

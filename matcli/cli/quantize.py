@@ -15,6 +15,7 @@ HELP = (
 
 
 def quantize(
+    ctx: typer.Context,
     model: Path = typer.Argument(..., help="Dense Hugging Face model folder."),
     output: Path = common.OUTPUT,
     method: str = typer.Option("rtn", "--method", help="rtn: round-to-nearest MinMax, no training."),
@@ -28,12 +29,12 @@ def quantize(
     dry_run: bool = common.DRY_RUN,
     json_output: bool = common.JSON_OUTPUT,
     quiet: bool = common.QUIET,
+    recipe: Path | None = common.RECIPE,
 ) -> None:
     from matcli.quant.rtn import plan_rtn
-    from matcli.recipe import QuantizeOptions, build_options, parse_size
+    from matcli.recipe import QuantizeOptions, build_options, merge_recipe
 
-    options = build_options(
-        QuantizeOptions,
+    flags = dict(
         model=model,
         output=output,
         method=method,
@@ -41,12 +42,13 @@ def quantize(
         scheme=scheme,
         group_size=group_size,
         layers=layers,
-        max_shard_size=parse_size(max_shard_size),
-        chunk_size=parse_size(chunk_size),
+        max_shard_size=max_shard_size,
+        chunk_size=chunk_size,
         force=force,
         dry_run=dry_run,
     )
+    options = build_options(QuantizeOptions, **merge_recipe(recipe, flags, common.given_flags(ctx)))
     plan = plan_rtn(options)
-    common.run_plan(plan, output, force, dry_run, json_output, quiet)
-    if not dry_run:
-        common.report_written(plan, output, json_output, quiet)
+    common.run_plan(plan, options.output, options.force, options.dry_run, json_output, quiet)
+    if not options.dry_run:
+        common.report_written(plan, options.output, json_output, quiet)

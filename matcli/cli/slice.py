@@ -15,6 +15,7 @@ HELP = (
 
 
 def slice_command(
+    ctx: typer.Context,
     parent: Path = typer.Argument(..., help="Parent folder made by matcli quantize."),
     output: Path = common.OUTPUT,
     bits: str | None = typer.Option(None, "--bits", help="Width(s) to slice, e.g. 2 or 4,2."),
@@ -33,12 +34,12 @@ def slice_command(
     dry_run: bool = common.DRY_RUN,
     json_output: bool = common.JSON_OUTPUT,
     quiet: bool = common.QUIET,
+    recipe: Path | None = common.RECIPE,
 ) -> None:
     from matcli.quant.slicing import plan_slice
-    from matcli.recipe import SliceOptions, build_options, parse_size
+    from matcli.recipe import SliceOptions, build_options, merge_recipe
 
-    options = build_options(
-        SliceOptions,
+    flags = dict(
         parent=parent,
         output=output,
         bits=common.parse_int_list(bits, "--bits") if bits is not None else None,
@@ -47,12 +48,13 @@ def slice_command(
         extra_precision=extra_precision,
         format=format,
         dtype=dtype,
-        max_shard_size=parse_size(max_shard_size),
-        chunk_size=parse_size(chunk_size),
+        max_shard_size=max_shard_size,
+        chunk_size=chunk_size,
         force=force,
         dry_run=dry_run,
     )
+    options = build_options(SliceOptions, **merge_recipe(recipe, flags, common.given_flags(ctx)))
     plan = plan_slice(options)
-    common.run_plan(plan, output, force, dry_run, json_output, quiet)
-    if not dry_run:
-        common.report_written(plan, output, json_output, quiet)
+    common.run_plan(plan, options.output, options.force, options.dry_run, json_output, quiet)
+    if not options.dry_run:
+        common.report_written(plan, options.output, json_output, quiet)
