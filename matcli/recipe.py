@@ -88,6 +88,26 @@ class SliceOptions(WriteOptions):
         return self
 
 
+class ExtractOptions(WriteOptions):
+    model: Path
+    ffn_config: str | None = None
+    skip_layers: str | None = None
+    budget: str | None = None
+    reorder: bool = False
+    data: Path | None = None
+    seq_len: int = Field(256, gt=1)
+    max_tokens: int = Field(16384, gt=1)
+    rank_by_loss: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExtractOptions:
+        if (self.ffn_config is None) == (self.budget is None):
+            raise ValueError("give either --ffn-config (widths) or --budget (a size to fit)")
+        if (self.reorder or self.rank_by_loss) and self.data is None:
+            raise ValueError("--reorder and --rank-by-loss measure on calibration text: add --data FILE")
+        return self
+
+
 class InspectOptions(Options):
     path: Path
     json_output: bool = False

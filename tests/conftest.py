@@ -128,3 +128,35 @@ def logits_of(model_path: Path, tokens: torch.Tensor, state_dict: dict | None = 
     model.eval()
     with torch.no_grad():
         return model(tokens).logits
+
+
+def build_gemma3n_35(path: Path, seed: int = 0) -> Path:
+    """A scaled-down Gemma 3n E4B: the same 35 layers, layer types, KV sharing (15 layers) and
+    activation sparsity (first 10), every width divided by 128 (FFN 16384 -> 128)."""
+    from transformers import AutoModelForCausalLM, Gemma3nTextConfig
+
+    config = Gemma3nTextConfig(
+        vocab_size=128,
+        vocab_size_per_layer_input=64,
+        hidden_size=32,
+        hidden_size_per_layer_input=4,
+        intermediate_size=[128] * 35,
+        num_hidden_layers=35,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        num_kv_shared_layers=15,
+        layer_types=(["sliding_attention"] * 4 + ["full_attention"]) * 7,
+        sliding_window=16,
+        activation_sparsity_pattern=[0.95] * 10 + [0.0] * 25,
+        laurel_rank=4,
+        altup_num_inputs=2,
+    )
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def gemma3n_35(tmp_path_factory) -> Path:
+    return build_gemma3n_35(tmp_path_factory.mktemp("gemma3n-35") / "dense")

@@ -41,7 +41,7 @@ def test_inspect_parent_and_slice(llama, llama_parent, tmp_path):
 def test_slice_json_summary(llama_parent, tmp_path):
     code, out, _ = run_matcli("slice", str(llama_parent), "--bits", "4,2", "-o", str(tmp_path / "s"), "--json")
     summary = json.loads(out)
-    assert code == 0 and [r["bits"] for r in summary["outputs"]] == [4, 2]
+    assert code == 0 and [r["matcli"]["bits"] for r in summary["outputs"]] == [4, 2]
     assert summary["outputs"][0]["size_bytes"] > summary["outputs"][1]["size_bytes"]
     assert any("not trained for int4" in w for w in summary["warnings"])
 

@@ -34,6 +34,18 @@ class ConfigKeys(BaseModel):
     intermediate_size: str
 
 
+class KvSharing(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    shared_layers: str  # config key: how many final layers reuse earlier layers' KV cache
+    layer_types: str  # config key: attention type per layer
+
+
+class LayerBlock(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    dim: int
+    block: str  # config key of the block size along `dim`
+
+
 class Family(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
@@ -46,6 +58,11 @@ class Family(BaseModel):
     embeddings: tuple[str, ...]
     lm_head: str | None
     config: ConfigKeys
+    per_layer_config: tuple[str, ...]
+    per_layer_intermediate: bool
+    kv_sharing: KvSharing | None
+    layer_blocked_tensors: dict[str, LayerBlock]
+    effective_excludes: tuple[str, ...]
 
 
 @cache
@@ -112,6 +129,10 @@ class Architecture:
         """(layer index, name relative to the layer) for a tensor inside a decoder layer."""
         m = self._layer_re.match(tensor_name)
         return (int(m.group(1)), m.group(2)) if m else None
+
+    def layer_name(self, layer: int, relative: str) -> str:
+        """The full tensor name of `relative` in layer `layer`, in this checkpoint's layout."""
+        return self.layer_template.format(layer=layer) + relative
 
     def linear_kind(self, module_name: str) -> LinearKind | None:
         """Whether a module (a tensor name without `.weight`) is an FFN, attention or other Linear."""

@@ -57,6 +57,8 @@ class Plan:
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     warnings: list[str] = field(default_factory=list)
+    # Command-specific facts for the dry run and the final summary (e.g. parameter counts).
+    report: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.aux = aux_files(self.source.path)
@@ -108,10 +110,11 @@ class Plan:
             "copied_files": [p.as_posix() for p in self.aux],
             "estimated_peak_memory_bytes": self.peak_memory_estimate(),
             "warnings": self.warnings,
+            "report": self.report,
         }
 
 
-def copy_tensor(folder: ModelFolder, name: str, chunk_bytes: int) -> OutputTensor:
+def copy_tensor(folder: ModelFolder, name: str, chunk_bytes: int, new_name: str | None = None) -> OutputTensor:
     """An output tensor that is the input tensor, byte for byte, read in chunks."""
     info = folder.tensors[name]
 
@@ -119,7 +122,8 @@ def copy_tensor(folder: ModelFolder, name: str, chunk_bytes: int) -> OutputTenso
         for start in range(0, info.nbytes, chunk_bytes):
             yield folder.read_bytes(name, start, min(start + chunk_bytes, info.nbytes))
 
-    return OutputTensor(name, info.dtype, info.shape, chunks, "copy")
+    label = "copy" if new_name in (None, name) else "copy (renamed)"
+    return OutputTensor(new_name or name, info.dtype, info.shape, chunks, label)
 
 
 def config_diff(before: dict, after: dict, prefix: str = "") -> list[dict]:

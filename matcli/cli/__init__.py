@@ -13,18 +13,19 @@ import traceback
 import typer
 
 from matcli import __version__
-from matcli.cli import demo, eval, inspect, quantize, slice
+from matcli.cli import demo, eval, extract, inspect, quantize, slice
 from matcli.errors import RUNTIME, MatcliError
 
 app = typer.Typer(
     name="matcli",
-    help="Turn one trained model into many: Matryoshka quantization (quantize, slice), inspect, eval, demo.",
+    help="Turn one trained model into many: Matryoshka quantization (quantize, slice), MatFormer submodels (extract), inspect, eval, demo.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
 app.command("quantize", help=quantize.HELP)(quantize.quantize)
 app.command("slice", help=slice.HELP)(slice.slice_command)
+app.command("extract", help=extract.HELP)(extract.extract_command)
 app.command("inspect", help=inspect.HELP)(inspect.inspect_command)
 app.command("eval", help=eval.HELP)(eval.eval_command)
 app.command("demo", help=demo.HELP)(demo.demo)

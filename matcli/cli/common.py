@@ -144,25 +144,29 @@ def report_written(plan: Plan, output: Path, json_output: bool, quiet: bool) -> 
     rows = []
     for o in plan.outputs:
         folder = output / o.name if o.name else output
-        info = o.config.get("matcli", {})
-        rows.append(
-            {
-                "path": str(folder),
-                "role": info.get("role"),
-                "bits": info.get("bits", info.get("parent_bits")),
-                "average_bits": info.get("average_bits", info.get("parent_bits")),
-                "format": info.get("format", "compressed-tensors"),
-                "size_bytes": folder_size(folder),
-            }
-        )
+        rows.append({"path": str(folder), "size_bytes": folder_size(folder), "matcli": o.config.get("matcli", {})})
     if json_output:
-        print(json.dumps({"outputs": rows, "warnings": plan.warnings}, indent=2))
+        print(json.dumps({"outputs": rows, "warnings": plan.warnings, "report": plan.report}, indent=2))
         return
     if quiet:
         return
     table = Table(title=f"matcli {plan.command}: written", title_justify="left")
-    for column in ("folder", "bits", "avg bits", "format", "size"):
-        table.add_column(column, justify="right" if column in ("bits", "avg bits", "size") else "left")
+    for column in ("folder", "what", "size"):
+        table.add_column(column, justify="right" if column == "size" else "left")
     for r in rows:
-        table.add_row(r["path"], str(r["bits"] or "mixed"), f"{r['average_bits']:g}", r["format"], human_bytes(r["size_bytes"]))
+        table.add_row(r["path"], _what(r["matcli"]), human_bytes(r["size_bytes"]))
     out.print(table)
+
+
+def _what(info: dict) -> str:
+    """A short description of an artifact from its `matcli` config block."""
+    role = info.get("role")
+    if role == "parent":
+        return f"int{info['parent_bits']} parent ({info['scheme']}, {info['method']})"
+    if role == "slice":
+        bits = f"int{info['bits']}" if info.get("bits") else f"mixed, {info['average_bits']:g} bits on average"
+        return f"{bits} slice, {info['format']}"
+    if role == "extract":
+        widths = sorted(set(info["ffn_widths"]))
+        return f"{len(info['ffn_widths'])} layers, FFN widths {widths}"
+    return role or "model"

@@ -1,0 +1,35 @@
+"""MatFormer: nested-FFN submodels (Mix'n'Match) cut out of one checkpoint."""
+
+from __future__ import annotations
+
+from matcli.checkpoint.plan import Plan
+from matcli.checkpoint.reader import ModelFolder
+from matcli.recipe import ExtractOptions
+
+
+def plan_extract(options: ExtractOptions) -> Plan:
+    from matcli.matformer.extract import Extraction, model_widths, plan_extraction
+    from matcli.matformer.ffn_config import choose_widths
+
+    folder = ModelFolder(options.model)
+    arch, text_config, full = model_widths(folder)
+    neurons = None
+    if options.reorder or options.rank_by_loss:
+        from matcli.matformer.importance import neuron_ranking
+
+        neurons = neuron_ranking(options.model, options.data, options.seq_len, options.max_tokens)
+    if options.budget is not None:
+        from matcli.matformer.budget import choose_under_budget
+
+        choice = choose_under_budget(folder, arch, text_config, full, options, neurons)
+    else:
+        choice = choose_widths(options.ffn_config, options.skip_layers, full)
+    extraction = Extraction(folder, choice, neurons if options.reorder else None)
+    return plan_extraction(
+        folder,
+        extraction,
+        options.model_dump(mode="json"),
+        options.chunk_size,
+        options.max_shard_size,
+        reordered=options.reorder,
+    )

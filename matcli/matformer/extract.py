@@ -1,0 +1,270 @@
+"""`matcli extract`: a MatFormer Mix'n'Match submodel, streamed without building the model.
+
+Per kept layer, the FFN keeps a set of hidden neurons (the first m, or with `--reorder` the m
+most important): gate/up rows and down columns are cut, fused gate_up is cut as two halves.
+Skipped layers are dropped and the rest renumbered; tensors made of one block per layer
+(Gemma 3n's per-layer embeddings) keep the kept layers' blocks, read in row chunks. Config
+edits follow the family data (per-layer lists, KV sharing). Everything else is copied.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+
+from matcli.arch import Architecture, resolve
+from matcli.checkpoint.plan import OutputCheckpoint, Plan, copy_tensor
+from matcli.checkpoint.reader import ModelFolder
+from matcli.checkpoint.writer import OutputTensor
+from matcli.errors import MatcliError
+from matcli.matformer.ffn_config import GRANULARITIES, FfnChoice
+from matcli.quant import ct_format
+from matcli.quant.parent import CONFIG_KEY
+
+Runs = list[tuple[int, int]]  # sorted, disjoint [start, stop) index ranges
+
+
+def runs_of(indices: list[int]) -> Runs:
+    """Sorted indices -> maximal contiguous [start, stop) runs."""
+    runs: Runs = []
+    for i in indices:
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
+
+def _length(runs: Runs) -> int:
+    return sum(b - a for a, b in runs)
+
+
+def select_rows(folder: ModelFolder, name: str, new_name: str, runs: Runs, chunk_bytes: int, label: str) -> OutputTensor:
+    """The rows of `runs` (dim 0), in order, read in chunks."""
+    info = folder.tensors[name]
+    rows_per_chunk = max(1, chunk_bytes // max(1, info.row_bytes))
+
+    def chunks():
+        for a, b in runs:
+            for s in range(a, b, rows_per_chunk):
+                yield folder.read_bytes(name, s * info.row_bytes, min(s + rows_per_chunk, b) * info.row_bytes)
+
+    return OutputTensor(new_name, info.dtype, (_length(runs), *info.shape[1:]), chunks, label)
+
+
+def select_columns(folder: ModelFolder, name: str, new_name: str, runs: Runs, chunk_bytes: int, label: str) -> OutputTensor:
+    """The columns of `runs` (dim 1) of every row, read in row chunks."""
+    info = folder.tensors[name]
+    index = torch.tensor([i for a, b in runs for i in range(a, b)], dtype=torch.long)
+
+    def chunks():
+        for start, stop in folder.row_chunks(name, chunk_bytes):
+            rows = folder.read_rows(name, start, stop)
+            if len(runs) == 1:
+                yield rows[:, runs[0][0] : runs[0][1]].contiguous()
+            else:
+                yield rows.index_select(1, index)
+
+    return OutputTensor(new_name, info.dtype, (info.shape[0], len(index), *info.shape[2:]), chunks, label)
+
+
+def full_widths(arch: Architecture, folder: ModelFolder, num_layers: int) -> list[int]:
+    """Each layer's FFN width, from its up projection (checked against the config)."""
+    widths = []
+    for layer in range(num_layers):
+        up = arch.layer_name(layer, arch.family.ffn.up + ".weight")
+        fused = arch.family.ffn.fused_gate_up and arch.layer_name(layer, arch.family.ffn.fused_gate_up + ".weight")
+        if up in folder.tensors:
+            widths.append(folder.tensors[up].shape[0])
+        elif fused and fused in folder.tensors:
+            widths.append(folder.tensors[fused].shape[0] // 2)
+        else:
+            raise MatcliError(f"{folder.path} has no FFN weights for layer {layer} ({up} is missing); the checkpoint is incomplete")
+        down = arch.layer_name(layer, arch.family.ffn.down + ".weight")
+        if down not in folder.tensors:
+            raise MatcliError(f"{folder.path} has no {down}; the checkpoint is incomplete")
+        if folder.tensors[down].shape[1] != widths[-1]:
+            raise MatcliError(f"{down} has {folder.tensors[down].shape[1]} columns but layer {layer}'s FFN width is {widths[-1]}; the checkpoint is inconsistent")
+    return widths
+
+
+def model_widths(folder: ModelFolder) -> tuple[Architecture, dict, list[int]]:
+    """The family, the language-model config and each layer's full FFN width."""
+    if ct_format.packed_linears(folder):
+        raise MatcliError(f"{folder.path} is quantized; extract from the dense model, then quantize the submodel")
+    arch = resolve(folder.config, list(folder.tensors))
+    text_config = folder.text_config(arch.family.text_config)
+    return arch, text_config, full_widths(arch, folder, arch.num_layers(text_config))
+
+
+def kv_producers(arch: Architecture, text_config: dict, num_layers: int) -> set[int]:
+    """Layers whose KV cache later layers reuse (Gemma 3n): the last layer of each attention
+    type below the first KV-shared layer, computed from the config."""
+    kv = arch.family.kv_sharing
+    if kv is None or not text_config.get(kv.shared_layers):
+        return set()
+    types = text_config[kv.layer_types]
+    first_shared = num_layers - int(text_config[kv.shared_layers])
+    return {max(i for i in range(first_shared) if types[i] == t) for t in set(types[first_shared:]) if t in types[:first_shared]}
+
+
+def check_choice(arch: Architecture, text_config: dict, full: list[int], choice: FfnChoice) -> list[str]:
+    """Refuse impossible choices; return warnings for unusual ones."""
+    kept = [i for i in range(len(full)) if i not in choice.skip]
+    if not kept:
+        raise MatcliError("--skip-layers skips every layer; keep at least one")
+    for width, layer in zip(choice.widths, kept):
+        if not isinstance(width, int) or isinstance(width, bool):
+            raise MatcliError(f"--ffn-config width {width!r} for layer {layer} is not an integer")
+        if not 0 < width <= full[layer]:
+            raise MatcliError(f"--ffn-config width {width} for layer {layer} is outside 1..{full[layer]} (the layer's full width)")
+    producers = kv_producers(arch, text_config, len(full)) & set(choice.skip)
+    if producers:
+        layer = min(producers)
+        shared = text_config[arch.family.kv_sharing.shared_layers]
+        raise MatcliError(
+            f"layer {layer} cannot be skipped: it computes the KV cache that the last {shared} layers reuse "
+            f"(num_kv_shared_layers); keep it"
+        )
+    if not arch.family.per_layer_intermediate and len(set(choice.widths)) > 1 and not isinstance(
+        text_config.get(arch.family.config.intermediate_size), list
+    ):
+        raise MatcliError(
+            f"{arch.name} configs take one intermediate_size for all layers, so transformers cannot load "
+            f"different widths per layer ({sorted(set(choice.widths))}); give a uniform width, or a Gemma 3n model for Mix'n'Match"
+        )
+    warnings = []
+    odd = sorted({(w, full[layer]) for w, layer in zip(choice.widths, kept) if w not in {full[layer] // g for g in GRANULARITIES.values()}})
+    if odd:
+        warnings.append(f"widths {sorted({w for w, _ in odd})} are not MatFormer granularities (1/8, 1/4, 1/2 or all of a layer's width); quality is untested there")
+    unaligned = sorted({w for w in choice.widths if w % 128})
+    if unaligned:
+        warnings.append(f"widths {unaligned} are not multiples of 128; some kernels and quantizers want 128 or 256")
+    return warnings
+
+
+def edited_config(arch: Architecture, config: dict, full: list[int], choice: FfnChoice, kept: list[int]) -> dict:
+    new = copy.deepcopy(config)
+    key = arch.family.text_config
+    text = new[key] if key and isinstance(new.get(key), dict) else new
+    num_layers = len(full)
+    keys = arch.family.config
+    text[keys.num_layers] = len(kept)
+    if arch.family.per_layer_intermediate or isinstance(text.get(keys.intermediate_size), list):
+        text[keys.intermediate_size] = list(choice.widths)
+    else:
+        text[keys.intermediate_size] = choice.widths[0]
+    for list_key in arch.family.per_layer_config:
+        values = text.get(list_key)
+        if isinstance(values, list) and len(values) == num_layers:
+            text[list_key] = [values[i] for i in kept]
+    kv = arch.family.kv_sharing
+    if kv and text.get(kv.shared_layers):
+        first_shared = num_layers - int(text[kv.shared_layers])
+        text[kv.shared_layers] = sum(1 for i in kept if i >= first_shared)
+    return new
+
+
+def parameter_counts(arch: Architecture, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+    excluded = set(arch.family.effective_excludes)
+    total = effective = 0
+    for name, shape in shapes.items():
+        n = math.prod(shape)
+        total += n
+        if not excluded & set(name.split(".")):
+            effective += n
+    return {"total": total, "effective": effective}
+
+
+class Extraction:
+    """Everything `extract` decides before writing: layers, neurons, names, config."""
+
+    def __init__(self, folder: ModelFolder, choice: FfnChoice, neurons: dict[int, list[int]] | None = None):
+        self.folder = folder
+        self.arch, self.text_config, self.full = model_widths(folder)
+        num_layers = len(self.full)
+        self.warnings = check_choice(self.arch, self.text_config, self.full, choice)
+        self.choice = choice
+        self.kept = [i for i in range(num_layers) if i not in choice.skip]
+        self.new_index = {old: new for new, old in enumerate(self.kept)}
+        # Neurons kept per original layer: the first m, or the chosen ones (--reorder).
+        self.neurons = {
+            old: runs_of(sorted(neurons[old][:m])) if neurons else [(0, m)]
+            for old, m in zip(self.kept, choice.widths)
+        }
+        self._check_layer_indices()
+
+    def _check_layer_indices(self) -> None:
+        for name in self.folder.tensors:
+            split = self.arch.split_layer(name)
+            if split and split[0] >= len(self.full):
+                raise MatcliError(f"{name} belongs to layer {split[0]} but config.json says there are {len(self.full)} layers; the checkpoint is inconsistent")
+
+    def tensors(self, chunk_bytes: int) -> list[OutputTensor]:
+        out = []
+        for name in sorted(self.folder.tensors):
+            tensor = self._tensor(name, chunk_bytes)
+            if tensor is not None:
+                out.append(tensor)
+        return sorted(out, key=lambda t: t.name)
+
+    def _tensor(self, name: str, chunk_bytes: int) -> OutputTensor | None:
+        split = self.arch.split_layer(name)
+        if split is None:
+            return self._outside_layers(name, chunk_bytes)
+        layer, relative = split
+        if layer not in self.new_index:
+            return None
+        new_name = self.arch.layer_name(self.new_index[layer], relative)
+        ffn, runs, full = self.arch.family.ffn, self.neurons[layer], self.full[layer]
+        label = "cut FFN"
+        if relative in (f"{ffn.gate}.weight", f"{ffn.up}.weight", f"{ffn.gate}.bias", f"{ffn.up}.bias"):
+            return select_rows(self.folder, name, new_name, runs, chunk_bytes, label)
+        if relative == f"{ffn.down}.weight":
+            return select_columns(self.folder, name, new_name, runs, chunk_bytes, label)
+        if ffn.fused_gate_up and relative in (f"{ffn.fused_gate_up}.weight", f"{ffn.fused_gate_up}.bias"):
+            halves = runs + [(a + full, b + full) for a, b in runs]  # gate rows, then up rows
+            return select_rows(self.folder, name, new_name, halves, chunk_bytes, label)
+        return copy_tensor(self.folder, name, chunk_bytes, new_name)
+
+    def _outside_layers(self, name: str, chunk_bytes: int) -> OutputTensor:
+        for suffix, block in self.arch.family.layer_blocked_tensors.items():
+            if name.endswith(suffix):
+                size = int(self.text_config[block.block])
+                runs = runs_of([i for layer in self.kept for i in range(layer * size, (layer + 1) * size)])
+                select = select_rows if block.dim == 0 else select_columns
+                return select(self.folder, name, name, runs, chunk_bytes, "keep kept layers' blocks")
+        return copy_tensor(self.folder, name, chunk_bytes)
+
+    def config(self, reordered: bool) -> dict:
+        config = edited_config(self.arch, self.folder.config, self.full, self.choice, self.kept)
+        config[CONFIG_KEY] = {
+            "role": "extract",
+            "source_layers": len(self.full),
+            "skipped_layers": self.choice.skip,
+            "ffn_widths": self.choice.widths,
+            "reordered": reordered,
+        }
+        return config
+
+    def report(self, tensors: list[OutputTensor]) -> dict:
+        before = parameter_counts(self.arch, {n: t.shape for n, t in self.folder.tensors.items()})
+        after = parameter_counts(self.arch, {t.name: t.shape for t in tensors})
+        return {"parameters_before": before, "parameters_after": after, "layers_kept": len(self.kept), "layers_before": len(self.full)}
+
+
+def plan_extraction(folder: ModelFolder, extraction: Extraction, options: dict, chunk_bytes: int, max_shard_bytes: int, reordered: bool) -> Plan:
+    tensors = extraction.tensors(chunk_bytes)
+    output = OutputCheckpoint(name="", config=extraction.config(reordered), tensors=tensors, metadata={"matcli.role": "extract"})
+    return Plan(
+        command="extract",
+        source=folder,
+        outputs=[output],
+        options=options,
+        max_shard_bytes=max_shard_bytes,
+        chunk_bytes=chunk_bytes,
+        warnings=extraction.warnings,
+        report=extraction.report(tensors),
+    )

@@ -1,0 +1,164 @@
+"""`--ffn-config` and `--skip-layers`: which FFN width each kept layer gets.
+
+Forms of `--ffn-config` (widths are per kept layer, after skipping):
+- a width `8192`, a ratio of each layer's full width `0.5`, or a granularity `s|m|l|xl`
+  (1/8, 1/4, 1/2, 1 of the full width, the MatFormer paper's S/M/L/XL): the same for all;
+- a comma-separated list of those, one per kept layer: `8192,8192,16384,...`;
+- a YAML or JSON file: a list, or `{ffn: [...], skip_layers: [...]}`;
+- a row of Google's Gemma 3n slicing CSV: `configs.csv:"Config for E2.98B (block-level)"`.
+  Cells like `[2_048 * 4, ...]` are parsed as integer products, never evaluated.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from matcli.errors import MatcliError
+
+GRANULARITIES = {"s": 8, "m": 4, "l": 2, "xl": 1}  # name -> full width divided by
+CSV_WIDTHS, CSV_SKIPPED = "FFN Hidden Dims", "Layers Skipped"
+
+
+@dataclass
+class FfnChoice:
+    """Widths of the kept layers, the skipped original layers, and warnings found on the way."""
+
+    widths: list[int]
+    skip: list[int]
+    warnings: list[str] = field(default_factory=list)
+
+
+def parse_layer_list(text: str, what: str = "--skip-layers") -> list[int]:
+    """`20-24`, `3,7,20-24` -> sorted unique layer indices."""
+    layers: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
+        if not m:
+            raise MatcliError(f"{what} {text!r}: {part!r} is not a layer index or a range like 20-24")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi < lo:
+            raise MatcliError(f"{what} {text!r}: the range {part!r} runs backwards")
+        layers.update(range(lo, hi + 1))
+    return sorted(layers)
+
+
+def integer_product(text: str, where: str) -> int:
+    """`2_048 * 4` -> 8192. Only integers (with `_` separators) joined by `*` are accepted."""
+    factors = [f.strip() for f in text.split("*")]
+    if not factors or not all(re.fullmatch(r"\d+(?:_\d+)*", f) for f in factors):
+        raise MatcliError(f"{where}: {text.strip()!r} is not an integer or a product of integers like 2_048 * 4")
+    value = 1
+    for f in factors:
+        value *= int(f.replace("_", ""))
+    return value
+
+
+def _bracketed_list(cell: str, where: str) -> list[str]:
+    cell = (cell or "").strip()
+    if not cell:
+        return []
+    if not (cell.startswith("[") and cell.endswith("]")):
+        raise MatcliError(f"{where}: {cell[:40]!r} is not a [..] list")
+    return [item for item in (i.strip() for i in cell[1:-1].split(",")) if item]
+
+
+def read_csv_row(path: Path, row_name: str) -> tuple[list[int], list[int]]:
+    """(widths, skipped layers) of a named row of a Gemma 3n slicing-config CSV."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise MatcliError(f"cannot read --ffn-config CSV {path}: {e.strerror}") from e
+    if not rows or CSV_WIDTHS not in rows[0] or "name" not in rows[0]:
+        raise MatcliError(f"{path} is not a slicing-config CSV: it needs the columns name and {CSV_WIDTHS!r}")
+    wanted = row_name.strip()
+    for row in rows:
+        name = (row["name"] or "").strip()
+        if wanted in (name, name.removeprefix("Config for ")):
+            where = f"{path} row {name!r}"
+            widths = [integer_product(item, where) for item in _bracketed_list(row[CSV_WIDTHS], where)]
+            skipped = [integer_product(item, where) for item in _bracketed_list(row.get(CSV_SKIPPED) or "", where)]
+            return widths, sorted(set(skipped))
+    names = ", ".join(repr((r["name"] or "").strip()) for r in rows)
+    raise MatcliError(f"{path} has no row named {row_name!r}; its rows are: {names}")
+
+
+def _resolve_item(item: object, full: int, where: str) -> int:
+    """One width for a layer of full width `full`: an int, a ratio in (0, 1], or s/m/l/xl."""
+    if isinstance(item, bool):
+        raise MatcliError(f"{where}: {item!r} is not a width")
+    if isinstance(item, int):
+        return item
+    text = str(item).strip().lower()
+    if text in GRANULARITIES:
+        return full // GRANULARITIES[text]
+    if re.fullmatch(r"\d+(?:_\d+)*(?:\s*\*\s*\d+(?:_\d+)*)*", text):
+        return integer_product(text, where)
+    try:
+        value = float(text)
+    except ValueError:
+        raise MatcliError(f"{where}: {item!r} is not a width, a ratio like 0.5, or one of s, m, l, xl") from None
+    if not 0 < value <= 1:
+        raise MatcliError(f"{where}: {item!r} is a fractional width; give an integer number of neurons, or a ratio in (0, 1]")
+    width = value * full
+    if width != int(width):
+        raise MatcliError(f"{where}: ratio {item} of {full} is {width:g}, not a whole number of neurons")
+    return int(width)
+
+
+def choose_widths(spec: str, skip_text: str | None, full_widths: list[int]) -> FfnChoice:
+    """Parse --ffn-config and --skip-layers against the model's full per-layer widths."""
+    skip = parse_layer_list(skip_text) if skip_text else []
+    items: list[object]
+    csv_path, _, row = spec.partition(":")
+    if csv_path.lower().endswith(".csv") and row:
+        widths, csv_skip = read_csv_row(Path(csv_path), row.strip().strip('"').strip("'"))
+        if skip_text and csv_skip != skip:
+            raise MatcliError(f"--skip-layers {skip_text} contradicts the CSV row's skipped layers {csv_skip}; drop --skip-layers")
+        skip, items = csv_skip, list(widths)
+    elif spec.lower().endswith((".yaml", ".yml", ".json")):
+        items, file_skip = _read_file(Path(spec))
+        if file_skip is not None:
+            if skip_text and file_skip != skip:
+                raise MatcliError(f"--skip-layers {skip_text} contradicts skip_layers in {spec}; drop one")
+            skip = file_skip
+    else:
+        items = [part for part in (p.strip() for p in spec.split(",")) if part]
+    num_layers = len(full_widths)
+    outside = [i for i in skip if i >= num_layers]
+    if outside:
+        raise MatcliError(f"--skip-layers {outside[0]} is not a layer: the model has layers 0..{num_layers - 1}")
+    kept = [i for i in range(num_layers) if i not in skip]
+    if len(items) == 1:
+        items = items * len(kept)
+    if len(items) != len(kept):
+        raise MatcliError(
+            f"--ffn-config gives {len(items)} widths but {len(kept)} layers are kept "
+            f"({num_layers} layers, {len(skip)} skipped); give one width per kept layer"
+        )
+    widths = [_resolve_item(item, full_widths[o], f"--ffn-config width for layer {o}") for item, o in zip(items, kept)]
+    return FfnChoice(widths=widths, skip=skip)
+
+
+def _read_file(path: Path) -> tuple[list[object], list[int] | None]:
+    try:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except OSError as e:
+        raise MatcliError(f"cannot read --ffn-config {path}: {e.strerror}") from e
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise MatcliError(f"--ffn-config {path} is not valid {path.suffix[1:].upper()}: {e}") from e
+    if isinstance(data, list):
+        return data, None
+    if isinstance(data, dict) and "ffn" in data and set(data) <= {"ffn", "skip_layers"}:
+        skip = data.get("skip_layers")
+        if skip is not None and not (isinstance(skip, list) and all(isinstance(i, int) for i in skip)):
+            raise MatcliError(f"--ffn-config {path}: skip_layers must be a list of layer indices")
+        return list(data["ffn"]), sorted(set(skip)) if skip is not None else None
+    raise MatcliError(f"--ffn-config {path} must hold a list of widths or {{ffn: [...], skip_layers: [...]}}")

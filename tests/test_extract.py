@@ -1,0 +1,299 @@
+"""`matcli extract`: MatFormer submodels load with stock transformers and equal a model built
+in memory from the same sliced config and weights; Gemma 3n's official rows validate."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import run_matcli
+from matcli.matformer.ffn_config import parse_layer_list
+
+# Google's Gemma 3n slicing configs (google/gemma3n-slicing-configs), as: name, layers,
+# effective params (B), MMLU, new layer indices at 16384 (the rest 8192), skipped layers.
+OFFICIAL_ROWS = [
+    ("Main model", 35, "3.98", "62.30%", "0-34", ""),
+    ("Config for official E2B Model", 30, "1.91", "50.90%", "", "20-24"),
+    ("Config for E1.96B (layer-level)", 30, "1.96", "53.40%", "4", "20-24"),
+    ("Config for E2.54B (layer-level)", 35, "2.54", "55.40%", "4,20-24", ""),
+    ("Config for E2.69B (layer-level)", 35, "2.69", "57.70%", "4,9,14,19-24", ""),
+    ("Config for E2.98B (layer-level)", 35, "2.98", "59.50%", "15-24,30-34", ""),
+    ("Config for E3.18B (layer-level)", 35, "3.18", "61.80%", "4,9-24,29,34", ""),
+    ("Config for E3.39B (layer-level)", 35, "3.39", "63.00%", "4,9-29,34", ""),
+    ("Config for E3.59B (layer-level)", 35, "3.59", "63.40%", "4-29,34", ""),
+    ("Config for E3.79B (layer-level)", 35, "3.79", "63.40%", "4-34", ""),
+    ("Config for E2.49B (block-level)", 35, "2.49", "54.50%", "20-24", ""),
+    ("Config for E2.73B (block-level)", 35, "2.73", "57.10%", "15-24", ""),
+    ("Config for E2.98B (block-level)", 35, "2.98", "59.50%", "10-24", ""),
+    ("Config for E3.24B (block-level)", 35, "3.24", "60.70%", "10-29", ""),
+    ("Config for E3.49B (block-level)", 35, "3.49", "61.40%", "5-29", ""),
+    ("Config for E3.79B (block-level)", 35, "3.74", "62.00%", "5-34", ""),
+]
+
+
+def write_slicing_csv(path: Path, unit: str) -> Path:
+    """The CSV in Google's format; `unit` is "2_048" for real widths, smaller when scaled down."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["name", "# Layers", "# Effective Params (B)", "MMLU PT accuracy", "FFN Hidden Dims", "Layers Skipped"])
+        for name, layers, eff, mmlu, wide, skipped in OFFICIAL_ROWS:
+            wide_set = set(parse_layer_list(wide)) if wide else set()
+            dims = "[" + ", ".join(f"{unit} * {8 if i in wide_set else 4}" for i in range(layers)) + "]"
+            skip = "[" + ", ".join(map(str, parse_layer_list(skipped))) + "]" if skipped else ""
+            writer.writerow([name, layers, eff, mmlu, dims, skip])
+    return path
+
+
+def load(path: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def reference_submodel(dense: Path, kept: list[int], widths: list[int]):
+    """The submodel built independently: sliced config and weights, plain torch indexing."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = json.loads((dense / "config.json").read_text())
+    state = load_file(dense / "model.safetensors")
+    num_layers = config["num_hidden_layers"]
+    new = {}
+    for name, t in state.items():
+        if ".layers." in name:
+            prefix, rest = name.split(".layers.", 1)
+            old, rel = rest.split(".", 1)
+            if int(old) not in kept:
+                continue
+            n = kept.index(int(old))
+            m = widths[n]
+            if rel.startswith(("mlp.gate_proj", "mlp.up_proj")):
+                t = t[:m]
+            elif rel.startswith("mlp.down_proj"):
+                t = t[:, :m]
+            new[f"{prefix}.layers.{n}.{rel}"] = t
+        elif name.endswith("embed_tokens_per_layer.weight"):
+            p = config["hidden_size_per_layer_input"]
+            new[name] = t.reshape(t.shape[0], num_layers, p)[:, kept].reshape(t.shape[0], -1)
+        elif name.endswith("per_layer_model_projection.weight"):
+            p = config["hidden_size_per_layer_input"]
+            new[name] = t.reshape(num_layers, p, -1)[kept].reshape(-1, t.shape[1])
+        else:
+            new[name] = t
+    config["num_hidden_layers"] = len(kept)
+    if isinstance(config["intermediate_size"], list):
+        config["intermediate_size"] = widths
+        shared_from = num_layers - config["num_kv_shared_layers"]
+        config["num_kv_shared_layers"] = sum(i >= shared_from for i in kept)
+        config["activation_sparsity_pattern"] = [config["activation_sparsity_pattern"][i] for i in kept]
+    else:
+        config["intermediate_size"] = widths[0]
+    if "layer_types" in config:
+        config["layer_types"] = [config["layer_types"][i] for i in kept]
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config), dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(new, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    model.tie_weights()
+    return model.eval()
+
+
+def assert_same_logits(a, b, vocab: int = 128):
+    tokens = torch.randint(0, vocab, (2, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x, y = a(tokens).logits, b(tokens).logits
+    assert torch.allclose(x, y, rtol=0, atol=1e-5), (x - y).abs().max()
+
+
+def tensor_bytes(folder: Path) -> dict[str, bytes]:
+    from matcli.checkpoint.reader import ModelFolder
+
+    with ModelFolder(folder) as f:
+        return {n: bytes(f.read_bytes(n, 0, t.nbytes)) for n, t in f.tensors.items()}
+
+
+# --- Llama family ---------------------------------------------------------------------------
+
+
+def test_identity_is_byte_identical(llama, tmp_path):
+    out = tmp_path / "same"
+    assert run_matcli("extract", str(llama), "-o", str(out), "--ffn-config", "xl", "-q")[0] == 0
+    assert tensor_bytes(out) == tensor_bytes(llama)
+    assert json.loads((out / "config.json").read_text())["intermediate_size"] == 128
+
+
+@pytest.mark.parametrize("spec", ["0.5", "64", "l"])
+def test_llama_uniform_half_width_loads_and_matches(llama, tmp_path, spec):
+    out = tmp_path / "half"
+    code, _, err = run_matcli("extract", str(llama), "-o", str(out), "--ffn-config", spec, "-q")
+    assert code == 0, err
+    assert json.loads((out / "config.json").read_text())["intermediate_size"] == 64
+    assert_same_logits(load(out), reference_submodel(llama, [0, 1], [64, 64]))
+
+
+def test_qwen2_uniform_extraction_loads(tmp_path):
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    dense = tmp_path / "qwen2"
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(dense)
+    out = tmp_path / "q"
+    assert run_matcli("extract", str(dense), "-o", str(out), "--ffn-config", "m", "--skip-layers", "1", "-q")[0] == 0
+    got = json.loads((out / "config.json").read_text())
+    assert got["num_hidden_layers"] == 2 and got["intermediate_size"] == 64
+    assert len(got["layer_types"]) == 2
+    assert_same_logits(load(out), reference_submodel(dense, [0, 2], [64, 64]))
+
+
+def test_non_uniform_llama_is_refused(llama, tmp_path):
+    code, _, err = run_matcli("extract", str(llama), "-o", str(tmp_path / "o"), "--ffn-config", "64,128")
+    assert code == 2 and "one intermediate_size" in err and not (tmp_path / "o").exists()
+
+
+def test_fused_gate_up_is_cut_as_two_halves(llama, tmp_path):
+    fused = Path(shutil.copytree(llama, tmp_path / "fused"))
+    state = load_file(fused / "model.safetensors")
+    for i in range(2):
+        p = f"model.layers.{i}.mlp."
+        state[p + "gate_up_proj.weight"] = torch.cat([state.pop(p + "gate_proj.weight"), state.pop(p + "up_proj.weight")])
+    save_file(state, fused / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "cut"
+    assert run_matcli("extract", str(fused), "-o", str(out), "--ffn-config", "48", "-q")[0] == 0
+    original, cut = load_file(llama / "model.safetensors"), load_file(out / "model.safetensors")
+    p = "model.layers.1.mlp."
+    expected = torch.cat([original[p + "gate_proj.weight"][:48], original[p + "up_proj.weight"][:48]])
+    assert torch.equal(cut[p + "gate_up_proj.weight"], expected)
+    assert torch.equal(cut[p + "down_proj.weight"], original[p + "down_proj.weight"][:, :48])
+
+
+# --- Gemma 3n --------------------------------------------------------------------------------
+
+
+def test_gemma3n_e2b_like_row_loads_and_matches(gemma3n_35, tmp_path):
+    table = write_slicing_csv(tmp_path / "configs.csv", unit="16")
+    out = tmp_path / "e2b"
+    code, _, err = run_matcli("extract", str(gemma3n_35), "-o", str(out), "--ffn-config", f'{table}:"Config for official E2B Model"', "-q")
+    assert code == 0, err
+    config = json.loads((out / "config.json").read_text())
+    assert config["num_hidden_layers"] == 30 and config["num_kv_shared_layers"] == 10
+    assert config["activation_sparsity_pattern"] == [0.95] * 10 + [0.0] * 20
+    assert config["intermediate_size"] == [64] * 30 and len(config["layer_types"]) == 30
+    kept = [i for i in range(35) if not 20 <= i <= 24]
+    assert_same_logits(load(out), reference_submodel(gemma3n_35, kept, [64] * 30))
+
+
+def test_gemma3n_mixed_widths_load_and_match(gemma3n_35, tmp_path):
+    table = write_slicing_csv(tmp_path / "configs.csv", unit="16")
+    out = tmp_path / "mix"
+    assert run_matcli("extract", str(gemma3n_35), "-o", str(out), "--ffn-config", f"{table}:E2.98B (layer-level)", "-q")[0] == 0
+    wide = set(parse_layer_list("15-24,30-34"))
+    widths = [128 if i in wide else 64 for i in range(35)]
+    assert json.loads((out / "config.json").read_text())["intermediate_size"] == widths
+    assert_same_logits(load(out), reference_submodel(gemma3n_35, list(range(35)), widths))
+
+
+@pytest.mark.parametrize("row", [r[0] for r in OFFICIAL_ROWS])
+def test_every_official_row_validates_with_the_expected_config_edits(gemma3n_35, tmp_path, row):
+    table = write_slicing_csv(tmp_path / "configs.csv", unit="16")
+    code, out, err = run_matcli("extract", str(gemma3n_35), "-o", str(tmp_path / "o"), "--ffn-config", f"{table}:{row}", "--dry-run", "--json")
+    assert code == 0, err
+    plan = json.loads(out)
+    name, layers, _, _, wide, skipped = next(r for r in OFFICIAL_ROWS if r[0] == row)
+    skip = parse_layer_list(skipped) if skipped else []
+    changes = {c["key"]: c["after"] for c in plan["outputs"][0]["config_changes"]}
+    if layers != 35:
+        assert changes["num_hidden_layers"] == layers
+        assert changes["num_kv_shared_layers"] == 15 - len([i for i in skip if i >= 20])
+        assert len(changes["layer_types"]) == layers
+        assert changes["activation_sparsity_pattern"] == [0.95] * 10 + [0.0] * (layers - 10)
+    wide_set = set(parse_layer_list(wide)) if wide else set()
+    expected_widths = [128 if i in wide_set else 64 for i in range(layers)]
+    assert changes.get("intermediate_size", [128] * 35) == expected_widths
+    assert not (tmp_path / "o").exists()
+
+
+def e4b_sparse_checkpoint(path: Path) -> Path:
+    """Real Gemma 3n E4B text shapes in a sparse file: header only, no data on disk."""
+    from transformers import AutoModelForCausalLM, Gemma3nTextConfig
+
+    from matcli.checkpoint.writer import OutputTensor, header_bytes
+
+    config = Gemma3nTextConfig()  # transformers' defaults are E4B's
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    shapes = {n: tuple(p.shape) for n, p in model.state_dict().items() if n != "lm_head.weight"}
+    # Hub checkpoints also hold k/v projections for the KV-shared layers (transformers v5
+    # no longer builds them, but they are in the files and counted in Google's figures).
+    for i in range(35 - config.num_kv_shared_layers, 35):
+        p = f"model.layers.{i}.self_attn."
+        shapes.setdefault(p + "k_proj.weight", (512, 2048))
+        shapes.setdefault(p + "v_proj.weight", (512, 2048))
+        shapes.setdefault(p + "k_norm.weight", (256,))
+    tensors = [OutputTensor(n, "BF16", s, lambda: iter([])) for n, s in sorted(shapes.items())]
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(config.to_dict()))
+    with open(path / "model.safetensors", "wb") as f:
+        f.write(header_bytes(tensors, {"format": "pt"}))
+        f.truncate(f.tell() + sum(t.nbytes for t in tensors))
+    return path
+
+
+def test_official_e2b_row_reproduces_googles_effective_parameter_count(tmp_path):
+    model = e4b_sparse_checkpoint(tmp_path / "e4b")
+    table = write_slicing_csv(tmp_path / "configs.csv", unit="2_048")
+    code, out, err = run_matcli("extract", str(model), "-o", str(tmp_path / "o"), "--ffn-config", f"{table}:Config for official E2B Model", "--dry-run", "--json")
+    assert code == 0, err
+    report = json.loads(out)["report"]
+    assert report["parameters_after"]["effective"] == 1_905_495_648
+    eff = report["parameters_before"]["effective"]
+    assert math.isclose(eff / 1e9, 3.98, abs_tol=0.005)  # the CSV's figure for the main model
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--ffn-config", "64,64,64"], "gives 3 widths but 35 layers are kept"),
+        (["--ffn-config", "0"], "outside 1..128"),
+        (["--ffn-config", "256"], "outside 1..128"),
+        (["--ffn-config", "64.5"], "fractional width"),
+        (["--ffn-config", "64", "--skip-layers", "19"], "layer 19 cannot be skipped"),
+        (["--ffn-config", "64", "--skip-layers", "40"], "is not a layer"),
+    ],
+)
+def test_bad_widths_and_skips(gemma3n_35, tmp_path, args, message):
+    code, _, err = run_matcli("extract", str(gemma3n_35), "-o", str(tmp_path / "o"), *args)
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_csv_rows(gemma3n_35, tmp_path):
+    table = write_slicing_csv(tmp_path / "configs.csv", unit="16")
+    code, _, err = run_matcli("extract", str(gemma3n_35), "-o", str(tmp_path / "o"), "--ffn-config", f"{table}:E9.99B")
+    assert code == 2 and "has no row named 'E9.99B'" in err
+    text = table.read_text().replace("16 * 8", "__import__('os') * 8", 1)
+    table.write_text(text)
+    code, _, err = run_matcli("extract", str(gemma3n_35), "-o", str(tmp_path / "o"), "--ffn-config", f"{table}:Main model")
+    assert code == 2 and "not an integer or a product of integers" in err
+
+
+def test_missing_layer_tensor(llama, tmp_path):
+    broken = Path(shutil.copytree(llama, tmp_path / "broken"))
+    state = load_file(broken / "model.safetensors")
+    del state["model.layers.1.mlp.down_proj.weight"]
+    save_file(state, broken / "model.safetensors", metadata={"format": "pt"})
+    code, _, err = run_matcli("extract", str(broken), "-o", str(tmp_path / "o"), "--ffn-config", "0.5")
+    assert code == 2 and "model.layers.1.mlp.down_proj.weight" in err
+
+
+def test_quantized_input_is_refused(llama_parent, tmp_path):
+    code, _, err = run_matcli("extract", str(llama_parent), "-o", str(tmp_path / "o"), "--ffn-config", "0.5")
+    assert code == 2 and "extract from the dense model" in err
