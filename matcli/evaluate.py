@@ -15,7 +15,7 @@ from matcli.quant.reference import dequantized_state_dict
 
 def load_model(path: Path, bits: int | None = None, extra_precision: bool = False):
     """A float32 causal LM: loaded by stock transformers, or, with `bits`, a parent sliced in memory."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     if bits is None:
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
@@ -28,11 +28,18 @@ def load_model(path: Path, bits: int | None = None, extra_precision: bool = Fals
             raise MatcliError(f"--bits {bits}: cannot slice int{bits} out of an int{parent_bits} parent")
         config = {k: v for k, v in folder.config.items() if k != "quantization_config"}
         state = dequantized_state_dict(folder, bits, extra_precision)
+    return model_from_state(config, state, str(path))
+
+
+def model_from_state(config: dict, state: dict[str, torch.Tensor], what: str):
+    """A float32 causal LM built from a config dict and a complete state dict."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config), dtype=torch.float32)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=False)
     tied = {k for k in missing if "lm_head" in k}
     if unexpected or set(missing) - tied:
-        raise MatcliError(f"{path}: weights do not fit the config (missing {sorted(set(missing) - tied)[:3]}, unexpected {unexpected[:3]})")
+        raise MatcliError(f"{what}: weights do not fit the config (missing {sorted(set(missing) - tied)[:3]}, unexpected {unexpected[:3]})")
     model.tie_weights()
     return model.eval()
 

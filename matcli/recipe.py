@@ -108,6 +108,13 @@ class ExtractOptions(WriteOptions):
         return self
 
 
+class ReorderOptions(WriteOptions):
+    model: Path
+    data: Path
+    seq_len: int = Field(256, gt=1)
+    max_tokens: int = Field(16384, gt=1)
+
+
 class InspectOptions(Options):
     path: Path
     json_output: bool = False

@@ -129,7 +129,7 @@ class CheckpointWriter:
         self._current, self._remaining = tensor, tensor.nbytes
 
     def write(self, chunk: Chunk) -> None:
-        data = _as_bytes(chunk, self._current)
+        data = as_bytes(chunk, self._current)
         if len(data) > self._remaining:
             raise RuntimeError(f"{self._current.name}: more bytes produced than its shape holds")
         self._write(data)
@@ -184,7 +184,8 @@ class CheckpointWriter:
             self.on_bytes(len(data))
 
 
-def _as_bytes(chunk: Chunk, tensor: OutputTensor) -> memoryview:
+def as_bytes(chunk: Chunk, tensor: OutputTensor) -> memoryview:
+    """A produced chunk as bytes, checking that a tensor chunk has the planned dtype."""
     if isinstance(chunk, torch.Tensor):
         if dtype_code(chunk.dtype) != tensor.dtype:
             raise RuntimeError(f"{tensor.name}: produced {chunk.dtype}, planned {tensor.dtype}")

@@ -26,6 +26,7 @@ app = typer.Typer(
 app.command("quantize", help=quantize.HELP)(quantize.quantize)
 app.command("slice", help=slice.HELP)(slice.slice_command)
 app.command("extract", help=extract.HELP)(extract.extract_command)
+app.command("reorder", help=extract.REORDER_HELP)(extract.reorder_command)
 app.command("inspect", help=inspect.HELP)(inspect.inspect_command)
 app.command("eval", help=eval.HELP)(eval.eval_command)
 app.command("demo", help=demo.HELP)(demo.demo)

@@ -166,7 +166,8 @@ def _what(info: dict) -> str:
     if role == "slice":
         bits = f"int{info['bits']}" if info.get("bits") else f"mixed, {info['average_bits']:g} bits on average"
         return f"{bits} slice, {info['format']}"
-    if role == "extract":
+    if role in ("extract", "reorder"):
         widths = sorted(set(info["ffn_widths"]))
-        return f"{len(info['ffn_widths'])} layers, FFN widths {widths}"
+        what = f"{len(info['ffn_widths'])} layers, FFN widths {widths}"
+        return what + (", neurons sorted by importance" if info.get("reordered") else "")
     return role or "model"

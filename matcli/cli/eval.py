@@ -18,6 +18,8 @@ def eval_command(
     data: Path = typer.Option(..., "--data", help="Evaluation text: .txt, or .jsonl with a text field."),
     bits: str | None = typer.Option(None, "--bits", help="Parent only: widths to slice in memory, e.g. 8,6,4,3,2."),
     extra_precision: bool = typer.Option(False, "--extra-precision", help="Slice without the clamp."),
+    ffn_config: str | None = typer.Option(None, "--ffn-config", help="Evaluate a MatFormer submodel cut in memory (same forms as extract)."),
+    skip_layers: str | None = typer.Option(None, "--skip-layers", help="With --ffn-config: original layers to drop."),
     seq_len: int = typer.Option(512, "--seq-len", help="Tokens per window."),
     max_tokens: int = typer.Option(32768, "--max-tokens", help="Evaluate at most this many tokens."),
     batch_size: int = typer.Option(4, "--batch-size"),
@@ -30,23 +32,30 @@ def eval_command(
     from transformers import AutoTokenizer
 
     from matcli.data import read_texts, token_windows
+    from matcli.errors import MatcliError
     from matcli.evaluate import load_model, perplexity
 
     torch.set_grad_enabled(False)
     widths = common.parse_int_list(bits, "--bits") if bits else [None]
     windows = token_windows(AutoTokenizer.from_pretrained(model), read_texts(data), seq_len, max_tokens)
     results = []
-    for r in widths:
+    if ffn_config is not None:
+        if bits:
+            raise MatcliError("--ffn-config and --bits cannot be combined: extract first, then quantize and slice")
+        ppl = perplexity(_submodel(model, ffn_config, skip_layers), windows, batch_size)
+        results.append({"bits": None, "ffn_config": ffn_config, "skip_layers": skip_layers, "perplexity": round(ppl, 4)})
+    for r in widths if ffn_config is None else []:
         ppl = perplexity(load_model(model, r, extra_precision), windows, batch_size)
         results.append({"bits": r if r is not None else _own_bits(model), "perplexity": round(ppl, 4)})
     if json_output:
         print(json.dumps({"model": str(model), "data": str(data), "tokens": windows.numel(), "results": results}, indent=2))
         return
     table = Table(title=f"{model} on {data.name} ({windows.numel():,} tokens)", title_justify="left")
-    table.add_column("bits", justify="right")
+    table.add_column("model", justify="right")
     table.add_column("perplexity", justify="right")
     for row in results:
-        table.add_row(str(row["bits"] or "dense"), f"{row['perplexity']:.3f}")
+        what = f"ffn {row['ffn_config']}" if row.get("ffn_config") else str(row["bits"] or "dense")
+        table.add_row(what, f"{row['perplexity']:.3f}")
     common.out.print(table)
 
 
@@ -54,3 +63,14 @@ def _own_bits(model: Path) -> int | None:
     config = json.loads((model / "config.json").read_text())
     info = config.get("matcli") or {}
     return info.get("bits") or info.get("parent_bits")
+
+
+def _submodel(model: Path, ffn_config: str, skip_layers: str | None):
+    from matcli.checkpoint.reader import ModelFolder
+    from matcli.matformer.extract import model_widths
+    from matcli.matformer.ffn_config import choose_widths
+    from matcli.matformer.inmemory import submodel
+
+    with ModelFolder(model) as folder:
+        _, _, full = model_widths(folder)
+    return submodel(model, choose_widths(ffn_config, skip_layers, full))

@@ -29,6 +29,8 @@ def extract_command(
     reorder: bool = typer.Option(False, "--reorder", help="Keep each layer's most important neurons (measured on --data), not the first ones."),
     data: Path | None = typer.Option(None, "--data", help="Calibration text for --reorder and --rank-by-loss (.txt or .jsonl)."),
     rank_by_loss: bool = typer.Option(False, "--rank-by-loss", help="With --budget: pick the candidate with the lowest loss on --data."),
+    seq_len: int = typer.Option(256, "--seq-len", help="Tokens per calibration window."),
+    max_tokens: int = typer.Option(16384, "--max-tokens", help="Calibration tokens to use at most."),
     max_shard_size: str = common.MAX_SHARD_SIZE,
     chunk_size: str = common.CHUNK_SIZE,
     force: bool = common.FORCE,
@@ -49,6 +51,8 @@ def extract_command(
         reorder=reorder,
         data=data,
         rank_by_loss=rank_by_loss,
+        seq_len=seq_len,
+        max_tokens=max_tokens,
         max_shard_size=max_shard_size,
         chunk_size=chunk_size,
         force=force,
@@ -71,3 +75,44 @@ def render_parameters(report: dict) -> None:
     for key in ("total", "effective"):
         table.add_row(key, f"{before[key]:,}", f"{after[key]:,}", f"{after[key] / before[key]:.3f}")
     common.out.print(table)
+
+
+REORDER_HELP = (
+    "Sort every FFN's hidden neurons by importance measured on --data (a model forward), so that "
+    "prefix extraction keeps the most important ones. The model's outputs do not change."
+)
+
+
+def reorder_command(
+    ctx: typer.Context,
+    model: Path = typer.Argument(..., help="Dense Hugging Face model folder."),
+    output: Path = common.OUTPUT,
+    data: Path = typer.Option(..., "--data", help="Calibration text (.txt or .jsonl)."),
+    seq_len: int = typer.Option(256, "--seq-len", help="Tokens per calibration window."),
+    max_tokens: int = typer.Option(16384, "--max-tokens", help="Calibration tokens to use at most."),
+    max_shard_size: str = common.MAX_SHARD_SIZE,
+    chunk_size: str = common.CHUNK_SIZE,
+    force: bool = common.FORCE,
+    dry_run: bool = common.DRY_RUN,
+    json_output: bool = common.JSON_OUTPUT,
+    quiet: bool = common.QUIET,
+) -> None:
+    from matcli.matformer import plan_reorder
+    from matcli.recipe import ReorderOptions, build_options
+
+    options = build_options(
+        ReorderOptions,
+        model=model,
+        output=output,
+        data=data,
+        seq_len=seq_len,
+        max_tokens=max_tokens,
+        max_shard_size=max_shard_size,
+        chunk_size=chunk_size,
+        force=force,
+        dry_run=dry_run,
+    )
+    plan = plan_reorder(options)
+    common.run_plan(plan, options.output, options.force, options.dry_run, json_output, quiet)
+    if not options.dry_run:
+        common.report_written(plan, options.output, json_output, quiet)

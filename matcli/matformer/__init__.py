@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from matcli.checkpoint.plan import Plan
 from matcli.checkpoint.reader import ModelFolder
-from matcli.recipe import ExtractOptions
+from matcli.recipe import ExtractOptions, ReorderOptions
 
 
 def plan_extract(options: ExtractOptions) -> Plan:
@@ -32,4 +32,26 @@ def plan_extract(options: ExtractOptions) -> Plan:
         options.chunk_size,
         options.max_shard_size,
         reordered=options.reorder,
+    )
+
+
+def plan_reorder(options: ReorderOptions) -> Plan:
+    """The full model with each FFN's neurons sorted by importance: same function, and its
+    prefixes are now the best submodels a plain `extract` can cut."""
+    from matcli.matformer.extract import Extraction, model_widths, plan_extraction
+    from matcli.matformer.ffn_config import FfnChoice
+    from matcli.matformer.importance import neuron_ranking
+
+    folder = ModelFolder(options.model)
+    _, _, full = model_widths(folder)
+    neurons = neuron_ranking(options.model, options.data, options.seq_len, options.max_tokens)
+    extraction = Extraction(folder, FfnChoice(widths=full, skip=[]), neurons, keep_order=True)
+    return plan_extraction(
+        folder,
+        extraction,
+        options.model_dump(mode="json"),
+        options.chunk_size,
+        options.max_shard_size,
+        reordered=True,
+        command="reorder",
     )

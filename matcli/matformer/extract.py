@@ -23,11 +23,11 @@ from matcli.matformer.ffn_config import GRANULARITIES, FfnChoice
 from matcli.quant import ct_format
 from matcli.quant.parent import CONFIG_KEY
 
-Runs = list[tuple[int, int]]  # sorted, disjoint [start, stop) index ranges
+Runs = list[tuple[int, int]]  # disjoint [start, stop) index ranges, in output order
 
 
 def runs_of(indices: list[int]) -> Runs:
-    """Sorted indices -> maximal contiguous [start, stop) runs."""
+    """Indices, in the order given -> maximal [start, stop) runs of consecutive ones."""
     runs: Runs = []
     for i in indices:
         if runs and runs[-1][1] == i:
@@ -181,7 +181,16 @@ def parameter_counts(arch: Architecture, shapes: dict[str, tuple[int, ...]]) -> 
 class Extraction:
     """Everything `extract` decides before writing: layers, neurons, names, config."""
 
-    def __init__(self, folder: ModelFolder, choice: FfnChoice, neurons: dict[int, list[int]] | None = None):
+    def __init__(
+        self,
+        folder: ModelFolder,
+        choice: FfnChoice,
+        neurons: dict[int, list[int]] | None = None,
+        keep_order: bool = False,
+    ):
+        """`neurons`: each original layer's neurons, most important first (None: as stored).
+        The first m are kept; in index order, or in importance order with `keep_order`
+        (which is how `matcli reorder` writes a permuted full model)."""
         self.folder = folder
         self.arch, self.text_config, self.full = model_widths(folder)
         num_layers = len(self.full)
@@ -191,7 +200,7 @@ class Extraction:
         self.new_index = {old: new for new, old in enumerate(self.kept)}
         # Neurons kept per original layer: the first m, or the chosen ones (--reorder).
         self.neurons = {
-            old: runs_of(sorted(neurons[old][:m])) if neurons else [(0, m)]
+            old: runs_of(_chosen(neurons[old][:m], keep_order)) if neurons else [(0, m)]
             for old, m in zip(self.kept, choice.widths)
         }
         self._check_layer_indices()
@@ -238,10 +247,10 @@ class Extraction:
                 return select(self.folder, name, name, runs, chunk_bytes, "keep kept layers' blocks")
         return copy_tensor(self.folder, name, chunk_bytes)
 
-    def config(self, reordered: bool) -> dict:
+    def config(self, reordered: bool, role: str = "extract") -> dict:
         config = edited_config(self.arch, self.folder.config, self.full, self.choice, self.kept)
         config[CONFIG_KEY] = {
-            "role": "extract",
+            "role": role,
             "source_layers": len(self.full),
             "skipped_layers": self.choice.skip,
             "ffn_widths": self.choice.widths,
@@ -255,11 +264,26 @@ class Extraction:
         return {"parameters_before": before, "parameters_after": after, "layers_kept": len(self.kept), "layers_before": len(self.full)}
 
 
-def plan_extraction(folder: ModelFolder, extraction: Extraction, options: dict, chunk_bytes: int, max_shard_bytes: int, reordered: bool) -> Plan:
+def _chosen(neurons: list[int], keep_order: bool) -> list[int]:
+    # The FFN is a sum over neurons, so any order of the kept ones computes the same
+    # function; index order keeps reads sequential.
+    return list(neurons) if keep_order else sorted(neurons)
+
+
+def plan_extraction(
+    folder: ModelFolder,
+    extraction: Extraction,
+    options: dict,
+    chunk_bytes: int,
+    max_shard_bytes: int,
+    reordered: bool,
+    command: str = "extract",
+) -> Plan:
     tensors = extraction.tensors(chunk_bytes)
-    output = OutputCheckpoint(name="", config=extraction.config(reordered), tensors=tensors, metadata={"matcli.role": "extract"})
+    config = extraction.config(reordered, role=command)
+    output = OutputCheckpoint(name="", config=config, tensors=tensors, metadata={"matcli.role": command})
     return Plan(
-        command="extract",
+        command=command,
         source=folder,
         outputs=[output],
         options=options,
