@@ -297,3 +297,34 @@ def test_missing_layer_tensor(llama, tmp_path):
 def test_quantized_input_is_refused(llama_parent, tmp_path):
     code, _, err = run_matcli("extract", str(llama_parent), "-o", str(tmp_path / "o"), "--ffn-config", "0.5")
     assert code == 2 and "extract from the dense model" in err
+
+
+def test_gemma3n_multimodal_wrapper(gemma3n_35, tmp_path):
+    """Gemma3nForConditionalGeneration layout: the language model under model.language_model.,
+    its config under text_config; vision and audio towers are copied untouched."""
+    wrapper = tmp_path / "wrapper"
+    wrapper.mkdir()
+    text = load_file(gemma3n_35 / "model.safetensors")
+    state = {n.replace("model.", "model.language_model.", 1): t for n, t in text.items()}
+    state["model.vision_tower.timm_model.conv_stem.conv.weight"] = torch.randn(8, 3, 3, 3)
+    state["model.audio_tower.conformer.0.ffw_layer_start.ffw_layer_1.weight"] = torch.randn(16, 8)
+    state["model.embed_vision.embedding.weight"] = torch.randn(4, 32)
+    save_file(state, wrapper / "model.safetensors", metadata={"format": "pt"})
+    text_config = json.loads((gemma3n_35 / "config.json").read_text())
+    config = {"model_type": "gemma3n", "architectures": ["Gemma3nForConditionalGeneration"], "text_config": text_config, "vision_config": {"model_type": "gemma3n_vision"}, "audio_config": {"model_type": "gemma3n_audio"}}
+    (wrapper / "config.json").write_text(json.dumps(config))
+    (wrapper / "processor_config.json").write_text('{"processor_class": "Gemma3nProcessor"}')
+
+    table = write_slicing_csv(tmp_path / "configs.csv", unit="16")
+    row = f"{table}:Config for official E2B Model"
+    assert run_matcli("extract", str(wrapper), "-o", str(tmp_path / "mm"), "--ffn-config", row, "-q")[0] == 0
+    assert run_matcli("extract", str(gemma3n_35), "-o", str(tmp_path / "text"), "--ffn-config", row, "-q")[0] == 0
+    mm, only_text = load_file(tmp_path / "mm" / "model.safetensors"), load_file(tmp_path / "text" / "model.safetensors")
+    for name, t in only_text.items():
+        assert torch.equal(mm[name.replace("model.", "model.language_model.", 1)], t), name
+    for name in ("model.vision_tower.timm_model.conv_stem.conv.weight", "model.audio_tower.conformer.0.ffw_layer_start.ffw_layer_1.weight", "model.embed_vision.embedding.weight"):
+        assert torch.equal(mm[name], state[name])
+    out_config = json.loads((tmp_path / "mm" / "config.json").read_text())
+    assert out_config["text_config"]["num_hidden_layers"] == 30 and out_config["text_config"]["num_kv_shared_layers"] == 10
+    assert out_config["vision_config"] == config["vision_config"] and out_config["architectures"] == config["architectures"]
+    assert (tmp_path / "mm" / "processor_config.json").read_text() == '{"processor_class": "Gemma3nProcessor"}'

@@ -139,7 +139,6 @@ def _packed_linear(folder: ModelFolder, module: str, scheme: WeightScheme) -> Pa
         return folder.tensors[name]
 
     shape = folder.read(info(SHAPE).name).tolist()
-    packed, scale = info(PACKED), info(SCALE)
     if len(shape) != 2:
         raise MatcliError(f"{folder.path}: {module}.{SHAPE} is {shape}, expected [out, in]")
     out_features, in_features = shape

@@ -1,0 +1,144 @@
+"""Shared by the benchmark scripts: timing child processes and writing docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(cmd: list[str]) -> tuple[float, int]:
+    """Wall seconds and peak RSS bytes of one child process (rusage from wait4)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"benchmark command failed: {' '.join(cmd)}")
+    return wall, usage.ru_maxrss * 1024
+
+
+def copy_tree(src: Path, dst: Path) -> tuple[float, int]:
+    shutil.rmtree(dst, ignore_errors=True)
+    return run(["cp", "-r", str(src), str(dst)])
+
+
+def warm(folder: Path) -> None:
+    """Read every file once so that all approaches start from a warm page cache."""
+    subprocess.run(["cat", *map(str, sorted(folder.glob("*.safetensors")))], stdout=subprocess.DEVNULL, check=True)
+
+
+def tensors_equal(a: Path, b: Path) -> bool:
+    """Same tensor names, and the same bytes for each, compared chunk by chunk."""
+    from matcli.checkpoint.reader import ModelFolder
+
+    with ModelFolder(a) as fa, ModelFolder(b) as fb:
+        if set(fa.tensors) != set(fb.tensors):
+            return False
+        for name, info in fa.tensors.items():
+            if info.nbytes != fb.tensors[name].nbytes:
+                return False
+            for start in range(0, info.nbytes, 64 << 20):
+                stop = min(start + (64 << 20), info.nbytes)
+                if fa.read_bytes(name, start, stop) != fb.read_bytes(name, start, stop):
+                    return False
+    return True
+
+
+def interleaved(approaches: dict, runs: int) -> dict[str, list[tuple[float, int]]]:
+    """Each approach once per round, rounds repeated: noise hits all approaches alike."""
+    results: dict[str, list[tuple[float, int]]] = {name: [] for name in approaches}
+    for _ in range(runs):
+        for name, fn in approaches.items():
+            results[name].append(fn())
+    return results
+
+
+def table(results: dict[str, list[tuple[float, int]]], baseline: str) -> list[str]:
+    base = statistics.median(w for w, _ in results[baseline])
+    lines = [
+        "| approach | wall time (median) | vs naive | peak RSS (median) | peak RSS (max) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, runs in results.items():
+        wall = statistics.median(w for w, _ in runs)
+        rss = [r for _, r in runs]
+        lines.append(f"| {name} | {wall:.1f} s | {wall / base:.2f}x | {statistics.median(rss) / 2**20:.0f} MiB | {max(rss) / 2**20:.0f} MiB |")
+    return lines
+
+
+def machine() -> str:
+    return f"{os.cpu_count()} CPU cores ({platform.machine()}), warm page cache"
+
+
+def replace_section(name: str, body: str) -> None:
+    """Rewrite the <!-- name:begin --> ... <!-- name:end --> part of docs/benchmarks.md."""
+    path = ROOT / "docs" / "benchmarks.md"
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    text = path.read_text() if path.exists() else ""
+    if begin in text:
+        head, rest = text.split(begin, 1)
+        text = head + begin + "\n" + body + "\n" + end + rest.split(end, 1)[1]
+    else:
+        text += f"\n{begin}\n{body}\n{end}\n"
+    path.write_text(text)
+
+
+def write_random_checkpoint(path: Path, specs: dict[str, tuple[str, tuple[int, ...]]], config: dict, shard_bytes: int, fixed: dict | None = None) -> None:
+    """A synthetic checkpoint with random values, written with matcli's streaming writer.
+
+    `specs` maps tensor names to (safetensors dtype, shape); `fixed` maps names to tensors
+    given as they are (e.g. weight_shape). Skipped if `path` already holds a config.
+    """
+    import json
+
+    import numpy as np
+    import torch
+
+    from matcli.checkpoint.writer import CheckpointWriter, OutputTensor, ShardLayout
+
+    if (path / "config.json").exists():
+        return
+    rng = np.random.default_rng(0)
+    fixed = fixed or {}
+
+    def random_chunks(dtype: str, shape: tuple[int, ...]):
+        rows = max(1, (64 << 20) // max(1, int(np.prod(shape[1:])) * 4))
+        for start in range(0, shape[0], rows):
+            n = min(rows, shape[0] - start)
+            if dtype == "I32":
+                yield torch.from_numpy(rng.integers(-(2**31), 2**31 - 1, size=(n, *shape[1:]), dtype=np.int32))
+            else:
+                yield (torch.from_numpy(rng.standard_normal((n, *shape[1:]), dtype=np.float32)) * 0.02).to(torch.bfloat16)
+
+    tensors = []
+    for name in sorted({**specs, **fixed}):
+        if name in fixed:
+            t = fixed[name]
+            tensors.append(OutputTensor(name, {torch.int64: "I64"}[t.dtype], tuple(t.shape), lambda t=t: iter([t])))
+        else:
+            dtype, shape = specs[name]
+            tensors.append(OutputTensor(name, dtype, shape, lambda d=dtype, s=shape: random_chunks(d, s)))
+    staging = path.with_name(path.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    writer = CheckpointWriter(staging, ShardLayout.plan(tensors, shard_bytes), {"format": "pt"})
+    for t in tensors:
+        writer.write_tensor(t)
+    writer.finish()
+    (staging / "config.json").write_text(json.dumps(config, indent=2))
+    staging.rename(path)
+
+
+def largest_tensor(folder: Path) -> int:
+    from matcli.checkpoint.reader import ModelFolder
+
+    with ModelFolder(folder) as f:
+        return max(t.nbytes for t in f.tensors.values())
