@@ -115,6 +115,51 @@ class ReorderOptions(WriteOptions):
     max_tokens: int = Field(16384, gt=1)
 
 
+class TruncateOptions(Options):
+    input: Path
+    output: Path
+    dims: list[int]
+    key: str | None = None
+    renormalize: bool = True
+    pre_norm: Literal["layer_norm"] | None = None
+    pca: bool = False
+    pca_center: bool = True
+    rotation: Path | None = None
+    quantize: Literal["int8", "binary"] | None = None
+    dtype: Literal["float16", "bfloat16", "float32"] | None = None
+    format: Literal["safetensors", "npy", "parquet"] | None = None
+    skip_bad_rows: bool = False
+    data: Path | None = None
+    force: bool = False
+    dry_run: bool = False
+    chunk_size: int = Field(DEFAULT_CHUNK_BYTES, gt=0)
+
+    @field_validator("chunk_size", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> object:
+        return parse_size(value) if isinstance(value, str) else value
+
+    @field_validator("dims")
+    @classmethod
+    def _dims(cls, dims: list[int]) -> list[int]:
+        if not dims:
+            raise ValueError("give at least one dimension, e.g. --dims 256 or --dims 768,256,64")
+        for d in dims:
+            if d < 1:
+                raise ValueError(f"dimension {d} must be at least 1")
+        if len(set(dims)) != len(dims):
+            raise ValueError("a dimension is repeated")
+        return dims
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TruncateOptions:
+        if self.pca and self.rotation is not None:
+            raise ValueError("--pca fits a new rotation and --rotation applies a stored one; give one of them")
+        if self.quantize and self.dtype:
+            raise ValueError("--dtype does not apply to quantized output (--quantize)")
+        return self
+
+
 class InspectOptions(Options):
     path: Path
     json_output: bool = False

@@ -35,16 +35,16 @@ def build_llama(path: Path, seed: int = 0, **overrides) -> Path:
 
 
 def char_tokenizer():
-    """A character-level tokenizer (98 ids) built offline, so tiny models can read text."""
+    """A character-level tokenizer (99 ids) built offline, so tiny models can read text."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {"<unk>": 0, "<eos>": 1, "\n": 2}
+    vocab = {"<unk>": 0, "<eos>": 1, "\n": 2, "<pad>": 3}
     for code in range(32, 127):
         vocab[chr(code)] = len(vocab)
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(".|\n"), "isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", eos_token="<eos>")
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", eos_token="<eos>", pad_token="<pad>")
 
 
 @pytest.fixture(scope="session")
@@ -160,3 +160,25 @@ def build_gemma3n_35(path: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def gemma3n_35(tmp_path_factory) -> Path:
     return build_gemma3n_35(tmp_path_factory.mktemp("gemma3n-35") / "dense")
+
+
+def build_sentence_transformer(path: Path, seed: int = 0) -> Path:
+    """A tiny BERT sentence-transformers folder (Transformer, mean Pooling, Normalize), offline."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Normalize, Pooling, Transformer
+    from transformers import BertConfig, BertModel
+
+    bert = path.parent / (path.name + "-bert")
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=99, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96, max_position_embeddings=128)
+    BertModel(config).save_pretrained(bert)
+    char_tokenizer().save_pretrained(bert)
+    transformer = Transformer(str(bert), max_seq_length=64)
+    model = SentenceTransformer(modules=[transformer, Pooling(48, pooling_mode="mean"), Normalize()], device="cpu")
+    model.save(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def sentence_model(tmp_path_factory) -> Path:
+    return build_sentence_transformer(tmp_path_factory.mktemp("st") / "model")

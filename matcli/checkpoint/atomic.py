@@ -67,7 +67,10 @@ def _remove_stale_staging(parent: Path, name: str) -> None:
     for entry in parent.glob(f".{name}{STAGING_MARK}*"):
         pid = entry.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not _process_alive(int(pid)):
-            shutil.rmtree(entry, ignore_errors=True)
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
 
 def _process_alive(pid: int) -> bool:
@@ -86,3 +89,23 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextmanager
+def staged_file(destination: Path, force: bool) -> Iterator[Path]:
+    """Yield a temporary path beside `destination`; on success it is renamed into place."""
+    destination = destination.absolute()
+    if destination.is_dir():
+        raise MatcliError(f"output {destination} is a folder; give a file path for one dimension")
+    if destination.exists() and not force:
+        raise MatcliError(f"output file {destination} exists; choose another -o, or pass --force to replace it")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(destination.parent, destination.name)
+    staging = destination.parent / f".{destination.name}{STAGING_MARK}{os.getpid()}"
+    try:
+        yield staging
+        os.replace(staging, destination)
+        _fsync_dir(destination.parent)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise

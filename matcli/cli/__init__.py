@@ -13,12 +13,12 @@ import traceback
 import typer
 
 from matcli import __version__
-from matcli.cli import demo, eval, extract, inspect, quantize, slice
+from matcli.cli import demo, eval, extract, inspect, quantize, slice, truncate
 from matcli.errors import RUNTIME, MatcliError
 
 app = typer.Typer(
     name="matcli",
-    help="Turn one trained model into many: Matryoshka quantization (quantize, slice), MatFormer submodels (extract), inspect, eval, demo.",
+    help="Turn one trained model into many: Matryoshka quantization (quantize, slice), MatFormer submodels (extract), MRL embeddings (truncate-embeddings), inspect, eval, demo.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -27,6 +27,7 @@ app.command("quantize", help=quantize.HELP)(quantize.quantize)
 app.command("slice", help=slice.HELP)(slice.slice_command)
 app.command("extract", help=extract.HELP)(extract.extract_command)
 app.command("reorder", help=extract.REORDER_HELP)(extract.reorder_command)
+app.command("truncate-embeddings", help=truncate.HELP)(truncate.truncate_command)
 app.command("inspect", help=inspect.HELP)(inspect.inspect_command)
 app.command("eval", help=eval.HELP)(eval.eval_command)
 app.command("demo", help=demo.HELP)(demo.demo)

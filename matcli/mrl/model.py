@@ -1,0 +1,186 @@
+"""Truncating an embedding model: a sentence-transformers folder that outputs d dimensions.
+
+The model's own files are copied byte for byte and its module list (modules.json) gains, at
+the end: an optional LayerNorm (--pre-norm layer_norm), a Dense projection D -> d without
+activation (the first d rows of the identity, or of a PCA rotation), and a Normalize module
+(unless --no-renormalize). Stock sentence-transformers loads the result and its outputs are
+exactly the truncated (rotated, renormalized) outputs of the original model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from matcli import __version__
+from matcli.checkpoint.atomic import check_destination, staged_folder
+from matcli.checkpoint.manifest import package_versions
+from matcli.errors import MatcliError
+from matcli.mrl.transform import Rotation
+from matcli.mrl.writers import SafetensorsWriter
+from matcli.recipe import TruncateOptions
+
+DENSE = "sentence_transformers.models.Dense"
+NORMALIZE = "sentence_transformers.models.Normalize"
+LAYER_NORM = "sentence_transformers.models.LayerNorm"
+LEGACY_POOLING_FLAGS = (
+    "pooling_mode_cls_token",
+    "pooling_mode_mean_tokens",
+    "pooling_mode_max_tokens",
+    "pooling_mode_mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens",
+    "pooling_mode_lasttoken",
+)
+
+
+def read_modules(folder: Path) -> list[dict]:
+    path = folder / "modules.json"
+    if not path.is_file():
+        raise MatcliError(
+            f"{folder} has no modules.json: matcli truncates sentence-transformers model folders "
+            "(save the model with SentenceTransformer.save), or embedding files"
+        )
+    try:
+        modules = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise MatcliError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(modules, list) or not modules:
+        raise MatcliError(f"{path} must list the model's modules")
+    return modules
+
+
+def embedding_dim(folder: Path, modules: list[dict]) -> int:
+    """The dimension the module pipeline outputs, from each module's config."""
+    dim = None
+    for module in modules:
+        kind = module.get("type", "").rsplit(".", 1)[-1]
+        config_path = folder / module.get("path", "") / "config.json"
+        if kind == "Transformer":
+            config = json.loads(config_path.read_text())
+            dim = config.get("hidden_size") or config.get("d_model")
+        elif kind == "Pooling":
+            dim = _pooling_dim(json.loads(config_path.read_text()))
+        elif kind == "Dense":
+            dim = json.loads(config_path.read_text())["out_features"]
+    if not dim:
+        raise MatcliError(f"cannot tell the embedding dimension of {folder} from its modules; matcli knows Transformer, Pooling and Dense")
+    return int(dim)
+
+
+def _pooling_dim(config: dict) -> int:
+    """Token dim x number of pooling modes; both the legacy (pooling_mode_* flags,
+    word_embedding_dimension) and the current (pooling_mode, embedding_dimension) configs."""
+    token_dim = config.get("embedding_dimension") or config["word_embedding_dimension"]
+    mode = config.get("pooling_mode")
+    if mode is not None:
+        return token_dim * (1 if isinstance(mode, str) else len(mode))
+    return token_dim * (sum(bool(config.get(m)) for m in LEGACY_POOLING_FLAGS) or 1)
+
+
+def truncate_model(options: TruncateOptions) -> dict:
+    folder = options.input
+    modules = read_modules(folder)
+    dim = embedding_dim(folder, modules)
+    for d in options.dims:
+        if d > dim:
+            raise MatcliError(f"--dims {d} is larger than the model's {dim} dimensions; choose 1..{dim}")
+    if options.quantize:
+        raise MatcliError("--quantize applies to stored embeddings; quantize the model's outputs at search time instead")
+    rotation = _rotation(options, dim)
+    names = {d: "" if len(options.dims) == 1 else f"d{d}" for d in options.dims}
+    report = {
+        "input": str(folder),
+        "source_dim": dim,
+        "outputs": [{"dim": d, "path": str(options.output / n if n else options.output), "format": "sentence-transformers"} for d, n in names.items()],
+        "warnings": [],
+    }
+    if options.dry_run:
+        return report
+    check_destination(options.output, options.force, [folder])
+    with staged_folder(options.output, options.force) as staging:
+        for d, name in names.items():
+            target = staging / name if name else staging
+            _write_model(folder, target, modules, dim, d, rotation, options)
+    return report
+
+
+def _rotation(options: TruncateOptions, dim: int) -> Rotation | None:
+    if options.rotation:
+        from matcli.mrl.truncate import load_rotation
+
+        return load_rotation(options.rotation, dim)
+    if not options.pca:
+        return None
+    if options.data is None:
+        raise MatcliError("--pca on a model fits the rotation on its embeddings of texts: add --data FILE (or --rotation from stored embeddings)")
+    from sentence_transformers import SentenceTransformer
+
+    from matcli.data import read_texts
+    from matcli.mrl.transform import PcaFit, layer_norm
+
+    texts = [line for text in read_texts(options.data) for line in text.splitlines() if line.strip()]
+    if len(texts) < 2:
+        raise MatcliError(f"--data {options.data} has {len(texts)} non-empty lines; PCA needs many texts (hundreds)")
+    embeddings = SentenceTransformer(str(options.input), device="cpu").encode(texts, convert_to_numpy=True)
+    fit = PcaFit(dim)
+    fit.add(layer_norm(embeddings) if options.pre_norm == "layer_norm" else embeddings)
+    return fit.finish(center=options.pca_center)[0]
+
+
+def _write_model(source: Path, target: Path, modules: list[dict], dim: int, d: int, rotation: Rotation | None, options: TruncateOptions) -> None:
+    shutil.copytree(source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*"))
+    added = []
+    if options.pre_norm == "layer_norm":
+        added.append(("MatryoshkaLayerNorm", LAYER_NORM, lambda p: _layer_norm_module(p, dim)))
+    added.append(("MatryoshkaDense", DENSE, lambda p: _dense_module(p, dim, d, rotation)))
+    if options.renormalize:
+        added.append(("MatryoshkaNormalize", NORMALIZE, lambda p: p.mkdir()))
+    new_modules = list(modules)
+    for name, kind, write in added:
+        idx = len(new_modules)
+        path = f"{idx}_{name}"
+        write(target / path)
+        new_modules.append({"idx": idx, "name": str(idx), "path": path, "type": kind})
+    (target / "modules.json").write_text(json.dumps(new_modules, indent=2) + "\n")
+    manifest = {
+        "matcli_version": __version__,
+        "command": "truncate-embeddings",
+        "options": options.model_dump(mode="json"),
+        "source_dim": dim,
+        "dim": d,
+        "renormalized": options.renormalize,
+        "pre_norm": options.pre_norm,
+        "rotation": "pca" if rotation is not None else None,
+        "packages": package_versions(),
+    }
+    (target / "matcli_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _dense_module(path: Path, dim: int, d: int, rotation: Rotation | None) -> None:
+    """y = W x + b with W = the first d columns of the rotation, transposed (identity rows without one)."""
+    path.mkdir()
+    if rotation is None:
+        weight = np.eye(dim, dtype=np.float32)[:d]
+        bias = None
+    else:
+        weight = np.ascontiguousarray(rotation.rotation[:, :d].T, dtype=np.float32)
+        bias = (-(rotation.mean @ rotation.rotation[:, :d])).astype(np.float32) if np.any(rotation.mean) else None
+    config = {"in_features": dim, "out_features": d, "bias": bias is not None, "activation_function": "torch.nn.modules.linear.Identity"}
+    (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    extras = [("linear.bias", "F32", (d,), bias.tobytes())] if bias is not None else []
+    writer = SafetensorsWriter(path / "model.safetensors", "linear.weight", (d, dim), "float32", {"format": "pt"}, extras)
+    writer.write(weight)
+    writer.close()
+
+
+def _layer_norm_module(path: Path, dim: int) -> None:
+    """LayerNorm over the full vector with unit gain and zero bias (what nomic v1.5 does)."""
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"dimension": dim}) + "\n")
+    extras = [("norm.bias", "F32", (dim,), np.zeros(dim, dtype=np.float32).tobytes())]
+    writer = SafetensorsWriter(path / "model.safetensors", "norm.weight", (dim,), "float32", {"format": "pt"}, extras)
+    writer.write(np.ones(dim, dtype=np.float32))
+    writer.close()

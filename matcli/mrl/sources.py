@@ -1,0 +1,216 @@
+"""Embedding files read in row chunks, whatever their size: .npy, .safetensors, .parquet.
+
+Nothing is memory-mapped: an mmap'd 8 GB file shows up to 8 GB of resident memory once its
+pages have been touched, so rows are read with positioned reads into fresh buffers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from matcli.checkpoint.safetensors_file import DTYPES, read_header, read_range
+from matcli.errors import MatcliError
+
+FLOAT_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64}
+
+
+@dataclass
+class Passthrough:
+    """Data that travels unchanged beside the embeddings (ids, labels, other columns)."""
+
+    tensors: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)  # safetensors: name -> (dtype, shape)
+    columns: list[str] = field(default_factory=list)  # parquet column names
+
+
+class EmbeddingSource(ABC):
+    """A [rows, dim] float array on disk, read in row chunks as float32 numpy arrays."""
+
+    path: Path
+    rows: int
+    dim: int
+    dtype: str  # "float16" | "bfloat16" | "float32" | "float64"
+    passthrough: Passthrough
+
+    @abstractmethod
+    def chunks(self, rows_per_chunk: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, float32 array) for consecutive row chunks."""
+
+    @abstractmethod
+    def digest(self) -> str:
+        """sha256 of the file's header and size: identifies the input without reading it all."""
+
+
+def open_source(path: Path, key: str | None = None, text_field: str = "embedding") -> EmbeddingSource:
+    if not path.exists():
+        raise MatcliError(f"{path} does not exist; give a .npy, .safetensors or .parquet file of embeddings")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return NpySource(path)
+    if suffix == ".safetensors":
+        return SafetensorsSource(path, key)
+    if suffix == ".parquet":
+        return ParquetSource(path, key or text_field)
+    raise MatcliError(f"{path}: unknown file type {path.suffix!r}; matcli reads .npy, .safetensors and .parquet embeddings")
+
+
+def _check_2d(path: Path, shape: tuple[int, ...], what: str) -> None:
+    if len(shape) != 2:
+        raise MatcliError(f"{path}: {what} has shape {list(shape)}; embeddings must be a 2-D [rows, dim] array")
+
+
+class NpySource(EmbeddingSource):
+    def __init__(self, path: Path):
+        self.path = path
+        with open(path, "rb") as f:
+            try:
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = read(f)
+            except (ValueError, SyntaxError) as e:
+                raise MatcliError(f"{path} is not a valid .npy file ({e}); re-create it with numpy.save") from e
+            self.offset = f.tell()
+        _check_2d(path, shape, "the array")
+        if fortran:
+            raise MatcliError(f"{path} is stored in Fortran order; save it C-contiguous (np.ascontiguousarray) first")
+        if dtype.kind != "f" or dtype.itemsize not in (2, 4, 8):
+            raise MatcliError(f"{path} holds {dtype}; embeddings must be float16, float32 or float64")
+        self.np_dtype = dtype
+        self.rows, self.dim = shape
+        self.dtype = dtype.name
+        expected = self.offset + self.rows * self.dim * dtype.itemsize
+        size = path.stat().st_size
+        if size < expected:
+            raise MatcliError(f"{path} is truncated: its header describes {expected} bytes but the file has {size}; re-create it")
+        self.passthrough = Passthrough()
+
+    def chunks(self, rows_per_chunk: int):
+        row_bytes = self.dim * self.np_dtype.itemsize
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for start in range(0, self.rows, rows_per_chunk):
+                stop = min(start + rows_per_chunk, self.rows)
+                buf = read_range(fd, self.offset + start * row_bytes, (stop - start) * row_bytes, self.path)
+                yield start, np.frombuffer(buf, dtype=self.np_dtype).reshape(stop - start, self.dim).astype(np.float32)
+        finally:
+            os.close(fd)
+
+    def digest(self) -> str:
+        with open(self.path, "rb") as f:
+            header = f.read(self.offset)
+        return hashlib.sha256(header + str(self.path.stat().st_size).encode()).hexdigest()
+
+
+class SafetensorsSource(EmbeddingSource):
+    def __init__(self, path: Path, key: str | None):
+        self.path = path
+        self.header = read_header(path)
+        float_2d = [n for n, t in self.header.tensors.items() if len(t.shape) == 2 and t.dtype in (*FLOAT_DTYPES, "BF16")]
+        if key is None:
+            if len(float_2d) != 1:
+                found = ", ".join(sorted(self.header.tensors)) or "none"
+                raise MatcliError(f"{path} holds several tensors ({found}); choose the embeddings with --key NAME")
+            key = float_2d[0]
+        if key not in self.header.tensors:
+            raise MatcliError(f"{path} has no tensor {key!r}; its tensors are {', '.join(sorted(self.header.tensors))}")
+        self.info = self.header.tensors[key]
+        _check_2d(path, self.info.shape, f"tensor {key!r}")
+        if self.info.dtype not in (*FLOAT_DTYPES, "BF16"):
+            raise MatcliError(f"{path}: tensor {key!r} is {self.info.dtype}; embeddings must be float16, bfloat16, float32 or float64")
+        self.key = key
+        self.rows, self.dim = self.info.shape
+        self.dtype = DTYPES[self.info.dtype][0]
+        self.passthrough = Passthrough(
+            tensors={n: (t.dtype, t.shape) for n, t in self.header.tensors.items() if n != key}
+        )
+
+    def chunks(self, rows_per_chunk: int):
+        fd = os.open(self.path, os.O_RDONLY)
+        row_bytes = self.info.row_bytes
+        try:
+            for start in range(0, self.rows, rows_per_chunk):
+                stop = min(start + rows_per_chunk, self.rows)
+                buf = read_range(fd, self.info.start + start * row_bytes, (stop - start) * row_bytes, self.path)
+                yield start, _decode(buf, self.info.dtype).reshape(stop - start, self.dim)
+        finally:
+            os.close(fd)
+
+    def read_tensor_bytes(self, name: str) -> bytearray:
+        info = self.header.tensors[name]
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            return read_range(fd, info.start, info.nbytes, self.path)
+        finally:
+            os.close(fd)
+
+    def digest(self) -> str:
+        return hashlib.sha256((self.header.header_sha256 + str(self.header.file_size)).encode()).hexdigest()
+
+
+def _decode(buf: bytearray, dtype: str) -> np.ndarray:
+    if dtype == "BF16":  # numpy has no bfloat16: its bits are the top half of a float32
+        raw = np.frombuffer(buf, dtype=np.uint16).astype(np.uint32) << 16
+        return raw.view(np.float32)
+    return np.frombuffer(buf, dtype=FLOAT_DTYPES[dtype]).astype(np.float32)
+
+
+class ParquetSource(EmbeddingSource):
+    """A list or fixed-size-list column of a parquet file (pyarrow, an optional extra)."""
+
+    def __init__(self, path: Path, column: str):
+        try:
+            import pyarrow.parquet as pq
+        except ImportError as e:
+            raise MatcliError("reading .parquet needs pyarrow: pip install 'matcli[parquet]'") from e
+        self.path = path
+        try:
+            self.file = pq.ParquetFile(path)
+        except Exception as e:  # pyarrow raises several types for corrupt files
+            raise MatcliError(f"{path} is not a valid parquet file: {e}") from e
+        schema = self.file.schema_arrow
+        if column not in schema.names:
+            raise MatcliError(f"{path} has no column {column!r} (columns: {', '.join(schema.names)}); choose it with --key NAME")
+        self.column = column
+        self.rows = self.file.metadata.num_rows
+        first = next(self.file.iter_batches(batch_size=1, columns=[column]), None)
+        if first is None or self.rows == 0:
+            raise MatcliError(f"{path} has no rows")
+        values = first.column(0).to_pylist()[0]
+        if not isinstance(values, list):
+            raise MatcliError(f"{path}: column {column!r} is not a list of numbers per row; embeddings must be 2-D")
+        self.dim = len(values)
+        self.dtype = "float32"
+        self.passthrough = Passthrough(columns=[n for n in schema.names if n != column])
+
+    def chunks(self, rows_per_chunk: int):
+        import pyarrow.compute as pc
+
+        start = 0
+        for batch in self.file.iter_batches(batch_size=rows_per_chunk, columns=[self.column]):
+            col = batch.column(0)
+            lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+            if np.any(lengths != self.dim):
+                bad = int(np.argmax(lengths != self.dim)) + start
+                raise MatcliError(f"{self.path}: row {bad} has {int(lengths[bad - start])} values, not {self.dim}; every row needs the same dimension")
+            values = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.float32)
+            yield start, values.reshape(len(batch), self.dim)
+            start += len(batch)
+
+    def batches(self, rows_per_chunk: int, columns: list[str]):
+        return self.file.iter_batches(batch_size=rows_per_chunk, columns=columns)
+
+    def digest(self) -> str:
+        meta = self.file.metadata
+        return hashlib.sha256(f"{meta.num_rows}:{meta.num_row_groups}:{self.path.stat().st_size}:{self.file.schema_arrow}".encode()).hexdigest()
+
+
+def rows_per_chunk(dim: int, chunk_bytes: int) -> int:
+    """Rows per chunk so that one float32 chunk is about chunk_bytes."""
+    return max(1, chunk_bytes // (4 * max(1, dim)))
+
