@@ -134,7 +134,7 @@ def truncate_embeddings(options: TruncateOptions) -> dict:
         _write_pass(pipeline, targets, writers, chunk_rows, bad)
         for w in writers:
             w.close()
-        if rotation is not None:
+        if rotation_path is not None:
             _write_rotation(staged[rotation_path], rotation, source, options)
     report["rows_written"] = keep_rows
     report["skipped_rows"] = [int(i) for i in bad[:20]]
