@@ -13,7 +13,7 @@ import traceback
 import typer
 
 from matcli import __version__
-from matcli.cli import demo, eval, extract, inspect, quantize, slice, truncate
+from matcli.cli import demo, eval, extract, inspect, quantize, retrieval, slice, truncate
 from matcli.errors import RUNTIME, MatcliError
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app.command("slice", help=slice.HELP)(slice.slice_command)
 app.command("extract", help=extract.HELP)(extract.extract_command)
 app.command("reorder", help=extract.REORDER_HELP)(extract.reorder_command)
 app.command("truncate-embeddings", help=truncate.HELP)(truncate.truncate_command)
+app.command("eval-retrieval", help=retrieval.HELP)(retrieval.eval_retrieval_command)
 app.command("inspect", help=inspect.HELP)(inspect.inspect_command)
 app.command("eval", help=eval.HELP)(eval.eval_command)
 app.command("demo", help=demo.HELP)(demo.demo)

@@ -1,0 +1,88 @@
+"""`matcli eval-retrieval`: quality and cost of truncated embeddings, and the MRL funnel."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from matcli.cli import common
+
+HELP = (
+    "Retrieval quality of truncated embeddings at each --dims (recall@k against exact full-dimension "
+    "search; nDCG@10, MRR@10 and recall@k with --qrels) and the MRL funnel's cost and speed-up."
+)
+
+
+def eval_retrieval_command(
+    corpus: Path = typer.Option(..., "--corpus", help="Corpus embeddings (.npy, .safetensors, .parquet)."),
+    queries: Path = typer.Option(..., "--queries", help="Query embeddings, same dimension."),
+    qrels: Path | None = typer.Option(None, "--qrels", help="Relevance labels: TSV/CSV query_id,doc_id[,relevance] or JSON {query: {doc: rel}}."),
+    dims: str | None = typer.Option(None, "--dims", help="Dimensions to evaluate (default: full, then halving down to 16)."),
+    k: int = typer.Option(10, "--k", help="Cut-off for recall@k."),
+    funnel: list[str] = typer.Option([], "--funnel", help="Shortlist-then-rerank stages DIM:KEEP,..., e.g. 32:200,384:10 (repeatable)."),
+    key: str | None = typer.Option(None, "--key", help="Tensor (.safetensors) or column (.parquet) of the embeddings."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write a PNG of quality against dimension (needs matplotlib)."),
+    json_output: bool = common.JSON_OUTPUT,
+) -> None:
+    from matcli.mrl.retrieval import evaluate, load_matrix, parse_funnel, read_qrels
+
+    corpus_matrix, doc_ids = load_matrix(corpus, key)
+    query_matrix, query_ids = load_matrix(queries, key)
+    full = corpus_matrix.shape[1]
+    dim_list = common.parse_int_list(dims, "--dims") if dims else _halvings(full)
+    labels = read_qrels(qrels) if qrels else None
+    report = evaluate(corpus_matrix, query_matrix, dim_list, k, labels, (query_ids, doc_ids), [parse_funnel(f) for f in funnel])
+    if plot:
+        _plot(report, plot)
+    if json_output:
+        print(json.dumps(report, indent=2))
+        return
+    render(report)
+
+
+def _halvings(full: int) -> list[int]:
+    dims = [full]
+    while dims[-1] // 2 >= 16:
+        dims.append(dims[-1] // 2)
+    return dims
+
+
+def render(report: dict) -> None:
+    rows = report["dims"]
+    table = Table(title=f"{report['queries']} queries, {report['corpus']:,} documents, {report['full_dim']} dims", title_justify="left")
+    columns = [c for c in rows[0] if c != "labelled_queries"]
+    for c in columns:
+        table.add_column(c, justify="right")
+    for row in rows:
+        table.add_row(*(str(row[c]) if c == "dim" else f"{row[c]:.4f}" for c in columns))
+    common.out.print(table)
+    for f in report["funnels"]:
+        recall = next(v for key, v in f.items() if key.startswith("recall@") and key.endswith("_vs_full"))
+        common.out.print(
+            f"funnel {f['funnel']}: recall vs full {recall:.4f}, {f['flops_vs_full']:.1f}x fewer FLOPs, "
+            f"{f['ms_per_query']:.3f} ms/query vs {f['full_ms_per_query']:.3f} ms full ({f['speedup_vs_full']:.1f}x faster)"
+        )
+
+
+def _plot(report: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        from matcli.errors import MatcliError
+
+        raise MatcliError("--plot needs matplotlib: pip install 'matcli[plot]'") from None
+    rows = report["dims"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for metric in [c for c in rows[0] if c not in ("dim", "labelled_queries")]:
+        ax.plot([r["dim"] for r in rows], [r[metric] for r in rows], marker="o", label=metric)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("dimensions")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

@@ -1,0 +1,210 @@
+"""Retrieval quality and cost of truncated embeddings, and the MRL funnel.
+
+Similarity is cosine: every vector (and every prefix) is L2-normalized before the dot
+product. For each dimension d the report gives recall@k against the exact full-dimension
+top-k (no labels needed) and, with relevance labels, nDCG@10, MRR@10 and recall@k. The
+funnel (MRL paper §4.3.1) shortlists K_1 candidates at d_1 over the whole corpus, then
+reranks the survivors at d_2, ... (`16:200,64:50,384:10`), at N*d_1 + sum K_{i-1}*d_i
+multiply-adds per query instead of N*D.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from matcli.errors import MatcliError
+from matcli.mrl.sources import EmbeddingSource, ParquetSource, SafetensorsSource, open_source, rows_per_chunk
+
+SCORE_BLOCK_ELEMENTS = 1 << 24  # query x corpus scores held at once (64 MB of float32)
+
+
+@dataclass(frozen=True)
+class Stage:
+    dim: int
+    keep: int
+
+
+def parse_funnel(text: str) -> list[Stage]:
+    """`16:200,64:50,384:10` -> shortlist 200 at 16 dims, keep 50 at 64, keep 10 at 384."""
+    stages = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        dim, _, keep = part.partition(":")
+        if not (dim.isdigit() and keep.isdigit()) or int(dim) < 1 or int(keep) < 1:
+            raise MatcliError(f"--funnel {text!r}: {part!r} is not DIM:KEEP like 16:200")
+        stages.append(Stage(int(dim), int(keep)))
+    if not stages:
+        raise MatcliError("--funnel needs at least one DIM:KEEP stage, e.g. 16:200,384:10")
+    for a, b in zip(stages, stages[1:]):
+        if b.keep > a.keep:
+            raise MatcliError(f"--funnel {text!r}: a stage keeps more candidates ({b.keep}) than the one before it ({a.keep})")
+    return stages
+
+
+def load_matrix(path: Path, key: str | None) -> tuple[np.ndarray, list[str]]:
+    """All rows as float32, and an id per row (an `ids` tensor / `id` column, else the row number)."""
+    source = open_source(path, key)
+    matrix = np.empty((source.rows, source.dim), dtype=np.float32)
+    for start, x in source.chunks(rows_per_chunk(source.dim, 32 << 20)):
+        matrix[start : start + len(x)] = x
+    if not np.isfinite(matrix).all():
+        bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))[:5].tolist()
+        raise MatcliError(f"{path}: rows {bad} hold NaN or inf; clean the file (truncate-embeddings --skip-bad-rows)")
+    return matrix, _ids(source)
+
+
+def _ids(source: EmbeddingSource) -> list[str]:
+    if isinstance(source, SafetensorsSource) and "ids" in source.passthrough.tensors:
+        code, shape = source.passthrough.tensors["ids"]
+        if shape == (source.rows,) and code in ("I64", "I32"):
+            return [str(i) for i in np.frombuffer(source.read_tensor_bytes("ids"), dtype=np.int64 if code == "I64" else np.int32)]
+    if isinstance(source, ParquetSource) and "id" in source.passthrough.columns:
+        return [str(v) for batch in source.batches(65536, ["id"]) for v in batch.column(0).to_pylist()]
+    return [str(i) for i in range(source.rows)]
+
+
+def normalized(x: np.ndarray, dim: int) -> np.ndarray:
+    p = np.ascontiguousarray(x[:, :dim], dtype=np.float32)
+    norms = np.linalg.norm(p, axis=1, keepdims=True)
+    return p / np.where(norms > 0, norms, 1)
+
+
+def top_k(queries: np.ndarray, corpus: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k best corpus rows per query, best first.
+
+    The corpus is scored in blocks, keeping a running top-k, so the score matrix stays
+    about SCORE_BLOCK_ELEMENTS whatever the corpus size.
+    """
+    k = min(k, len(corpus))
+    best_scores = np.empty((len(queries), 0), dtype=np.float32)
+    best_index = np.empty((len(queries), 0), dtype=np.int64)
+    block = max(k, SCORE_BLOCK_ELEMENTS // max(1, len(queries)))
+    for start in range(0, len(corpus), block):
+        scores = queries @ corpus[start : start + block].T
+        index = np.broadcast_to(np.arange(start, start + scores.shape[1]), scores.shape)
+        scores = np.concatenate([best_scores, scores], axis=1)
+        index = np.concatenate([best_index, index], axis=1)
+        if scores.shape[1] > k:
+            keep = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            scores, index = np.take_along_axis(scores, keep, axis=1), np.take_along_axis(index, keep, axis=1)
+        best_scores, best_index = scores, index
+    order = np.lexsort((best_index, -best_scores), axis=-1)
+    return np.take_along_axis(best_index, order, axis=1)
+
+
+def rerank(queries: np.ndarray, corpus: np.ndarray, candidates: np.ndarray, keep: int) -> np.ndarray:
+    """The `keep` best of each query's candidates, scored on `corpus` rows."""
+    scores = np.einsum("qd,qkd->qk", queries, corpus[candidates])
+    order = np.lexsort((candidates, -scores), axis=1)[:, :keep]
+    return np.take_along_axis(candidates, order, axis=1)
+
+
+def overlap_recall(found: np.ndarray, exact: np.ndarray) -> float:
+    """Mean fraction of the exact top-k found: recall@k against full-dimension search."""
+    k = exact.shape[1]
+    return float(np.mean([len(set(f[:k]) & set(e)) / k for f, e in zip(found, exact)]))
+
+
+def read_qrels(path: Path) -> dict[str, dict[str, float]]:
+    """TSV/CSV (query_id, doc_id[, relevance]) with an optional header, or JSON {query: {doc: rel}}."""
+    if not path.is_file():
+        raise MatcliError(f"--qrels {path} does not exist")
+    if path.suffix == ".json":
+        data = json.loads(path.read_text())
+        return {str(q): {str(d): float(r) for d, r in docs.items()} for q, docs in data.items()}
+    qrels: dict[str, dict[str, float]] = {}
+    with open(path, newline="") as f:
+        delimiter = "\t" if "\t" in f.readline() else ","
+        f.seek(0)
+        for i, row in enumerate(csv.reader(f, delimiter=delimiter)):
+            if not row or (i == 0 and not _is_number(row[-1]) and len(row) >= 3):
+                continue
+            if len(row) < 2:
+                raise MatcliError(f"--qrels {path} line {i + 1}: need query_id and doc_id")
+            relevance = float(row[2]) if len(row) > 2 else 1.0
+            qrels.setdefault(row[0], {})[row[1]] = relevance
+    return qrels
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def label_metrics(ranked: np.ndarray, query_ids: list[str], doc_ids: list[str], qrels: dict, k: int) -> dict[str, float]:
+    """nDCG@10, MRR@10 and recall@k over the queries that have relevant documents."""
+    ndcg, mrr, recall = [], [], []
+    for row, qid in zip(ranked, query_ids):
+        relevant = {d: r for d, r in qrels.get(qid, {}).items() if r > 0}
+        if not relevant:
+            continue
+        docs = [doc_ids[i] for i in row]
+        gains = [relevant.get(d, 0.0) for d in docs[:10]]
+        dcg = sum((2**g - 1) / math.log2(i + 2) for i, g in enumerate(gains))
+        ideal = sorted(relevant.values(), reverse=True)[:10]
+        idcg = sum((2**g - 1) / math.log2(i + 2) for i, g in enumerate(ideal))
+        ndcg.append(dcg / idcg)
+        mrr.append(next((1 / (i + 1) for i, g in enumerate(gains) if g > 0), 0.0))
+        recall.append(len(set(docs[:k]) & set(relevant)) / len(relevant))
+    if not ndcg:
+        raise MatcliError("no query in --qrels matches the queries' ids; check the ids (an `ids` tensor / `id` column, or row numbers)")
+    return {"ndcg@10": float(np.mean(ndcg)), "mrr@10": float(np.mean(mrr)), f"recall@{k}": float(np.mean(recall)), "labelled_queries": len(ndcg)}
+
+
+def evaluate(corpus: np.ndarray, queries: np.ndarray, dims: list[int], k: int, qrels=None, ids=None, funnels=()) -> dict:
+    """The whole report: per-dimension quality, and each funnel's quality, time and FLOPs."""
+    full = corpus.shape[1]
+    if queries.shape[1] != full:
+        raise MatcliError(f"queries have {queries.shape[1]} dimensions but the corpus has {full}")
+    for d in dims:
+        if not 1 <= d <= full:
+            raise MatcliError(f"--dims {d} is outside 1..{full}")
+    rank_k = max(k, 10)
+    start = time.perf_counter()
+    exact = top_k(normalized(queries, full), normalized(corpus, full), rank_k)
+    full_seconds = (time.perf_counter() - start) / len(queries)
+    rows = []
+    for d in dims:
+        ranked = exact if d == full else top_k(normalized(queries, d), normalized(corpus, d), rank_k)
+        row = {"dim": d, f"recall@{k}_vs_full": overlap_recall(ranked[:, :k], exact[:, :k])}
+        if qrels is not None:
+            row.update(label_metrics(ranked, ids[0], ids[1], qrels, k))
+        rows.append(row)
+    report = {"corpus": len(corpus), "queries": len(queries), "full_dim": full, "k": k, "dims": rows}
+    report["funnels"] = [_funnel(corpus, queries, stages, exact, k, qrels, ids, full_seconds) for stages in funnels]
+    return report
+
+
+def _funnel(corpus, queries, stages: list[Stage], exact, k, qrels, ids, full_seconds) -> dict:
+    full = corpus.shape[1]
+    for s in stages:
+        if not 1 <= s.dim <= full:
+            raise MatcliError(f"--funnel dimension {s.dim} is outside 1..{full}")
+    prefixes = {s.dim: normalized(corpus, s.dim) for s in stages}  # the index: built once
+    start = time.perf_counter()
+    candidates = top_k(normalized(queries, stages[0].dim), prefixes[stages[0].dim], stages[0].keep)
+    for s in stages[1:]:
+        candidates = rerank(normalized(queries, s.dim), prefixes[s.dim], candidates, s.keep)
+    seconds = (time.perf_counter() - start) / len(queries)
+    flops = len(corpus) * stages[0].dim + sum(a.keep * b.dim for a, b in zip(stages, stages[1:]))
+    result = {
+        "funnel": ",".join(f"{s.dim}:{s.keep}" for s in stages),
+        f"recall@{min(k, stages[-1].keep)}_vs_full": overlap_recall(candidates, exact[:, : min(k, stages[-1].keep)]),
+        "flops_per_query": flops,
+        "flops_vs_full": len(corpus) * full / flops,
+        "ms_per_query": seconds * 1e3,
+        "full_ms_per_query": full_seconds * 1e3,
+        "speedup_vs_full": full_seconds / seconds,
+    }
+    if qrels is not None:
+        result.update(label_metrics(candidates, ids[0], ids[1], qrels, min(k, stages[-1].keep)))
+    return result
