@@ -46,13 +46,95 @@ class WriteOptions(Options):
         return parse_size(value) if isinstance(value, str) else value
 
 
+PAPER_LOSS_WEIGHTS = {(8, 4, 2): [0.1, 0.1, 1.0]}  # MatQuant App. B, every Gemma run
+TRAINING_METHODS = ("qat", "omniquant")
+
+
 class QuantizeOptions(WriteOptions):
     model: Path
-    method: Literal["rtn"] = "rtn"
+    method: Literal["rtn", "weighted-rtn", "qat", "omniquant"] = "rtn"
     bits: int = Field(8, ge=2, le=8, description="parent bit-width c")
     scheme: Literal["symmetric", "asymmetric"] = "symmetric"
     group_size: int | None = Field(None, gt=0)
     layers: str = "ffn"
+    # --- MatQuant objective -------------------------------------------------------------
+    train_bits: list[int] | None = None  # default: the paper's {8, 4, 2}, below c, plus c
+    loss_weights: list[float] | None = None
+    extra_precision: bool = False
+    distill: str | None = None  # "8->2" or "8->4;2": a wider slice's logits as a target
+    distill_only: bool = False  # the students learn from the teacher alone, no labels
+    # --- data and loop (qat, omniquant) ---------------------------------------------------
+    data: Path | None = None
+    text_field: str = "text"
+    max_tokens: int | None = Field(None, gt=0)
+    steps: int = Field(100, gt=0)
+    seq_len: int = Field(512, gt=1)
+    batch_size: int = Field(4, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    lr: float | None = Field(None, gt=0)
+    warmup_steps: int | None = Field(None, ge=0)
+    schedule: Literal["cosine", "constant"] | None = None
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    trainable: Literal["all", "quantized"] = "all"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    gradient_checkpointing: bool = False
+    device: str = "auto"
+    seed: int = 0
+    save_every: int = Field(0, ge=0)
+    resume: bool = False
+    # --- OmniQuant ------------------------------------------------------------------------
+    epochs: int = Field(2, gt=0)
+    samples: int = Field(32, gt=0)
+    let: bool = True
+    let_lr: float = Field(5e-3, gt=0)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, device: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", device):
+            raise ValueError(f"{device!r} is not a device: use auto, cpu, cuda or cuda:N")
+        return device
+
+    @model_validator(mode="after")
+    def _objective(self) -> QuantizeOptions:
+        if self.train_bits is None:
+            self.train_bits = sorted({self.bits} | {w for w in (8, 4, 2) if w < self.bits}, reverse=True)
+        for r in self.train_bits:
+            if not 1 <= r <= self.bits:
+                raise ValueError(f"--train-bits {r} is not a width of an int{self.bits} parent (1..{self.bits})")
+        if len(set(self.train_bits)) != len(self.train_bits):
+            raise ValueError("--train-bits repeats a width")
+        if self.loss_weights is None:
+            key = tuple(sorted(self.train_bits, reverse=True))
+            self.loss_weights = list(PAPER_LOSS_WEIGHTS.get(key, [1.0] * len(self.train_bits)))
+            if key != tuple(self.train_bits) and key in PAPER_LOSS_WEIGHTS:
+                order = sorted(range(len(self.train_bits)), key=lambda i: -self.train_bits[i])
+                weights = [0.0] * len(order)
+                for rank, i in enumerate(order):
+                    weights[i] = self.loss_weights[rank]
+                self.loss_weights = weights
+        if len(self.loss_weights) != len(self.train_bits):
+            raise ValueError(f"--loss-weights gives {len(self.loss_weights)} weights for {len(self.train_bits)} --train-bits widths")
+        if self.method in TRAINING_METHODS and self.data is None:
+            raise ValueError(f"--method {self.method} trains on text: add --data FILE (.txt, .jsonl or .parquet)")
+        if self.distill is not None:
+            teacher, students = parse_distill(self.distill)
+            if teacher > self.bits or any(s not in self.train_bits for s in students):
+                raise ValueError(f"--distill {self.distill}: the teacher must be a width up to {self.bits} and every student one of --train-bits")
+        return self
+
+
+def parse_distill(spec: str) -> tuple[int, list[int]]:
+    """`8->2` -> (8, [2]); `8->4;2` -> (8, [4, 2])."""
+    m = re.fullmatch(r"\s*(\d)\s*->\s*(\d(?:\s*;\s*\d)*)\s*", spec)
+    if not m:
+        raise ValueError(f"--distill {spec!r} is not TEACHER->STUDENT[;STUDENT], e.g. 8->2 or 8->4;2")
+    teacher = int(m.group(1))
+    students = [int(x) for x in m.group(2).split(";")]
+    if any(s >= teacher for s in students):
+        raise ValueError(f"--distill {spec!r}: a student must be narrower than its teacher")
+    return teacher, students
 
 
 class SliceOptions(WriteOptions):

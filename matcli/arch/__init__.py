@@ -63,6 +63,8 @@ class Family(BaseModel):
     kv_sharing: KvSharing | None
     layer_blocked_tensors: dict[str, LayerBlock]
     effective_excludes: tuple[str, ...]
+    ffn_input_norm: str | None
+    norm_offset: float
 
 
 @cache
@@ -129,6 +131,11 @@ class Architecture:
         """(layer index, name relative to the layer) for a tensor inside a decoder layer."""
         m = self._layer_re.match(tensor_name)
         return (int(m.group(1)), m.group(2)) if m else None
+
+    @property
+    def layers_module(self) -> str:
+        """The module path of the decoder layer list in this checkpoint's layout."""
+        return self.layer_template.split(".{layer}.")[0]
 
     def layer_name(self, layer: int, relative: str) -> str:
         """The full tensor name of `relative` in layer `layer`, in this checkpoint's layout."""

@@ -182,6 +182,8 @@ def execute(plan: Plan, destination: Path, force: bool, on_bytes: Callable[[int]
             write_config(folder, output.config)
             copy_aux_files(plan.source.path, folder, plan.aux)
             manifest = base_manifest(plan.command, plan.options, plan.source)
+            if plan.report:
+                manifest["report"] = plan.report
             manifest["output"] = {
                 "folder": output.name,
                 "files": [{"name": w.name, "size": w.size, "sha256": w.sha256} for w in writer.written],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -81,6 +82,25 @@ def run_plan(plan: Plan, output: Path, force: bool, dry_run: bool, json_output: 
         raise MatcliError("interrupted; no output was written", exit_code=130) from None
     finally:
         plan.source.close()
+
+
+@contextlib.contextmanager
+def training_progress(options, quiet: bool):
+    """A progress bar for training methods with the latest loss of every width."""
+    if quiet or options.method in ("rtn", "weighted-rtn") or options.dry_run:
+        yield lambda done, total, losses: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+    unit = "step" if options.method == "qat" else "block"
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=err) as bar:
+        task = bar.add_task(f"{options.method}: loading", total=None)
+
+        def update(done: int, total: int, losses: dict[int, float]) -> None:
+            shown = "  ".join(f"int{b} {v:.4g}" for b, v in sorted(losses.items(), reverse=True))
+            bar.update(task, completed=done, total=total, description=f"{options.method} {unit} {done}/{total}  {shown}")
+
+        yield update
 
 
 def _progress():

@@ -14,6 +14,7 @@ weight is recovered as scale * (code - zero).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 MAX_BITS = 8
@@ -178,3 +179,43 @@ def to_signed(codes: torch.Tensor, bits: int) -> torch.Tensor:
 def from_signed(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Signed int8 codes from compressed-tensors -> unsigned codes [0, 2^b - 1] as uint8."""
     return (codes.to(torch.int16) + (1 << (bits - 1))).to(torch.uint8)
+
+
+def weighted_code_table(parent_bits: int, widths: list[int], weights: list[float], extra_precision: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The best c-bit code as a function of the continuous code u = w / scale + zero.
+
+    MatGPTQ's multi-width rounding without its error feedback: each weight takes the code q
+    minimising sum_r lambda_r * (u - S(q, r))^2 over the widths r (S on the c-bit grid). For a
+    fixed q this is C_q - 2 u B_q plus a constant, a line in u, so the best code is read off
+    the lower envelope of 2^c lines: returns (breakpoints, codes), the code for u between
+    breakpoints[i - 1] and breakpoints[i] being codes[i].
+    """
+    q = torch.arange(1 << parent_bits, dtype=torch.int32).to(torch.uint8)
+    table = np.stack([codes_on_parent_grid(slice_codes(q, parent_bits, r, extra_precision), parent_bits, r).numpy().astype(np.float64) for r in widths], 1)
+    lam = np.asarray(weights, dtype=np.float64)
+    slope = -2 * table @ lam  # non-increasing in q: S is monotone in q
+    intercept = (table**2) @ lam
+    hull: list[int] = []  # indices of lines on the lower envelope, slopes decreasing
+    for i in range(len(slope)):
+        if hull and slope[hull[-1]] == slope[i]:
+            if intercept[i] >= intercept[hull[-1]]:
+                continue
+            hull.pop()
+        while len(hull) >= 2 and _crossing(slope, intercept, hull[-2], hull[-1]) >= _crossing(slope, intercept, hull[-1], i):
+            hull.pop()
+        hull.append(i)
+    breaks = np.array([_crossing(slope, intercept, a, b) for a, b in zip(hull, hull[1:])])
+    return breaks, np.array(hull, dtype=np.uint8)
+
+
+def _crossing(slope: np.ndarray, intercept: np.ndarray, a: int, b: int) -> float:
+    return (intercept[b] - intercept[a]) / (slope[a] - slope[b])
+
+
+def weighted_codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, table: tuple[np.ndarray, np.ndarray]) -> torch.Tensor:
+    """Codes minimising the lambda-weighted error of every slice (see weighted_code_table)."""
+    rows, cols = w.shape
+    g = _grouped(w.to(_compute_dtype(w.dtype)), cols // scale.shape[1])
+    u = (g / scale.to(g.dtype).unsqueeze(-1) + zero.to(g.dtype).unsqueeze(-1)).reshape(rows, cols)
+    breaks, codes = table
+    return torch.from_numpy(codes[np.searchsorted(breaks, u.numpy(), side="right")])

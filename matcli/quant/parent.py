@@ -53,3 +53,18 @@ def parent_info(config: dict) -> ParentInfo | None:
         return ParentInfo.model_validate(block)
     except ValidationError as e:
         raise MatcliError(f"config.json key {CONFIG_KEY!r} is malformed ({e.errors()[0]['msg']}); re-create the parent with matcli quantize") from e
+
+
+def info_from_options(options, method: str) -> ParentInfo:
+    """The record of a parent made by `method` with QuantizeOptions `options`."""
+    order = sorted(range(len(options.train_bits)), key=lambda i: -options.train_bits[i])
+    return ParentInfo(
+        parent_bits=options.bits,
+        scheme=options.scheme,
+        group_size=options.group_size,
+        trained_bits=[options.train_bits[i] for i in order],
+        loss_weights=[options.loss_weights[i] for i in order],
+        method=method,
+        layers=options.layers,
+        extra_precision=options.extra_precision,
+    )

@@ -1,7 +1,10 @@
-"""`matcli quantize --method rtn`: a round-to-nearest c-bit parent, streamed without a model.
+"""`matcli quantize --method rtn|weighted-rtn`: a c-bit parent streamed without a model.
 
 Each chosen Linear weight is read in row chunks; per-channel and per-group MinMax
 parameters only need the rows at hand, so memory stays at one chunk whatever the size.
+`rtn` rounds each weight to the nearest code; `weighted-rtn` picks the code that minimises
+the lambda-weighted error of all the slices the parent is meant for (MatGPTQ's multi-width
+objective, without its data-driven error feedback).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from matcli.errors import MatcliError
 from matcli.quant import ct_format, grid
 from matcli.quant.ct_format import PACKED, SCALE, SHAPE, ZERO, WeightScheme
 from matcli.quant.packing import packed_columns
-from matcli.quant.parent import CONFIG_KEY, ParentInfo
+from matcli.quant.parent import CONFIG_KEY, ParentInfo, info_from_options
 from matcli.quant.targets import select_linears, targets_regex
 from matcli.recipe import QuantizeOptions
 
@@ -31,8 +34,9 @@ class RtnLinear:
     kept until written, then dropped, so a model's worth of scales is never held at once.
     """
 
-    def __init__(self, folder: ModelFolder, module: str, scheme: WeightScheme, chunk_bytes: int):
+    def __init__(self, folder: ModelFolder, module: str, scheme: WeightScheme, chunk_bytes: int, code_table=None):
         self.folder, self.module, self.scheme, self.chunk_bytes = folder, module, scheme, chunk_bytes
+        self.code_table = code_table  # weighted-rtn's best-code table; None: round to nearest
         self.weight = folder.tensors[module + ".weight"]
         self._scale: torch.Tensor | None = None
         self._zero: torch.Tensor | None = None
@@ -55,6 +59,8 @@ class RtnLinear:
     def _quantize_rows(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         w = self.folder.read_rows(self.weight.name, start, stop)
         scale, zero = grid.minmax_params(w, self.scheme.bits, self.scheme.symmetric, self.scheme.group_size)
+        if self.code_table is not None:
+            return grid.weighted_codes(w, scale, zero, self.code_table), scale, zero
         return grid.quantize_codes(w, scale, zero, self.scheme.bits), scale, zero
 
     def _packed(self):
@@ -97,8 +103,11 @@ def plan_rtn(options: QuantizeOptions) -> Plan:
     for weight in weights:
         if weight.dtype not in FLOAT_DTYPES:
             raise MatcliError(f"{weight.name} is {weight.dtype}, not a float weight; quantize a dense model")
-    _check_group_size(scheme.group_size, weights)
-    quantized = {m + ".weight": RtnLinear(folder, m, scheme, options.chunk_size) for m in modules}
+    check_group_size(scheme.group_size, weights)
+    table = None
+    if options.method == "weighted-rtn":
+        table = grid.weighted_code_table(scheme.bits, options.train_bits, options.loss_weights, options.extra_precision)
+    quantized = {m + ".weight": RtnLinear(folder, m, scheme, options.chunk_size, table) for m in modules}
 
     tensors = []
     for name in sorted(folder.tensors):
@@ -110,14 +119,11 @@ def plan_rtn(options: QuantizeOptions) -> Plan:
 
     config = dict(folder.config)
     config["quantization_config"] = ct_format.quantization_config([(targets_regex(arch, modules), scheme)], ignore=["lm_head"])
-    config[CONFIG_KEY] = ParentInfo(
-        parent_bits=scheme.bits,
-        scheme=options.scheme,
-        group_size=scheme.group_size,
-        trained_bits=[scheme.bits],
-        method="rtn",
-        layers=options.layers,
-    ).model_dump()
+    if options.method == "weighted-rtn":
+        info = info_from_options(options, "weighted-rtn")
+    else:
+        info = ParentInfo(parent_bits=scheme.bits, scheme=options.scheme, group_size=scheme.group_size, trained_bits=[scheme.bits], method="rtn", layers=options.layers)
+    config[CONFIG_KEY] = info.model_dump()
     output = OutputCheckpoint(name="", config=config, tensors=tensors, metadata={"matcli.role": "parent", "matcli.bits": str(scheme.bits)})
     return Plan(
         command="quantize",
@@ -129,7 +135,7 @@ def plan_rtn(options: QuantizeOptions) -> Plan:
     )
 
 
-def _check_group_size(group_size: int | None, weights: list) -> None:
+def check_group_size(group_size: int | None, weights: list) -> None:
     bad = next((w for w in weights if group_size and w.shape[1] % group_size), None)
     if bad is None:
         return

@@ -1,0 +1,223 @@
+"""`matcli quantize --method qat`: quantization-aware fine-tuning with the MatQuant objective.
+
+Loss per step (paper Eq. 7): sum over r in R of lambda_r * next-token cross-entropy of the
+model whose quantized Linears are S(Q(W, c), r). Q is recomputed from the same weights for
+every r of a step, so all widths see one Q. Optional co-distillation (`8->2`, `8->4;2`): the
+teacher width's logits (detached) are a target for the students, KL added to their
+cross-entropy with equal weight, or replacing it (`--distill-only`).
+
+Runs alone or under torchrun (DDP from torch; NCCL on GPUs, gloo on CPUs): every rank takes
+its share of each global batch and rank 0 writes the parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from matcli.errors import MatcliError
+from matcli.quant.fakequant import at_bits
+from matcli.quant.training import QuantModel, load_quant_model, pick_device, training_windows, unwrapped_state
+from matcli.recipe import QuantizeOptions, parse_distill
+
+QAT_LR = 1e-5  # paper App. B: linear warmup to 1e-5, then cosine decay
+PAPER_WARMUP = 150
+
+
+class MultiWidthLoss(nn.Module):
+    """One forward computes every width's loss, so DDP sees one forward per backward."""
+
+    def __init__(self, qm: QuantModel, options: QuantizeOptions):
+        super().__init__()
+        self.model = qm.model
+        self.wrapped = qm.wrapped
+        order = sorted(range(len(options.train_bits)), key=lambda i: -options.train_bits[i])
+        self.widths = [options.train_bits[i] for i in order]
+        self.weights = [options.loss_weights[i] for i in order]
+        self.teacher, self.students = parse_distill(options.distill) if options.distill else (None, [])
+        self.distill_only = options.distill_only
+
+    def _logits(self, input_ids: torch.Tensor, bits: int) -> torch.Tensor:
+        with at_bits(self.wrapped, bits):
+            return self.model(input_ids=input_ids).logits[:, :-1].float()
+
+    def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        targets = input_ids[:, 1:].reshape(-1)
+        teacher = None
+        if self.teacher is not None and self.teacher not in self.widths:
+            with torch.no_grad():
+                teacher = self._logits(input_ids, self.teacher)
+        total = torch.zeros((), device=input_ids.device)
+        losses = {}
+        for bits, weight in zip(self.widths, self.weights):
+            logits = self._logits(input_ids, bits)
+            flat = logits.reshape(-1, logits.shape[-1])
+            loss = F.cross_entropy(flat, targets)
+            if bits in self.students and teacher is not None:
+                kl = F.kl_div(F.log_softmax(flat, -1), F.log_softmax(teacher.reshape(flat.shape), -1), log_target=True, reduction="batchmean")
+                loss = kl if self.distill_only else loss + kl
+            if bits == self.teacher:
+                teacher = logits.detach()
+            total = total + weight * loss
+            losses[bits] = loss.detach()
+        return total, losses
+
+
+def _schedule(options: QuantizeOptions, warmup: int) -> Callable[[int], float]:
+    cosine = (options.schedule or "cosine") == "cosine"
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if not cosine:
+            return 1.0
+        progress = (step - warmup) / max(1, options.steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def state_dir(options: QuantizeOptions) -> Path:
+    """Where checkpoints of an unfinished run live: beside the output, removed on success."""
+    out = options.output.absolute()
+    return out.parent / f"{out.name}.train-state"
+
+
+def _batch_indices(num_windows: int, step: int, global_batch: int, seed: int) -> torch.Tensor:
+    """Window indices of one global batch: a fresh seeded permutation every epoch."""
+    start = step * global_batch
+    out = []
+    while len(out) < global_batch:
+        epoch, offset = divmod(start + len(out), num_windows)
+        order = torch.randperm(num_windows, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        out += order[offset : offset + global_batch - len(out)].tolist()
+    return torch.tensor(out)
+
+
+def train_qat(options: QuantizeOptions, on_step: Callable[[int, dict[int, float]], None] = lambda s, l: None):
+    """Train; return (QuantModel, final losses, report) for export (None on ranks > 0)."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = pick_device(options.device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    torch.manual_seed(options.seed)
+    qm = load_quant_model(options, device)
+    windows = training_windows(options, options.model)
+    if options.gradient_checkpointing:
+        qm.model.gradient_checkpointing_enable()
+    if options.trainable == "quantized":
+        for p in qm.model.parameters():
+            p.requires_grad_(False)
+        for fq in qm.wrapped.values():
+            fq.linear.weight.requires_grad_(True)
+    params = [p for p in qm.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=options.lr or QAT_LR, weight_decay=options.weight_decay)
+    warmup = options.warmup_steps if options.warmup_steps is not None else min(PAPER_WARMUP, options.steps // 5)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(options, warmup))
+    loss_fn: nn.Module = MultiWidthLoss(qm, options)
+    if world > 1:
+        loss_fn = nn.parallel.DistributedDataParallel(loss_fn, device_ids=[device.index] if device.type == "cuda" else None)
+    start = _restore(options, qm, optimizer, scheduler) if options.resume else 0
+    if not options.resume and state_dir(options).exists() and rank == 0:
+        shutil.rmtree(state_dir(options))
+    global_batch = options.batch_size * options.grad_accum * world
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if options.precision == "bf16" else contextlib.nullcontext()
+    history: dict[int, float] = {}
+    step = start
+    try:
+        for step in range(start, options.steps):
+            indices = _batch_indices(len(windows), step, global_batch, options.seed)
+            mine = indices.view(options.grad_accum, world, options.batch_size)[:, rank]
+            sums: dict[int, float] = {}
+            for micro in range(options.grad_accum):
+                sync = contextlib.nullcontext() if world == 1 or micro == options.grad_accum - 1 else loss_fn.no_sync()
+                with sync, autocast:
+                    total, losses = loss_fn(windows[mine[micro]].to(device))
+                    (total / options.grad_accum).backward()
+                for bits, value in losses.items():
+                    sums[bits] = sums.get(bits, 0.0) + value.item() / options.grad_accum
+            torch.nn.utils.clip_grad_norm_(params, options.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            history = sums
+            on_step(step + 1, sums)
+            if options.save_every and (step + 1) % options.save_every == 0 and rank == 0:
+                _save(options, qm, optimizer, scheduler, step + 1)
+    except KeyboardInterrupt:
+        if rank == 0:
+            _save(options, qm, optimizer, scheduler, step)
+        raise MatcliError(
+            f"interrupted at step {step} of {options.steps}; the training state is in {state_dir(options)}: "
+            "run the same command with --resume to continue",
+            exit_code=130,
+        ) from None
+    if world > 1:
+        dist.barrier()
+    if rank != 0:
+        return None
+    report = {
+        "method": "qat",
+        "steps": options.steps,
+        "global_batch": global_batch,
+        "tokens_seen": options.steps * global_batch * options.seq_len,
+        "final_losses": {f"int{b}": round(v, 5) for b, v in history.items()},
+    }
+    return qm, history, report
+
+
+def _save(options: QuantizeOptions, qm: QuantModel, optimizer, scheduler, step: int) -> None:
+    """Trainable weights, optimizer and scheduler state and the step, written atomically."""
+    folder = state_dir(options)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    trainable = {n: p.detach().cpu() for n, p in qm.model.named_parameters() if p.requires_grad}
+    torch.save({"step": step, "params": trainable, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "options": options.model_dump(mode="json")}, tmp / "state.pt")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def _restore(options: QuantizeOptions, qm: QuantModel, optimizer, scheduler) -> int:
+    path = state_dir(options) / "state.pt"
+    if not path.exists():
+        raise MatcliError(f"--resume: no saved training state at {path}; start without --resume")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    saved, now = dict(state["options"]), options.model_dump(mode="json")
+    for key in ("resume", "force", "dry_run"):
+        saved.pop(key, None)
+        now.pop(key, None)
+    if saved != now:
+        changed = sorted(k for k in now if saved.get(k) != now[k])
+        raise MatcliError(f"--resume: options differ from the interrupted run ({', '.join(changed)}); use the same command")
+    params = dict(qm.model.named_parameters())
+    with torch.no_grad():
+        for name, value in state["params"].items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return int(state["step"])
+
+
+def finish(options: QuantizeOptions) -> None:
+    """Forget the training state once the parent is written."""
+    shutil.rmtree(state_dir(options), ignore_errors=True)
+
+
+def export_inputs(qm: QuantModel) -> tuple[dict, dict]:
+    """(quantized Linears as codes/scale/zero, every other trained tensor) for the parent."""
+    quantized = {name: fq.export() for name, fq in qm.wrapped.items()}
+    state = unwrapped_state(qm)
+    dense = {n: t for n, t in state.items() if n in qm.source.tensors and n.removesuffix(".weight") not in quantized}
+    return quantized, dense

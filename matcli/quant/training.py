@@ -1,0 +1,88 @@
+"""What QAT and OmniQuant share: devices, the model with fake-quantized Linears, data, export."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from matcli.arch import Architecture, resolve
+from matcli.checkpoint.reader import ModelFolder
+from matcli.errors import MatcliError
+from matcli.quant.ct_format import WeightScheme
+from matcli.quant.fakequant import FakeQuantLinear, wrap_linears
+from matcli.quant.targets import select_linears
+from matcli.recipe import QuantizeOptions
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` takes the local GPU under torchrun (LOCAL_RANK), else the first, else the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        index = int(name.partition(":")[2] or 0)
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            raise MatcliError(f"--device {name}: this machine has {found} CUDA device(s); use --device cpu or auto")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise MatcliError("--device mps: no Apple GPU here; use --device cpu or auto")
+    return torch.device(name)
+
+
+@dataclass
+class QuantModel:
+    """A transformers model whose chosen Linears are FakeQuantLinear."""
+
+    model: torch.nn.Module
+    arch: Architecture
+    wrapped: dict[str, FakeQuantLinear]
+    scheme: WeightScheme
+    source: ModelFolder
+
+
+def load_quant_model(options: QuantizeOptions, device: torch.device) -> QuantModel:
+    from transformers import AutoModelForCausalLM
+
+    source = ModelFolder(options.model)
+    if "quantization_config" in source.config:
+        raise MatcliError(f"{options.model} is already quantized (config.json has quantization_config); train from the dense model")
+    arch = resolve(source.config, list(source.tensors))
+    modules = select_linears(arch, {n: t.shape for n, t in source.tensors.items()}, options.layers)
+    scheme = WeightScheme(options.bits, options.scheme == "symmetric", options.group_size)
+    from matcli.quant.rtn import check_group_size
+
+    check_group_size(scheme.group_size, [source.tensors[m + ".weight"] for m in modules])
+    scale_dtype = getattr(torch, {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}[source.tensors[modules[0] + ".weight"].dtype])
+    model = AutoModelForCausalLM.from_pretrained(options.model, dtype=torch.float32).to(device)
+    model.config.use_cache = False
+    wrapped = wrap_linears(model, modules, scheme, scale_dtype, options.extra_precision)
+    if len(wrapped) != len(modules):
+        missing = sorted(set(modules) - set(wrapped))
+        raise MatcliError(f"{missing[0]} is not an nn.Linear in the transformers model; check --layers")
+    return QuantModel(model, arch, wrapped, scheme, source)
+
+
+def training_windows(options: QuantizeOptions, tokenizer_path: Path) -> torch.Tensor:
+    from transformers import AutoTokenizer
+
+    from matcli.data import read_texts, token_windows
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    return token_windows(tokenizer, read_texts(options.data, options.text_field), options.seq_len, options.max_tokens)
+
+
+def unwrapped_state(qm: QuantModel) -> dict[str, torch.Tensor]:
+    """The model's tensors under the checkpoint's names (the FakeQuantLinear level removed)."""
+    state = {}
+    for name, tensor in qm.model.state_dict().items():
+        parts = name.split(".")
+        for i, part in enumerate(parts):
+            if part == "linear" and ".".join(parts[:i]) in qm.wrapped:
+                parts.pop(i)
+                break
+        state[".".join(parts)] = tensor
+    return state
