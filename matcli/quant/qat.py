@@ -134,8 +134,7 @@ def train_qat(options: QuantizeOptions, on_step: Callable[[int, dict[int, float]
     global_batch = options.batch_size * options.grad_accum * world
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if options.precision == "bf16" else contextlib.nullcontext()
     history: dict[int, float] = {}
-    step = start
-    try:
+    with _stop_requests() as stop:
         for step in range(start, options.steps):
             indices = _batch_indices(len(windows), step, global_batch, options.seed)
             mine = indices.view(options.grad_accum, world, options.batch_size)[:, rank]
@@ -153,16 +152,15 @@ def train_qat(options: QuantizeOptions, on_step: Callable[[int, dict[int, float]
             optimizer.zero_grad(set_to_none=True)
             history = sums
             on_step(step + 1, sums)
-            if options.save_every and (step + 1) % options.save_every == 0 and rank == 0:
-                _save(options, qm, optimizer, scheduler, step + 1)
-    except KeyboardInterrupt:
-        if rank == 0:
-            _save(options, qm, optimizer, scheduler, step)
-        raise MatcliError(
-            f"interrupted at step {step} of {options.steps}; the training state is in {state_dir(options)}: "
-            "run the same command with --resume to continue",
-            exit_code=130,
-        ) from None
+            done = step + 1
+            if rank == 0 and (stop.requested or (options.save_every and done % options.save_every == 0)):
+                _save(options, qm, optimizer, scheduler, done)
+            if stop.requested:
+                raise MatcliError(
+                    f"interrupted after step {done} of {options.steps}; the training state is in {state_dir(options)}: "
+                    "run the same command with --resume to continue",
+                    exit_code=130,
+                )
     if world > 1:
         dist.barrier()
     if rank != 0:
@@ -175,6 +173,29 @@ def train_qat(options: QuantizeOptions, on_step: Callable[[int, dict[int, float]
         "final_losses": {f"int{b}": round(v, 5) for b, v in history.items()},
     }
     return qm, history, report
+
+
+class _StopFlag:
+    requested = False
+
+
+@contextlib.contextmanager
+def _stop_requests():
+    """Ctrl-C or SIGTERM during training asks to stop after the current step: the state is
+    saved at a step boundary, never halfway through an optimizer update."""
+    import signal
+
+    flag = _StopFlag()
+
+    def request(signum, frame):
+        flag.requested = True
+
+    previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _save(options: QuantizeOptions, qm: QuantModel, optimizer, scheduler, step: int) -> None:

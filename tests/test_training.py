@@ -1,0 +1,245 @@
+"""MatQuant training: STE, the multi-width loss, QAT, resume, torchrun, OmniQuant, weighted-rtn."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import run_matcli
+from matcli.quant import grid
+from matcli.quant.ct_format import WeightScheme
+from matcli.quant.fakequant import FakeQuantLinear, fake_codes, fake_slice
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "train.txt"
+    path.write_text("the cat sat on the mat. the dog ate the bone. " * 200)
+    return path
+
+
+def qat_args(model: Path, out: Path, data: Path, *extra: str) -> list[str]:
+    return ["quantize", str(model), "-o", str(out), "--method", "qat", "--data", str(data), "--seq-len", "32", "--batch-size", "4", "--steps", "6", "--lr", "1e-3", "-q", *extra]
+
+
+# --- fake quantization ------------------------------------------------------------------------
+
+
+def test_fake_quant_forward_equals_the_grid():
+    torch.manual_seed(0)
+    w = torch.randn(16, 32)
+    scale, zero = grid.minmax_params(w, 8, True, 8)
+    q = fake_codes(w, scale, zero.float(), 8)
+    assert torch.equal(q.reshape(16, 32).to(torch.uint8), grid.quantize_codes(w, scale, zero, 8))
+    codes = torch.arange(256, dtype=torch.float32)
+    for r in (8, 6, 4, 3, 2):
+        for extra in (False, True):
+            expected = grid.codes_on_parent_grid(grid.slice_codes(codes.to(torch.uint8), 8, r, extra), 8, r)
+            assert torch.equal(fake_slice(codes, 8, r, extra), expected.float())
+
+
+def test_gradients_flow_through_both_roundings():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(32, 8, bias=False)
+    fq = FakeQuantLinear(linear, WeightScheme(8, True, None), torch.float32)
+    x = torch.randn(4, 32)
+    fq.bits = 2
+    fq(x).pow(2).sum().backward()
+    grad = linear.weight.grad.clone()
+    assert grad.abs().sum() > 0
+    # STE: the gradient is that of a plain Linear holding the quantized weight, masked to 0
+    # where the clamp of S bit (weights whose int2 code is pinned at the top bucket).
+    w_q = fq.quantized_weight(2).detach().requires_grad_(True)
+    torch.nn.functional.linear(x, w_q).pow(2).sum().backward()
+    scale, zero = grid.minmax_params(linear.weight.detach(), 8, True)
+    codes = grid.quantize_codes(linear.weight.detach(), scale, zero, 8)
+    inside = (codes.to(torch.int16) + 32) >> 6 <= 3  # round_half_up(q / 64) within 0..3
+    assert torch.allclose(grad[inside], w_q.grad[inside])
+    assert torch.all(grad[~inside] == 0)
+
+
+# --- QAT ---------------------------------------------------------------------------------------
+
+
+def test_qat_lowers_the_loss_of_every_width(llama, corpus):
+    from matcli.quant.qat import train_qat
+    from matcli.recipe import QuantizeOptions
+
+    options = QuantizeOptions(model=llama, output=Path("/unused"), method="qat", data=corpus, seq_len=32, batch_size=4, steps=25, lr=3e-3, warmup_steps=2)
+    seen: list[dict[int, float]] = []
+    qm, _, report = train_qat(options, lambda step, losses: seen.append(losses))
+    for bits in (8, 4, 2):
+        first, last = np.mean([s[bits] for s in seen[:3]]), np.mean([s[bits] for s in seen[-3:]])
+        assert last < first - 0.3, (bits, first, last)
+    assert report["final_losses"].keys() == {"int8", "int4", "int2"}
+
+
+def test_trained_parent_records_and_slices_its_widths(llama, corpus, tmp_path):
+    out = tmp_path / "parent"
+    code, _, err = run_matcli(*qat_args(llama, out, corpus, "--distill", "8->2"))
+    assert code == 0, err
+    info = json.loads((out / "config.json").read_text())["matcli"]
+    assert info["method"] == "qat" and info["trained_bits"] == [8, 4, 2] and info["loss_weights"] == [0.1, 0.1, 1.0]
+    manifest = json.loads((out / "matcli_manifest.json").read_text())
+    assert manifest["report"]["steps"] == 6 and len(manifest["report"]["data_sha256"]) == 64
+    assert set(manifest["report"]["final_losses"]) == {"int8", "int4", "int2"}
+    code, _, err = run_matcli("slice", str(out), "--bits", "4", "-o", str(tmp_path / "s4"))
+    assert code == 0 and "not trained" not in err
+    code, _, err = run_matcli("slice", str(out), "--bits", "3", "-o", str(tmp_path / "s3"))
+    assert code == 0 and "not trained for int3" in err
+    assert not (tmp_path / "parent.train-state").exists()
+
+
+def parent_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "model.safetensors")
+
+
+def test_resume_after_an_interrupt_gives_the_same_weights(llama, corpus, tmp_path):
+    reference = tmp_path / "reference"
+    assert run_matcli(*qat_args(llama, reference, corpus, "--steps", "8"))[0] == 0
+    out = tmp_path / "resumed"
+    args = [sys.executable, "-m", "matcli", *qat_args(llama, out, corpus, "--steps", "8", "--save-every", "1")]
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    state = tmp_path / "resumed.train-state"
+    deadline = time.time() + 120
+    while time.time() < deadline and not state.exists():
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "--resume" in err and not out.exists()
+    code, _, err = run_matcli(*qat_args(llama, out, corpus, "--steps", "8", "--save-every", "1", "--resume"))
+    assert code == 0, err
+    assert not state.exists()
+    a, b = parent_tensors(reference), parent_tensors(out)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_resume_refuses_changed_options(llama, corpus, tmp_path):
+    state = tmp_path / "o.train-state"
+    code, _, err = run_matcli(*qat_args(llama, tmp_path / "o", corpus, "--resume"))
+    assert code == 2 and "no saved training state" in err and not state.exists()
+
+
+def test_two_gloo_ranks_match_one_process(llama, corpus, tmp_path):
+    single = tmp_path / "single"
+    assert run_matcli(*qat_args(llama, single, corpus, "--batch-size", "4", "--device", "cpu"))[0] == 0
+    double = tmp_path / "double"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", "-m", "matcli", *qat_args(llama, double, corpus, "--batch-size", "2", "--device", "cpu")]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = parent_tensors(single), parent_tensors(double)
+    for name in a:
+        if name.endswith("weight_packed"):
+            codes_a, codes_b = a[name].view(torch.uint8), b[name].view(torch.uint8)
+            assert (codes_a != codes_b).float().mean() < 1e-3, name  # a rare code may flip at a rounding boundary
+        elif a[name].is_floating_point():
+            assert torch.allclose(a[name], b[name], rtol=1e-4, atol=1e-6), name
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--train-bits", "8,4,9"], "not a width of an int8 parent"),
+        (["--loss-weights", "0.1,1"], "2 weights for 3"),
+        (["--device", "cuda:3"], "CUDA device"),
+        (["--device", "tpu"], "not a device"),
+    ],
+)
+def test_bad_training_input(llama, corpus, tmp_path, extra, message):
+    out = tmp_path / "o"
+    code, _, err = run_matcli(*qat_args(llama, out, corpus, *extra))
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not out.exists() and not (tmp_path / "o.train-state").exists()
+
+
+def test_training_needs_data_and_a_known_family(llama, tmp_path, corpus):
+    code, _, err = run_matcli("quantize", str(llama), "-o", str(tmp_path / "o"), "--method", "qat")
+    assert code == 2 and "--data" in err
+    short = tmp_path / "short.txt"
+    short.write_text("too short")
+    code, _, err = run_matcli(*qat_args(llama, tmp_path / "o", short))
+    assert code == 2 and "fewer than one --seq-len window" in err
+    strange = Path(shutil.copytree(llama, tmp_path / "strange"))
+    config = json.loads((strange / "config.json").read_text())
+    config["model_type"] = "mystery"
+    (strange / "config.json").write_text(json.dumps(config))
+    code, _, err = run_matcli(*qat_args(strange, tmp_path / "o", corpus))
+    assert code == 2 and "matcli/arch/families/mystery.yaml" in err
+    assert not (tmp_path / "o").exists()
+
+
+# --- OmniQuant -----------------------------------------------------------------------------------
+
+
+def test_omniquant_parent_loads_and_equals_its_fake_quant_model(llama, corpus, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from matcli.quant.fakequant import at_bits
+    from matcli.quant.omniquant import calibrate
+    from matcli.recipe import QuantizeOptions
+
+    out = tmp_path / "omni"
+    options = QuantizeOptions(model=llama, output=out, method="omniquant", data=corpus, seq_len=32, samples=4, epochs=3)
+    blocks: list[dict[int, float]] = []
+    qm, _, report = calibrate(options, lambda i, n, losses: blocks.append(losses))
+    assert len(blocks) == 2 and report["let"] == "scale only"
+    tokens = torch.randint(4, 98, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), at_bits(qm.wrapped, 8):
+        fake = qm.model(input_ids=tokens).logits
+    code, _, err = run_matcli("quantize", str(llama), "-o", str(out), "--method", "omniquant", "--data", str(corpus), "--seq-len", "32", "--samples", "4", "--epochs", "3", "-q")
+    assert code == 0, err
+    with torch.no_grad():
+        loaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)(tokens).logits
+    assert torch.allclose(fake, loaded, atol=1e-4), (fake - loaded).abs().max()
+
+
+def test_omniquant_lowers_the_block_error(llama, corpus):
+    from matcli.quant.omniquant import calibrate
+    from matcli.recipe import QuantizeOptions
+
+    losses = {}
+    for epochs in (1, 8):
+        options = QuantizeOptions(model=llama, output=Path("/unused"), method="omniquant", data=corpus, seq_len=32, samples=4, epochs=epochs)
+        _, history, _ = calibrate(options)
+        losses[epochs] = history[2]
+    assert losses[8] < losses[1]
+
+
+# --- weighted-rtn --------------------------------------------------------------------------------
+
+
+def test_weighted_rtn_lowers_the_weighted_slice_error(llama, tmp_path):
+    for method in ("rtn", "weighted-rtn"):
+        assert run_matcli("quantize", str(llama), "-o", str(tmp_path / method), "--method", method, "-q")[0] == 0
+    info = json.loads((tmp_path / "weighted-rtn" / "config.json").read_text())["matcli"]
+    assert info["method"] == "weighted-rtn" and info["trained_bits"] == [8, 4, 2]
+    dense = load_file(llama / "model.safetensors")
+    errors = {}
+    for method in ("rtn", "weighted-rtn"):
+        from matcli.checkpoint.reader import ModelFolder
+        from matcli.quant.reference import dequantized_state_dict
+
+        total = 0.0
+        with ModelFolder(tmp_path / method) as folder:
+            for bits, weight in ((8, 0.1), (4, 0.1), (2, 1.0)):
+                state = dequantized_state_dict(folder, bits)
+                total += weight * sum((state[n] - dense[n]).pow(2).sum().item() for n in dense if ".mlp." in n)
+        errors[method] = total
+    assert errors["weighted-rtn"] < errors["rtn"]
