@@ -30,6 +30,13 @@ def test_eval_parent_at_several_widths(llama, llama_parent, text_file):
     assert abs(results[0]["perplexity"] / dense["perplexity"] - 1) < 0.01  # int8 is close to dense
 
 
+def test_eval_plot(llama_parent, text_file, tmp_path):
+    plot = tmp_path / "ppl.png"
+    code, _, err = run_matcli("eval", str(llama_parent), "--data", str(text_file), "--bits", "8,2", "--seq-len", "64", "--plot", str(plot), "--json")
+    assert code == 0, err
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_in_memory_slice_equals_the_written_slice(llama_parent, text_file, tmp_path):
     assert run_matcli("slice", str(llama_parent), "--bits", "3", "-o", str(tmp_path / "s"), "-q")[0] == 0
     args = ("--data", str(text_file), "--seq-len", "64", "--json")

@@ -15,10 +15,15 @@ RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.ya
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_shipped_recipes_validate(path):
+    """Every recipe loads into its command's options (training recipes get a --data)."""
     data = read_recipe(path)
-    model = QuantizeOptions if path.name.startswith(("rtn", "qat", "omniquant")) else SliceOptions
-    required = {"model": "m", "output": "o"} if model is QuantizeOptions else {"parent": "p", "output": "o"}
-    model(**required, **data)
+    if "method" in data:
+        options = QuantizeOptions(model="m", output="o", **{"data": "c4.jsonl", **data})
+        assert options.method == data["method"]
+        if options.method in ("qat", "omniquant"):
+            assert len(options.loss_weights) == len(options.train_bits)
+    else:
+        SliceOptions(parent="p", output="o", **data)
 
 
 def test_recipe_then_flag_override(llama, tmp_path):

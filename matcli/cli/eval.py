@@ -23,6 +23,7 @@ def eval_command(
     seq_len: int = typer.Option(512, "--seq-len", help="Tokens per window."),
     max_tokens: int = typer.Option(32768, "--max-tokens", help="Evaluate at most this many tokens."),
     batch_size: int = typer.Option(4, "--batch-size"),
+    plot: Path | None = typer.Option(None, "--plot", help="Write a PNG of perplexity against bits (needs matplotlib)."),
     json_output: bool = common.JSON_OUTPUT,
 ) -> None:
     import os
@@ -47,6 +48,8 @@ def eval_command(
     for r in widths if ffn_config is None else []:
         ppl = perplexity(load_model(model, r, extra_precision), windows, batch_size)
         results.append({"bits": r if r is not None else _own_bits(model), "perplexity": round(ppl, 4)})
+    if plot is not None:
+        _plot(results, plot, str(model))
     if json_output:
         print(json.dumps({"model": str(model), "data": str(data), "tokens": windows.numel(), "results": results}, indent=2))
         return
@@ -74,3 +77,26 @@ def _submodel(model: Path, ffn_config: str, skip_layers: str | None):
     with ModelFolder(model) as folder:
         _, _, full = model_widths(folder)
     return submodel(model, choose_widths(ffn_config, skip_layers, full))
+
+
+def _plot(results: list[dict], path: Path, title: str) -> None:
+    from matcli.errors import MatcliError
+
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise MatcliError("--plot needs matplotlib: pip install 'matcli[plot]'") from None
+    points = sorted((r["bits"], r["perplexity"]) for r in results if r.get("bits"))
+    if not points:
+        raise MatcliError("--plot draws perplexity against bits: evaluate a parent with --bits, or a sliced folder")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([b for b, _ in points], [p for _, p in points], marker="o")
+    ax.set_yscale("log")
+    ax.set_xlabel("bits")
+    ax.set_ylabel("perplexity")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
