@@ -39,6 +39,13 @@ DTYPES: dict[str, tuple[str, int]] = {
 }
 CODE_OF_TORCH_NAME = {name: code for code, (name, _) in DTYPES.items()}
 
+
+def torch_dtype(code: str):
+    """The torch dtype of a safetensors dtype code (torch imported only when asked)."""
+    import torch
+
+    return getattr(torch, DTYPES[code][0])
+
 # Real headers are a few MB at most (a 10k-tensor model is ~1 MB); anything far larger is
 # a corrupt length field, and reading it would allocate that much memory.
 MAX_HEADER_BYTES = 100 * 1024 * 1024

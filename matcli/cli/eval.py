@@ -29,14 +29,12 @@ def eval_command(
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
     from transformers import AutoTokenizer
 
     from matcli.data import read_texts, token_windows
     from matcli.errors import MatcliError
     from matcli.evaluate import load_model, perplexity
 
-    torch.set_grad_enabled(False)
     widths = common.parse_int_list(bits, "--bits") if bits else [None]
     windows = token_windows(AutoTokenizer.from_pretrained(model), read_texts(data), seq_len, max_tokens)
     results = []

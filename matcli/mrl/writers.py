@@ -6,6 +6,7 @@ headers are written first and rows are appended chunk by chunk: memory stays at 
 
 from __future__ import annotations
 
+import io
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -31,17 +32,14 @@ def storage_code(array_dtype: str) -> str:
     return "BF16" if array_dtype == "bfloat16" else NUMPY_CODES[array_dtype]
 
 
-class SafetensorsWriter(EmbeddingWriter):
-    """One embedding tensor, then passthrough tensors given as (name, dtype code, shape, bytes)."""
+class _RowsAfterHeader(EmbeddingWriter):
+    """A file that is a header, then every row's bytes, then (optionally) trailing bytes."""
 
-    def __init__(self, path: Path, key: str, shape: tuple[int, ...], dtype: str, metadata: dict[str, str], extras: list[tuple[str, str, tuple[int, ...], bytes]]):
+    def __init__(self, path: Path, header: bytes, row_bytes_total: int, trailer: bytes = b""):
+        self.path, self.trailer = path, trailer
         self.file = open(path, "wb")
-        specs = [OutputTensor(key, storage_code(dtype), shape, lambda: iter([]))]
-        specs += [OutputTensor(name, code, shape, lambda: iter([])) for name, code, shape, _ in extras]
-        self.file.write(header_bytes(specs, metadata))
-        self.extras = extras
-        self.remaining = specs[0].nbytes
-        self.path = path
+        self.file.write(header)
+        self.remaining = row_bytes_total
 
     def write(self, rows: np.ndarray, columns=None) -> None:
         data = np.ascontiguousarray(rows).tobytes()
@@ -51,30 +49,27 @@ class SafetensorsWriter(EmbeddingWriter):
     def close(self) -> None:
         if self.remaining:
             raise RuntimeError(f"{self.path}: {self.remaining} bytes of embeddings missing")
-        for _, _, _, data in self.extras:
-            self.file.write(data)
+        self.file.write(self.trailer)
         self.file.close()
 
 
-class NpyWriter(EmbeddingWriter):
+class SafetensorsWriter(_RowsAfterHeader):
+    """One tensor written row by row, then passthrough tensors (name, dtype code, shape, bytes)."""
+
+    def __init__(self, path: Path, key: str, shape: tuple[int, ...], dtype: str, metadata: dict[str, str], extras: list[tuple[str, str, tuple[int, ...], bytes]]):
+        specs = [OutputTensor(key, storage_code(dtype), shape, lambda: iter([]))]
+        specs += [OutputTensor(name, code, shape, lambda: iter([])) for name, code, shape, _ in extras]
+        super().__init__(path, header_bytes(specs, metadata), specs[0].nbytes, b"".join(data for *_, data in extras))
+
+
+class NpyWriter(_RowsAfterHeader):
     def __init__(self, path: Path, rows: int, width: int, dtype: str):
         if dtype == "bfloat16":
             raise MatcliError(".npy cannot store bfloat16; choose --dtype float16 or float32, or write .safetensors")
-        self.file = open(path, "wb")
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": (rows, width)}
-        np.lib.format.write_array_header_2_0(self.file, header) if rows * width > 2**31 else np.lib.format.write_array_header_1_0(self.file, header)
-        self.remaining = rows * width * np.dtype(dtype).itemsize
-        self.path = path
-
-    def write(self, rows: np.ndarray, columns=None) -> None:
-        data = np.ascontiguousarray(rows).tobytes()
-        self.remaining -= len(data)
-        self.file.write(data)
-
-    def close(self) -> None:
-        if self.remaining:
-            raise RuntimeError(f"{self.path}: {self.remaining} bytes of embeddings missing")
-        self.file.close()
+        header = io.BytesIO()
+        fields = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": (rows, width)}
+        np.lib.format.write_array_header_2_0(header, fields)
+        super().__init__(path, header.getvalue(), rows * width * np.dtype(dtype).itemsize)
 
 
 class ParquetWriter(EmbeddingWriter):

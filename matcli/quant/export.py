@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import torch
 
-from matcli.arch import Architecture
-from matcli.checkpoint.plan import OutputCheckpoint, Plan, copy_tensor
-from matcli.checkpoint.reader import ModelFolder
+from matcli.checkpoint.plan import Plan, copy_tensor
+from matcli.checkpoint.safetensors_file import torch_dtype
 from matcli.checkpoint.writer import OutputTensor, dtype_code
-from matcli.errors import MatcliError
 from matcli.quant import ct_format, grid
 from matcli.quant.ct_format import PACKED, SCALE, SHAPE, ZERO, WeightScheme
 from matcli.quant.packing import packed_columns
-from matcli.quant.parent import CONFIG_KEY, ParentInfo
-from matcli.quant.targets import targets_regex
+from matcli.quant.parent import ParentInfo
+from matcli.quant.parent_plan import QuantTargets, parent_plan
+from matcli.recipe import QuantizeOptions
 
 QuantizedWeight = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # uint8 codes, scale, zero
 
@@ -44,49 +43,17 @@ def ct_tensors(module: str, quantized: QuantizedWeight, scheme: WeightScheme, la
     return tensors
 
 
-def plan_parent(
-    source: ModelFolder,
-    arch: Architecture,
-    quantized: dict[str, QuantizedWeight],
-    dense: dict[str, torch.Tensor],
-    scheme: WeightScheme,
-    info: ParentInfo,
-    options: dict,
-    chunk_bytes: int,
-    max_shard_bytes: int,
-    report: dict,
-) -> Plan:
-    label = f"{info.method} int{scheme.bits}"
+def plan_parent(targets: QuantTargets, quantized: dict[str, QuantizedWeight], dense: dict[str, torch.Tensor], info: ParentInfo, options: QuantizeOptions, report: dict) -> Plan:
+    source, label = targets.folder, f"{info.method} int{targets.scheme.bits}"
     tensors = []
-    for module, q in quantized.items():
-        if module + ".weight" not in source.tensors:
-            raise MatcliError(f"trained module {module} has no weight in {source.path}; the checkpoint and the model disagree")
-        tensors += ct_tensors(module, q, scheme, label)
-    quantized_names = {m + ".weight" for m in quantized}
-    for name, info_tensor in sorted(source.tensors.items()):
+    for module in targets.modules:
+        tensors += ct_tensors(module, quantized[module], targets.scheme, label)
+    quantized_names = {m + ".weight" for m in targets.modules}
+    for name, tensor in sorted(source.tensors.items()):
         if name in quantized_names:
             continue
         if name in dense:
-            tensors.append(_in_memory(name, dense[name].to(getattr(torch, _torch_name(info_tensor.dtype))), f"{info.method} (trained)"))
+            tensors.append(_in_memory(name, dense[name].to(torch_dtype(tensor.dtype)), f"{info.method} (trained)"))
         else:
-            tensors.append(copy_tensor(source, name, chunk_bytes))
-    tensors.sort(key=lambda t: t.name)
-    config = dict(source.config)
-    config["quantization_config"] = ct_format.quantization_config([(targets_regex(arch, sorted(quantized)), scheme)], ignore=["lm_head"])
-    config[CONFIG_KEY] = info.model_dump()
-    output = OutputCheckpoint(name="", config=config, tensors=tensors, metadata={"matcli.role": "parent", "matcli.bits": str(scheme.bits)})
-    return Plan(
-        command="quantize",
-        source=source,
-        outputs=[output],
-        options=options,
-        max_shard_bytes=max_shard_bytes,
-        chunk_bytes=chunk_bytes,
-        report=report,
-    )
-
-
-def _torch_name(code: str) -> str:
-    from matcli.checkpoint.safetensors_file import DTYPES
-
-    return DTYPES[code][0]
+            tensors.append(copy_tensor(source, name, options.chunk_size))
+    return parent_plan(targets, tensors, info, options, report)

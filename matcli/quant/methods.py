@@ -39,18 +39,7 @@ def plan_quantize(options: QuantizeOptions, progress: Progress = lambda d, t, l:
     report.update({"data": str(options.data), "data_sha256": data_digest(options.data)})
     from matcli.quant.export import plan_parent
 
-    return plan_parent(
-        qm.source,
-        qm.arch,
-        quantized,
-        dense,
-        qm.scheme,
-        info_from_options(options, options.method),
-        options.model_dump(mode="json"),
-        options.chunk_size,
-        options.max_shard_size,
-        report,
-    )
+    return plan_parent(qm.targets, quantized, dense, info_from_options(options, options.method), options, report)
 
 
 def _training_dry_run(options: QuantizeOptions) -> Plan:

@@ -11,19 +11,15 @@ from __future__ import annotations
 
 import torch
 
-from matcli.arch import resolve
-from matcli.checkpoint.plan import OutputCheckpoint, Plan, copy_tensor
+from matcli.checkpoint.plan import Plan, copy_tensor
 from matcli.checkpoint.reader import ModelFolder
 from matcli.checkpoint.writer import OutputTensor
-from matcli.errors import MatcliError
 from matcli.quant import ct_format, grid
 from matcli.quant.ct_format import PACKED, SCALE, SHAPE, ZERO, WeightScheme
 from matcli.quant.packing import packed_columns
-from matcli.quant.parent import CONFIG_KEY, ParentInfo, info_from_options
-from matcli.quant.targets import select_linears, targets_regex
+from matcli.quant.parent import ParentInfo, info_from_options
+from matcli.quant.parent_plan import parent_plan, quant_targets
 from matcli.recipe import QuantizeOptions
-
-FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 
 
 class RtnLinear:
@@ -93,55 +89,20 @@ class RtnLinear:
 
 
 def plan_rtn(options: QuantizeOptions) -> Plan:
-    folder = ModelFolder(options.model)
-    if "quantization_config" in folder.config:
-        raise MatcliError(f"{options.model} is already quantized (config.json has quantization_config); quantize a dense model")
-    arch = resolve(folder.config, list(folder.tensors))
-    modules = select_linears(arch, {n: t.shape for n, t in folder.tensors.items()}, options.layers)
-    scheme = WeightScheme(options.bits, options.scheme == "symmetric", options.group_size)
-    weights = [folder.tensors[m + ".weight"] for m in modules]
-    for weight in weights:
-        if weight.dtype not in FLOAT_DTYPES:
-            raise MatcliError(f"{weight.name} is {weight.dtype}, not a float weight; quantize a dense model")
-    check_group_size(scheme.group_size, weights)
+    targets = quant_targets(options)
+    folder, scheme = targets.folder, targets.scheme
     table = None
     if options.method == "weighted-rtn":
         table = grid.weighted_code_table(scheme.bits, options.train_bits, options.loss_weights, options.extra_precision)
-    quantized = {m + ".weight": RtnLinear(folder, m, scheme, options.chunk_size, table) for m in modules}
-
+    quantized = {m + ".weight": RtnLinear(folder, m, scheme, options.chunk_size, table) for m in targets.modules}
     tensors = []
     for name in sorted(folder.tensors):
         if name in quantized:
             tensors += quantized[name].outputs()
         else:
             tensors.append(copy_tensor(folder, name, options.chunk_size))
-    tensors.sort(key=lambda t: t.name)
-
-    config = dict(folder.config)
-    config["quantization_config"] = ct_format.quantization_config([(targets_regex(arch, modules), scheme)], ignore=["lm_head"])
     if options.method == "weighted-rtn":
         info = info_from_options(options, "weighted-rtn")
     else:
         info = ParentInfo(parent_bits=scheme.bits, scheme=options.scheme, group_size=scheme.group_size, trained_bits=[scheme.bits], method="rtn", layers=options.layers)
-    config[CONFIG_KEY] = info.model_dump()
-    output = OutputCheckpoint(name="", config=config, tensors=tensors, metadata={"matcli.role": "parent", "matcli.bits": str(scheme.bits)})
-    return Plan(
-        command="quantize",
-        source=folder,
-        outputs=[output],
-        options=options.model_dump(mode="json"),
-        max_shard_bytes=options.max_shard_size,
-        chunk_bytes=options.chunk_size,
-    )
-
-
-def check_group_size(group_size: int | None, weights: list) -> None:
-    bad = next((w for w in weights if group_size and w.shape[1] % group_size), None)
-    if bad is None:
-        return
-    fitting = [g for g in (32, 64, 128, 256) if all(w.shape[1] % g == 0 for w in weights)]
-    hint = f"sizes that fit every layer: {', '.join(map(str, fitting))}" if fitting else "no power of two from 32 to 256 fits every layer"
-    raise MatcliError(
-        f"--group-size {group_size} does not divide the {bad.shape[1]} input columns of {bad.name}; "
-        f"{hint}; or omit --group-size for per-channel scales"
-    )
+    return parent_plan(targets, tensors, info, options)

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import torch
 
-from matcli.arch import Architecture, resolve
+from matcli.arch import Architecture
 from matcli.checkpoint.reader import ModelFolder
+from matcli.checkpoint.safetensors_file import torch_dtype
 from matcli.errors import MatcliError
-from matcli.quant.ct_format import WeightScheme
 from matcli.quant.fakequant import FakeQuantLinear, wrap_linears
-from matcli.quant.targets import select_linears
+from matcli.quant.parent_plan import QuantTargets, quant_targets
 from matcli.recipe import QuantizeOptions
 
 
@@ -38,32 +38,30 @@ class QuantModel:
     """A transformers model whose chosen Linears are FakeQuantLinear."""
 
     model: torch.nn.Module
-    arch: Architecture
+    targets: QuantTargets
     wrapped: dict[str, FakeQuantLinear]
-    scheme: WeightScheme
-    source: ModelFolder
+
+    @property
+    def arch(self) -> Architecture:
+        return self.targets.arch
+
+    @property
+    def source(self) -> ModelFolder:
+        return self.targets.folder
 
 
 def load_quant_model(options: QuantizeOptions, device: torch.device) -> QuantModel:
     from transformers import AutoModelForCausalLM
 
-    source = ModelFolder(options.model)
-    if "quantization_config" in source.config:
-        raise MatcliError(f"{options.model} is already quantized (config.json has quantization_config); train from the dense model")
-    arch = resolve(source.config, list(source.tensors))
-    modules = select_linears(arch, {n: t.shape for n, t in source.tensors.items()}, options.layers)
-    scheme = WeightScheme(options.bits, options.scheme == "symmetric", options.group_size)
-    from matcli.quant.rtn import check_group_size
-
-    check_group_size(scheme.group_size, [source.tensors[m + ".weight"] for m in modules])
-    scale_dtype = getattr(torch, {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}[source.tensors[modules[0] + ".weight"].dtype])
+    targets = quant_targets(options)
+    scale_dtype = torch_dtype(targets.folder.tensors[targets.modules[0] + ".weight"].dtype)
     model = AutoModelForCausalLM.from_pretrained(options.model, dtype=torch.float32).to(device)
     model.config.use_cache = False
-    wrapped = wrap_linears(model, modules, scheme, scale_dtype, options.extra_precision)
-    if len(wrapped) != len(modules):
-        missing = sorted(set(modules) - set(wrapped))
+    wrapped = wrap_linears(model, targets.modules, targets.scheme, scale_dtype, options.extra_precision)
+    if len(wrapped) != len(targets.modules):
+        missing = sorted(set(targets.modules) - set(wrapped))
         raise MatcliError(f"{missing[0]} is not an nn.Linear in the transformers model; check --layers")
-    return QuantModel(model, arch, wrapped, scheme, source)
+    return QuantModel(model, targets, wrapped)
 
 
 def training_windows(options: QuantizeOptions, tokenizer_path: Path) -> torch.Tensor:
