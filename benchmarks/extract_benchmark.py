@@ -26,7 +26,7 @@ from common import (  # noqa: E402
     largest_tensor,
     machine,
     replace_section,
-    run,
+    fresh_run,
     table,
     tensors_equal,
     warm,
@@ -84,11 +84,11 @@ def main() -> None:
     generate(model)
     size = sum(p.stat().st_size for p in model.glob("*.safetensors"))
     largest = largest_tensor(model)
-    matcli = [sys.executable, "-m", "matcli", "extract", str(model), "--ffn-config", str(WIDTH), "--skip-layers", SKIP, "-q", "--force", "-o"]
+    matcli = [sys.executable, "-m", "matcli", "extract", str(model), "--ffn-config", str(WIDTH), "--skip-layers", SKIP, "-q", "-o"]
     naive = [sys.executable, str(ROOT / "benchmarks" / "naive_extract.py"), str(model)]
     approaches = {
-        "matcli extract": lambda: run(matcli + [str(work / "extract-matcli")]),
-        NAIVE: lambda: run(naive + [str(work / "extract-naive"), str(WIDTH), SKIP]),
+        "matcli extract": lambda: fresh_run(work / "extract-matcli", matcli + [str(work / "extract-matcli")]),
+        NAIVE: lambda: fresh_run(work / "extract-naive", naive + [str(work / "extract-naive"), str(WIDTH), SKIP]),
         "cp -r": lambda: copy_tree(model, work / "extract-cp"),
     }
     warm(model)

@@ -30,7 +30,7 @@ from common import (  # noqa: E402
     largest_tensor,
     machine,
     replace_section,
-    run,
+    fresh_run,
     table,
     tensors_equal,
     warm,
@@ -100,11 +100,11 @@ def main() -> None:
     size = sum(p.stat().st_size for p in parent.glob("*.safetensors"))
     largest = largest_tensor(parent)
 
-    matcli = [sys.executable, "-m", "matcli", "slice", str(parent), "--bits", "2", "-q", "--force", "-o"]
+    matcli = [sys.executable, "-m", "matcli", "slice", str(parent), "--bits", "2", "-q", "-o"]
     naive = [sys.executable, str(ROOT / "benchmarks" / "naive_slice.py"), str(parent), "2"]
     approaches = {
-        "matcli slice": lambda: run(matcli + [str(work / "out-matcli")]),
-        NAIVE: lambda: run(naive + [str(work / "out-naive")]),
+        "matcli slice": lambda: fresh_run(work / "out-matcli", matcli + [str(work / "out-matcli")]),
+        NAIVE: lambda: fresh_run(work / "out-naive", naive + [str(work / "out-naive")]),
         "cp -r": lambda: copy_tree(parent, work / "out-cp"),
     }
     warm(parent)

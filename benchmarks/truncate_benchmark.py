@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved, machine, replace_section, run, table  # noqa: E402
+from common import fresh_run, interleaved, machine, replace_section, table  # noqa: E402
 
 ROWS, DIM, KEEP = 2_604_167, 768, 256
 NAIVE = "numpy (load, slice, normalize, save)"
@@ -78,9 +78,12 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     big = work / "embeddings-8gb.npy"
     generate(big)
-    matcli = [sys.executable, "-m", "matcli", "truncate-embeddings", str(big), "--dims", str(KEEP), "-q", "--force", "-o", str(work / "t-matcli.npy")]
+    matcli = [sys.executable, "-m", "matcli", "truncate-embeddings", str(big), "--dims", str(KEEP), "-q", "-o", str(work / "t-matcli.npy")]
     naive = [sys.executable, "-c", NAIVE_SCRIPT, str(big), str(work / "t-numpy.npy"), str(KEEP)]
-    results = interleaved({"matcli truncate-embeddings": lambda: run(matcli), NAIVE: lambda: run(naive)}, args.runs)
+    results = interleaved(
+        {"matcli truncate-embeddings": lambda: fresh_run(work / "t-matcli.npy", matcli), NAIVE: lambda: fresh_run(work / "t-numpy.npy", naive)},
+        args.runs,
+    )
     a = np.load(work / "t-matcli.npy", mmap_mode="r")
     b = np.load(work / "t-numpy.npy", mmap_mode="r")
     same = max(float(np.abs(a[i : i + 100_000] - b[i : i + 100_000]).max()) for i in range(0, ROWS, 100_000))

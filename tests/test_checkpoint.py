@@ -99,7 +99,7 @@ def test_pickle_only_folder_is_refused(tmp_path):
 
 def test_writer_round_trips_through_safetensors(tmp_path, tensors):
     source = ModelFolder(make_folder(tmp_path / "m", tensors))
-    outputs = [copy_tensor(source, n, chunk_bytes=64) for n in sorted(tensors)]
+    outputs = [copy_tensor(source, n) for n in sorted(tensors)]
     layout = ShardLayout.plan(outputs, max_shard_bytes=1000)
     assert len(layout.shards) > 1
     out = tmp_path / "out"
@@ -174,11 +174,33 @@ def test_aux_files_are_copied_byte_for_byte(tmp_path, tensors):
     (source / ".cache").mkdir()
     assert [p.as_posix() for p in aux_files(source)] == ["1_Pooling/config.json", "tokenizer.json"]
     folder = ModelFolder(source)
-    plan = Plan("copy", folder, [OutputCheckpoint("", dict(folder.config), [copy_tensor(folder, n, 64) for n in sorted(tensors)])], {})
+    plan = Plan("copy", folder, [OutputCheckpoint("", dict(folder.config), [copy_tensor(folder, n) for n in sorted(tensors)])], {})
     execute(plan, tmp_path / "out", force=False)
     assert (tmp_path / "out" / "tokenizer.json").read_text() == tokenizer
     assert (tmp_path / "out" / "1_Pooling" / "config.json").exists()
     assert not (tmp_path / "out" / "pytorch_model.bin").exists()
     manifest = json.loads((tmp_path / "out" / "matcli_manifest.json").read_text())
     assert manifest["input"]["files"][0]["name"] == "model.safetensors"
-    assert manifest["output"]["files"][0]["sha256"]
+    assert len(manifest["output"]["files"][0]["header_sha256"]) == 64
+
+
+def test_copies_fall_back_when_the_kernel_cannot_copy(tmp_path, tensors, monkeypatch):
+    """copy_file_range fails across some filesystems (EXDEV): bytes are then read and written."""
+    import errno
+    import os
+
+    def refuse(*args):
+        raise OSError(errno.EXDEV, "cross-device")
+
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    source = ModelFolder(make_folder(tmp_path / "m", tensors))
+    outputs = [copy_tensor(source, n) for n in sorted(tensors)]
+    out = tmp_path / "out"
+    out.mkdir()
+    writer = CheckpointWriter(out, ShardLayout.plan(outputs, 10**9), {"format": "pt"})
+    for t in outputs:
+        writer.write_tensor(t)
+    writer.finish()
+    with safe_open(out / "model.safetensors", "pt") as f:
+        for name, t in tensors.items():
+            assert torch.equal(f.get_tensor(name), t)

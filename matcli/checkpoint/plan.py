@@ -114,13 +114,12 @@ class Plan:
         }
 
 
-def copy_tensor(folder: ModelFolder, name: str, chunk_bytes: int, new_name: str | None = None) -> OutputTensor:
-    """An output tensor that is the input tensor, byte for byte, read in chunks."""
+def copy_tensor(folder: ModelFolder, name: str, new_name: str | None = None) -> OutputTensor:
+    """An output tensor that is the input tensor, byte for byte (copied by the kernel)."""
     info = folder.tensors[name]
 
     def chunks():
-        for start in range(0, info.nbytes, chunk_bytes):
-            yield folder.read_bytes(name, start, min(start + chunk_bytes, info.nbytes))
+        yield folder.byte_range(name, 0, info.nbytes)
 
     label = "copy" if new_name in (None, name) else "copy (renamed)"
     return OutputTensor(new_name or name, info.dtype, info.shape, chunks, label)
@@ -186,6 +185,6 @@ def execute(plan: Plan, destination: Path, force: bool, on_bytes: Callable[[int]
                 manifest["report"] = plan.report
             manifest["output"] = {
                 "folder": output.name,
-                "files": [{"name": w.name, "size": w.size, "sha256": w.sha256} for w in writer.written],
+                "files": [{"name": w.name, "size": w.size, "header_sha256": w.header_sha256} for w in writer.written],
             }
             write_manifest(folder, manifest)

@@ -7,6 +7,7 @@ import os
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from matcli.checkpoint.safetensors_file import (
@@ -16,6 +17,7 @@ from matcli.checkpoint.safetensors_file import (
     read_header,
     read_range,
 )
+from matcli.checkpoint.writer import FileRange
 from matcli.errors import MatcliError
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -53,8 +55,9 @@ class ModelFolder:
                 self.tensors[tname] = info
         self._check_index()
         self._fds: dict[Path, int] = {}
-        self._cache: OrderedDict[tuple[str, int, int], bytearray] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()
         self.cache_entries = cache_entries
+        self._scratch: np.ndarray | None = None
 
     # --- structure -------------------------------------------------------------------------
 
@@ -97,27 +100,41 @@ class ModelFolder:
         info = self.tensors[name]
         return self.read_rows(name, 0, info.rows)
 
-    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
-        """Rows [start, stop) of a tensor (the whole tensor for a scalar), as a new tensor."""
+    def read_rows(self, name: str, start: int, stop: int, scratch: bool = False) -> torch.Tensor:
+        """Rows [start, stop) of a tensor (the whole tensor for a scalar); see read_bytes."""
         info = self.tensors[name]
-        buf = self.read_bytes(name, start * info.row_bytes, stop * info.row_bytes)
+        buf = self.read_bytes(name, start * info.row_bytes, stop * info.row_bytes, scratch)
         dtype = getattr(torch, DTYPES[info.dtype][0])
         shape = (stop - start, *info.shape[1:]) if info.shape else ()
-        return torch.frombuffer(buf, dtype=dtype).reshape(shape) if buf else torch.empty(shape, dtype=dtype)
+        return torch.from_numpy(buf).view(dtype).reshape(shape) if len(buf) else torch.empty(shape, dtype=dtype)
 
-    def read_bytes(self, name: str, start: int, stop: int) -> bytearray:
-        """Raw bytes [start, stop) of a tensor's data (a shared buffer: do not modify it)."""
+    def read_bytes(self, name: str, start: int, stop: int, scratch: bool = False) -> np.ndarray:
+        """Raw bytes [start, stop) of a tensor's data as uint8 (shared when cached: do not modify).
+
+        With `scratch`, the bytes land in one buffer reused by the next scratch read, which
+        saves a fresh allocation (and its page faults) per chunk: for callers that are done
+        with a chunk before they read the next (byte copies, row selections).
+        """
         key = (name, start, stop)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
         info = self.tensors[name]
+        if scratch and not self.cache_entries:
+            if self._scratch is None or len(self._scratch) < stop - start:
+                self._scratch = np.empty(stop - start, dtype=np.uint8)
+            return read_range(self._fd(info.path), info.start + start, stop - start, info.path, out=self._scratch[: stop - start])
         buf = read_range(self._fd(info.path), info.start + start, stop - start, info.path)
         if self.cache_entries:
             self._cache[key] = buf
             while len(self._cache) > self.cache_entries:
                 self._cache.popitem(last=False)
         return buf
+
+    def byte_range(self, name: str, start: int, stop: int) -> FileRange:
+        """Bytes [start, stop) of a tensor, to be copied file to file by the kernel."""
+        info = self.tensors[name]
+        return FileRange(self._fd(info.path), info.start + start, stop - start)
 
     def row_chunks(self, name: str, max_bytes: int = DEFAULT_CHUNK_BYTES) -> list[tuple[int, int]]:
         """Row ranges that cover the tensor, each at most max_bytes (at least one row)."""

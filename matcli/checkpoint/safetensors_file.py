@@ -17,6 +17,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from matcli.errors import MatcliError
 
 # safetensors dtype code -> (torch dtype name, bytes per element)
@@ -158,9 +160,13 @@ def _tensor_info(path: Path, name: str, entry: object, data_start: int) -> Tenso
     return TensorInfo(name, dtype, tuple(shape), path, data_start + offsets[0], nbytes)
 
 
-def read_range(fd: int, start: int, nbytes: int, path: Path) -> bytearray:
-    """Read exactly nbytes at an absolute offset into a fresh, writable buffer."""
-    buf = bytearray(nbytes)
+def read_range(fd: int, start: int, nbytes: int, path: Path, out: np.ndarray | None = None) -> np.ndarray:
+    """Read exactly nbytes at an absolute offset into `out`, or a new uint8 array.
+
+    A new array is allocated uninitialised (a bytearray would be zero-filled first: one more
+    pass over memory for every byte read).
+    """
+    buf = np.empty(nbytes, dtype=np.uint8) if out is None else out
     view = memoryview(buf)
     done = 0
     while done < nbytes:

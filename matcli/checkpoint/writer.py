@@ -9,15 +9,17 @@ Nothing larger than one chunk is ever held. Shard names follow transformers'
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from matcli.checkpoint.safetensors_file import CODE_OF_TORCH_NAME, DTYPES
@@ -25,7 +27,24 @@ from matcli.errors import MatcliError
 
 DEFAULT_MAX_SHARD_BYTES = 5_000_000_000  # transformers' default "5GB"
 
-Chunk = torch.Tensor | bytes | bytearray | memoryview
+
+
+@dataclass(frozen=True)
+class FileRange:
+    """A chunk that is bytes of another file, copied by the kernel (copy_file_range) without
+    passing through this process: byte-for-byte tensor copies cost no memory or CPU copies."""
+
+    fd: int
+    offset: int
+    nbytes: int
+
+    def read(self) -> np.ndarray:
+        from matcli.checkpoint.safetensors_file import read_range
+
+        return read_range(self.fd, self.offset, self.nbytes, Path(f"/proc/self/fd/{self.fd}"))
+
+
+Chunk = torch.Tensor | np.ndarray | bytes | bytearray | memoryview | FileRange
 
 
 @dataclass
@@ -94,7 +113,7 @@ def header_bytes(tensors: list[OutputTensor], metadata: dict[str, str]) -> bytes
 class WrittenFile:
     name: str
     size: int
-    sha256: str
+    header_sha256: str
 
 
 @dataclass
@@ -102,7 +121,9 @@ class CheckpointWriter:
     """Writes one output checkpoint's shards in tensor order, one tensor at a time.
 
     Use: for each tensor in layout order, `begin(t)`, `write(chunk)` any number of times,
-    `end()`; then `finish()` writes the index. Each file's sha256 is computed as it is written.
+    `end()`; then `finish()` writes the index. Like the inputs in the manifest, each file is
+    identified by its size and the sha256 of its header (hashing every byte would cost a
+    second pass over gigabytes).
     """
 
     folder: Path
@@ -129,11 +150,16 @@ class CheckpointWriter:
         self._current, self._remaining = tensor, tensor.nbytes
 
     def write(self, chunk: Chunk) -> None:
-        data = as_bytes(chunk, self._current)
-        if len(data) > self._remaining:
+        size = chunk.nbytes if isinstance(chunk, FileRange) else None
+        data = None if size is not None else as_bytes(chunk, self._current)
+        size = len(data) if data is not None else size
+        if size > self._remaining:
             raise RuntimeError(f"{self._current.name}: more bytes produced than its shape holds")
-        self._write(data)
-        self._remaining -= len(data)
+        if data is None:
+            self._copy_range(chunk)
+        else:
+            self._write(data)
+        self._remaining -= size
 
     def end(self) -> None:
         if self._remaining:
@@ -159,29 +185,49 @@ class CheckpointWriter:
 
     def _open_file(self, shard: int) -> None:
         self._shard = shard
-        self._file = open(self.folder / self._names[shard], "wb")
-        self._hash = hashlib.sha256()
+        self._file = open(self.folder / self._names[shard], "wb", buffering=0)
         self._size = 0
-        self._write(header_bytes(self.layout.shards[shard], self.metadata), count=False)
+        header = header_bytes(self.layout.shards[shard], self.metadata)
+        self._header_sha256 = hashlib.sha256(header).hexdigest()
+        self._write(header, count=False)
 
     def _close_file(self) -> None:
         if self._file is None:
             return
-        self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
         self._file = None
-        self.written.append(WrittenFile(self._names[self._shard], self._size, self._hash.hexdigest()))
+        self.written.append(WrittenFile(self._names[self._shard], self._size, self._header_sha256))
 
     def _write(self, data: memoryview | bytes, count: bool = True) -> None:
+        view = memoryview(data)
         try:
-            self._file.write(data)
+            while view:  # a raw write may be short
+                view = view[self._file.write(view) :]
         except OSError as e:
-            raise MatcliError(f"writing {self.folder} failed: {e.strerror}; nothing was kept", exit_code=1) from e
-        self._hash.update(data)
+            raise _write_error(self.folder, e) from e
         self._size += len(data)
         if count:
             self.on_bytes(len(data))
+
+    def _copy_range(self, chunk: FileRange) -> None:
+        done = 0
+        try:
+            while done < chunk.nbytes:
+                n = os.copy_file_range(chunk.fd, self._file.fileno(), chunk.nbytes - done, chunk.offset + done)
+                if n == 0:
+                    raise OSError(errno.EIO, "source ended early")
+                done += n
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP) or done:
+                raise _write_error(self.folder, e) from e
+            self._write(FileRange(chunk.fd, chunk.offset, chunk.nbytes).read(), count=False)  # no kernel copy here
+        self._size += chunk.nbytes
+        self.on_bytes(chunk.nbytes)
+
+
+def _write_error(folder: Path, e: OSError) -> MatcliError:
+    return MatcliError(f"writing {folder} failed: {e.strerror}; nothing was kept", exit_code=1)
 
 
 def as_bytes(chunk: Chunk, tensor: OutputTensor) -> memoryview:
@@ -191,6 +237,10 @@ def as_bytes(chunk: Chunk, tensor: OutputTensor) -> memoryview:
             raise RuntimeError(f"{tensor.name}: produced {chunk.dtype}, planned {tensor.dtype}")
         flat = chunk.contiguous().reshape(-1)
         return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
+    if isinstance(chunk, FileRange):
+        chunk = chunk.read()
+    if isinstance(chunk, np.ndarray):
+        return memoryview(np.ascontiguousarray(chunk).reshape(-1).view(np.uint8))
     return memoryview(chunk)
 
 
@@ -215,8 +265,3 @@ def write_in_lockstep(writers: list[CheckpointWriter], tensor_lists: list[list[O
                     writers[i].write(chunk)
         for writer in writers:
             writer.end()
-
-
-def iter_bytes_chunks(total: int, read: Callable[[int, int], bytearray], max_bytes: int) -> Iterable[bytearray]:
-    for start in range(0, total, max_bytes):
-        yield read(start, min(start + max_bytes, total))

@@ -23,6 +23,7 @@ from matcli.matformer.ffn_config import GRANULARITIES, FfnChoice
 from matcli.quant import ct_format
 from matcli.quant.parent import CONFIG_KEY
 
+MAX_COPIED_RUNS = 64
 Runs = list[tuple[int, int]]  # disjoint [start, stop) index ranges, in output order
 
 
@@ -41,15 +42,13 @@ def _length(runs: Runs) -> int:
     return sum(b - a for a, b in runs)
 
 
-def select_rows(folder: ModelFolder, name: str, new_name: str, runs: Runs, chunk_bytes: int, label: str) -> OutputTensor:
+def select_rows(folder: ModelFolder, name: str, new_name: str, runs: Runs, label: str) -> OutputTensor:
     """The rows of `runs` (dim 0), in order, read in chunks."""
     info = folder.tensors[name]
-    rows_per_chunk = max(1, chunk_bytes // max(1, info.row_bytes))
 
     def chunks():
-        for a, b in runs:
-            for s in range(a, b, rows_per_chunk):
-                yield folder.read_bytes(name, s * info.row_bytes, min(s + rows_per_chunk, b) * info.row_bytes)
+        for a, b in runs:  # each run of rows is one contiguous byte range: a kernel copy
+            yield folder.byte_range(name, a * info.row_bytes, b * info.row_bytes)
 
     return OutputTensor(new_name, info.dtype, (_length(runs), *info.shape[1:]), chunks, label)
 
@@ -60,12 +59,20 @@ def select_columns(folder: ModelFolder, name: str, new_name: str, runs: Runs, ch
     index = torch.tensor([i for a, b in runs for i in range(a, b)], dtype=torch.long)
 
     def chunks():
+        # One input and one output buffer serve every chunk: no allocation per chunk, so the
+        # allocator never holds on to freed chunks (the writer is done with a chunk before
+        # the next is made).
+        out = None
         for start, stop in folder.row_chunks(name, chunk_bytes):
-            rows = folder.read_rows(name, start, stop)
-            if len(runs) == 1:
-                yield rows[:, runs[0][0] : runs[0][1]].contiguous()
+            rows = folder.read_rows(name, start, stop, scratch=True)
+            if out is None:
+                out = torch.empty((len(rows), len(index), *rows.shape[2:]), dtype=rows.dtype)
+            dest = out[: len(rows)]
+            if len(runs) <= MAX_COPIED_RUNS:  # a few contiguous copies beat a gather
+                torch.cat([rows[:, a:b] for a, b in runs], dim=1, out=dest)
             else:
-                yield rows.index_select(1, index)
+                torch.index_select(rows, 1, index, out=dest)
+            yield dest
 
     return OutputTensor(new_name, info.dtype, (info.shape[0], len(index), *info.shape[2:]), chunks, label)
 
@@ -230,22 +237,23 @@ class Extraction:
         ffn, runs, full = self.arch.family.ffn, self.neurons[layer], self.full[layer]
         label = "cut FFN"
         if relative in (f"{ffn.gate}.weight", f"{ffn.up}.weight", f"{ffn.gate}.bias", f"{ffn.up}.bias"):
-            return select_rows(self.folder, name, new_name, runs, chunk_bytes, label)
+            return select_rows(self.folder, name, new_name, runs, label)
         if relative == f"{ffn.down}.weight":
             return select_columns(self.folder, name, new_name, runs, chunk_bytes, label)
         if ffn.fused_gate_up and relative in (f"{ffn.fused_gate_up}.weight", f"{ffn.fused_gate_up}.bias"):
             halves = runs + [(a + full, b + full) for a, b in runs]  # gate rows, then up rows
-            return select_rows(self.folder, name, new_name, halves, chunk_bytes, label)
-        return copy_tensor(self.folder, name, chunk_bytes, new_name)
+            return select_rows(self.folder, name, new_name, halves, label)
+        return copy_tensor(self.folder, name, new_name)
 
     def _outside_layers(self, name: str, chunk_bytes: int) -> OutputTensor:
         for suffix, block in self.arch.family.layer_blocked_tensors.items():
             if name.endswith(suffix):
                 size = int(self.text_config[block.block])
                 runs = runs_of([i for layer in self.kept for i in range(layer * size, (layer + 1) * size)])
-                select = select_rows if block.dim == 0 else select_columns
-                return select(self.folder, name, name, runs, chunk_bytes, "keep kept layers' blocks")
-        return copy_tensor(self.folder, name, chunk_bytes)
+                if block.dim == 0:
+                    return select_rows(self.folder, name, name, runs, "keep kept layers' blocks")
+                return select_columns(self.folder, name, name, runs, chunk_bytes, "keep kept layers' blocks")
+        return copy_tensor(self.folder, name)
 
     def config(self, reordered: bool, role: str = "extract") -> dict:
         config = edited_config(self.arch, self.folder.config, self.full, self.choice, self.kept)

@@ -141,7 +141,7 @@ class SafetensorsSource(EmbeddingSource):
         finally:
             os.close(fd)
 
-    def read_tensor_bytes(self, name: str) -> bytearray:
+    def read_tensor_bytes(self, name: str) -> np.ndarray:
         info = self.header.tensors[name]
         fd = os.open(self.path, os.O_RDONLY)
         try:
@@ -153,7 +153,7 @@ class SafetensorsSource(EmbeddingSource):
         return hashlib.sha256((self.header.header_sha256 + str(self.header.file_size)).encode()).hexdigest()
 
 
-def _decode(buf: bytearray, dtype: str) -> np.ndarray:
+def _decode(buf: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "BF16":  # numpy has no bfloat16: its bits are the top half of a float32
         raw = np.frombuffer(buf, dtype=np.uint16).astype(np.uint32) << 16
         return raw.view(np.float32)

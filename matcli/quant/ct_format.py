@@ -18,7 +18,7 @@ import torch
 from matcli.checkpoint.reader import ModelFolder
 from matcli.errors import MatcliError
 from matcli.quant import grid
-from matcli.quant.packing import pack_int32, packed_columns, unpack_int32
+from matcli.quant.packing import pack_int32, packed_columns, unpack_int32, unpack_unsigned
 
 PACKED, SCALE, SHAPE, ZERO = "weight_packed", "weight_scale", "weight_shape", "weight_zero_point"
 
@@ -162,8 +162,8 @@ def _packed_linear(folder: ModelFolder, module: str, scheme: WeightScheme) -> Pa
 def read_codes(folder: ModelFolder, linear: PackedLinear, start: int, stop: int) -> torch.Tensor:
     """Unsigned codes [stop - start, in] of rows [start, stop) of a quantized Linear."""
     packed = folder.read_rows(linear.tensor(PACKED), start, stop)
-    signed = unpack_int32(packed, linear.scheme.bits, linear.in_features)
-    return grid.from_signed(signed, linear.scheme.bits)
+    # Stored codes are offset by 2^(b-1) from the signed ones: exactly the unsigned codes.
+    return torch.from_numpy(unpack_unsigned(packed, linear.scheme.bits, linear.in_features))
 
 
 def read_scale_zero(folder: ModelFolder, linear: PackedLinear) -> tuple[torch.Tensor, torch.Tensor]:

@@ -55,5 +55,5 @@ def plan_parent(targets: QuantTargets, quantized: dict[str, QuantizedWeight], de
         if name in dense:
             tensors.append(_in_memory(name, dense[name].to(torch_dtype(tensor.dtype)), f"{info.method} (trained)"))
         else:
-            tensors.append(copy_tensor(source, name, options.chunk_size))
+            tensors.append(copy_tensor(source, name))
     return parent_plan(targets, tensors, info, options, report)

@@ -138,6 +138,12 @@ def slice_codes(
     return rounded.clamp(max=(1 << bits) - 1)
 
 
+def slice_table(parent_bits: int, bits: int, extra_precision: bool = False) -> np.ndarray:
+    """S(q, c, r) for every c-bit code q, as a uint8 lookup table: one gather slices a chunk."""
+    codes = torch.arange(1 << parent_bits, dtype=torch.int32).to(torch.uint8)
+    return slice_codes(codes, parent_bits, bits, extra_precision).numpy()
+
+
 def codes_on_parent_grid(q_r: torch.Tensor, parent_bits: int, bits: int) -> torch.Tensor:
     """S's value on the c-bit grid: q_r * 2^(c-r), as int16 (extra precision can reach 2^c)."""
     return q_r.to(torch.int16) << (parent_bits - bits)

@@ -100,7 +100,7 @@ def plan_rtn(options: QuantizeOptions) -> Plan:
         if name in quantized:
             tensors += quantized[name].outputs()
         else:
-            tensors.append(copy_tensor(folder, name, options.chunk_size))
+            tensors.append(copy_tensor(folder, name))
     if options.method == "weighted-rtn":
         info = info_from_options(options, "weighted-rtn")
     else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from matcli.arch import Architecture, resolve
@@ -20,7 +21,7 @@ from matcli.checkpoint.writer import OutputTensor, dtype_code
 from matcli.errors import MatcliError
 from matcli.quant import ct_format, grid, mixnmatch
 from matcli.quant.ct_format import PACKED, SCALE, SHAPE, ZERO, PackedLinear, WeightScheme
-from matcli.quant.packing import pack_int32, packed_columns
+from matcli.quant.packing import pack_unsigned, packed_columns
 from matcli.quant.parent import CONFIG_KEY, ParentInfo, SliceInfo, parent_info
 from matcli.quant.targets import targets_regex
 from matcli.recipe import MIX_N_MATCH_STRATEGIES, SliceOptions
@@ -68,14 +69,21 @@ class LinearSlicer:
         return [
             OutputTensor(lin.tensor(PACKED), "I32", (lin.out_features, packed_columns(lin.in_features, self.storage_bits)), self._packed, label),
             OutputTensor(lin.tensor(SCALE), scale_info.dtype, scale_info.shape, self._scale, label),
-            copy_tensor(self.folder, lin.tensor(SHAPE), self.chunk_bytes),
+            copy_tensor(self.folder, lin.tensor(SHAPE)),
         ]
 
     def _packed(self):
-        zero_r = grid.symmetric_zero(self.bits)
-        for _, _, sliced in self._sliced_rows():
-            signed = (sliced.to(torch.int16) - zero_r).to(torch.int8)
-            yield pack_int32(signed, self.storage_bits)
+        # Stored code = (q_r - 2^(r-1)) + 2^(b-1) for storage width b: one lookup per code
+        # turns a parent code into the stored r-bit code.
+        offset = grid.symmetric_zero(self.storage_bits) - grid.symmetric_zero(self.bits)
+        table = grid.slice_table(self.parent_bits, self.bits, self.extra_precision) + np.uint8(offset)
+        extra_code = (1 << self.bits) + offset
+        for start, stop in self.folder.row_chunks(self.linear.tensor(PACKED), self.chunk_bytes):
+            stored = table[ct_format.read_codes(self.folder, self.linear, start, stop).numpy()]
+            if self.extra_precision:
+                self.count.extra += int(np.count_nonzero(stored == extra_code))
+                self.count.total += stored.size
+            yield pack_unsigned(stored, self.storage_bits)
 
     def _scale(self):
         scale, zero = ct_format.read_scale_zero(self.folder, self.linear)
@@ -200,7 +208,7 @@ def _output(
     count = ExtraBucketCount()
     slicers = {m: LinearSlicer(folder, lin, widths[m], options, count) for m, lin in linears.items()}
     owned = {lin.tensor(s) for lin in linears.values() for s in (PACKED, SCALE, SHAPE, ZERO)}
-    tensors = [copy_tensor(folder, n, options.chunk_size) for n in sorted(folder.tensors) if n not in owned]
+    tensors = [copy_tensor(folder, n) for n in sorted(folder.tensors) if n not in owned]
     config = dict(folder.config)
     if options.format == "dense":
         dense_dtype = _dense_dtype(options, folder, linears)
