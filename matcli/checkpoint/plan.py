@@ -27,10 +27,10 @@ from matcli.checkpoint.writer import (
 )
 
 # Measured resident size of a matcli process with torch imported, before any tensor work.
-PROCESS_BASE_BYTES = 300 * 1024 * 1024
+PROCESS_BASE_BYTES = 250 * 1024 * 1024
 # Bytes of working memory per byte of input chunk: the chunk, its decoded codes and the
-# transformed output (measured for slicing in benchmarks/slice_benchmark.py).
-WORKING_SET_PER_CHUNK_BYTE = 6
+# transformed output (benchmarks/*_benchmark.py measure ~3.5 for slice and extract).
+WORKING_SET_PER_CHUNK_BYTE = 4
 # Chunks the reader keeps while writing several outputs in lockstep: a Linear's codes, scale
 # and zero point, plus one spare; each later output finds them instead of re-reading.
 LOCKSTEP_CACHE_ENTRIES = 4
