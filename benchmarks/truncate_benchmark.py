@@ -53,7 +53,7 @@ def funnel_benchmark() -> list[str]:
     rng = np.random.default_rng(1)
     corpus = (rng.standard_normal((1_000_000, 384), dtype=np.float32) * np.geomspace(1, 0.05, 384).astype(np.float32))
     queries = corpus[rng.choice(len(corpus), 1000, replace=False)] + 0.3 * rng.standard_normal((1000, 384), dtype=np.float32) * np.geomspace(1, 0.05, 384).astype(np.float32)
-    report = evaluate(corpus, queries, [384, 32], 10, funnels=[parse_funnel("32:200,384:10"), parse_funnel("64:100,384:10")])
+    report = evaluate(corpus, queries, [384, 32], 10, funnels=[parse_funnel("32:1000,384:10"), parse_funnel("64:200,384:10"), parse_funnel("64:1000,384:10")])
     lines = [
         "",
         "Funnel on 1,000,000 synthetic 384-d vectors with geometrically decaying variance (a stand-in for",

@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import sys
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from matcli.checkpoint.safetensors_file import CODE_OF_TORCH_NAME, DTYPES
 from matcli.errors import MatcliError
@@ -44,7 +46,10 @@ class FileRange:
         return read_range(self.fd, self.offset, self.nbytes, Path(f"/proc/self/fd/{self.fd}"))
 
 
-Chunk = torch.Tensor | np.ndarray | bytes | bytearray | memoryview | FileRange
+if TYPE_CHECKING:  # torch is imported by the commands that make tensors, not by this module
+    import torch
+
+Chunk = "torch.Tensor | np.ndarray | bytes | bytearray | memoryview | FileRange"
 
 
 @dataclass
@@ -66,7 +71,7 @@ class OutputTensor:
         return math.prod(self.shape) * DTYPES[self.dtype][1]
 
 
-def dtype_code(dtype: torch.dtype) -> str:
+def dtype_code(dtype: "torch.dtype") -> str:
     return CODE_OF_TORCH_NAME[str(dtype).removeprefix("torch.")]
 
 
@@ -232,7 +237,8 @@ def _write_error(folder: Path, e: OSError) -> MatcliError:
 
 def as_bytes(chunk: Chunk, tensor: OutputTensor) -> memoryview:
     """A produced chunk as bytes, checking that a tensor chunk has the planned dtype."""
-    if isinstance(chunk, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor chunk means torch is already imported
+    if torch is not None and isinstance(chunk, torch.Tensor):
         if dtype_code(chunk.dtype) != tensor.dtype:
             raise RuntimeError(f"{tensor.name}: produced {chunk.dtype}, planned {tensor.dtype}")
         flat = chunk.contiguous().reshape(-1)

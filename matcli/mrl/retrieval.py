@@ -76,25 +76,24 @@ def normalized(x: np.ndarray, dim: int) -> np.ndarray:
 
 
 def top_k(queries: np.ndarray, corpus: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k best corpus rows per query, best first.
+    """Indices of the k best corpus rows per query, best first (ties: lower index first).
 
-    The corpus is scored in blocks, keeping a running top-k, so the score matrix stays
-    about SCORE_BLOCK_ELEMENTS whatever the corpus size.
+    The corpus is scored in blocks, each block's top k kept (torch.topk: a partial selection
+    that is several times faster than numpy's argpartition), so the score matrix stays about
+    SCORE_BLOCK_ELEMENTS whatever the corpus size.
     """
+    import torch
+
     k = min(k, len(corpus))
-    best_scores = np.empty((len(queries), 0), dtype=np.float32)
-    best_index = np.empty((len(queries), 0), dtype=np.int64)
+    q, c = torch.from_numpy(np.ascontiguousarray(queries)), torch.from_numpy(np.ascontiguousarray(corpus))
     block = max(k, SCORE_BLOCK_ELEMENTS // max(1, len(queries)))
-    for start in range(0, len(corpus), block):
-        scores = queries @ corpus[start : start + block].T
-        index = np.broadcast_to(np.arange(start, start + scores.shape[1]), scores.shape)
-        scores = np.concatenate([best_scores, scores], axis=1)
-        index = np.concatenate([best_index, index], axis=1)
-        if scores.shape[1] > k:
-            keep = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-            scores, index = np.take_along_axis(scores, keep, axis=1), np.take_along_axis(index, keep, axis=1)
-        best_scores, best_index = scores, index
-    order = np.lexsort((best_index, -best_scores), axis=-1)
+    scores, index = [], []
+    for start in range(0, len(c), block):
+        values, found = torch.topk(q @ c[start : start + block].T, min(k, len(c) - start), dim=1)
+        scores.append(values)
+        index.append(found + start)
+    best_scores, best_index = torch.cat(scores, dim=1).numpy(), torch.cat(index, dim=1).numpy()
+    order = np.lexsort((best_index, -best_scores), axis=-1)[:, :k]
     return np.take_along_axis(best_index, order, axis=1)
 
 

@@ -97,7 +97,7 @@ class NpySource(EmbeddingSource):
             for start in range(0, self.rows, rows_per_chunk):
                 stop = min(start + rows_per_chunk, self.rows)
                 buf = read_range(fd, self.offset + start * row_bytes, (stop - start) * row_bytes, self.path)
-                yield start, np.frombuffer(buf, dtype=self.np_dtype).reshape(stop - start, self.dim).astype(np.float32)
+                yield start, buf.view(self.np_dtype).reshape(stop - start, self.dim).astype(np.float32, copy=False)
         finally:
             os.close(fd)
 
@@ -155,9 +155,9 @@ class SafetensorsSource(EmbeddingSource):
 
 def _decode(buf: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "BF16":  # numpy has no bfloat16: its bits are the top half of a float32
-        raw = np.frombuffer(buf, dtype=np.uint16).astype(np.uint32) << 16
+        raw = buf.view(np.uint16).astype(np.uint32) << 16
         return raw.view(np.float32)
-    return np.frombuffer(buf, dtype=FLOAT_DTYPES[dtype]).astype(np.float32)
+    return buf.view(FLOAT_DTYPES[dtype]).astype(np.float32, copy=False)
 
 
 class ParquetSource(EmbeddingSource):
