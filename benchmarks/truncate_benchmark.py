@@ -53,11 +53,11 @@ def funnel_benchmark() -> list[str]:
     rng = np.random.default_rng(1)
     corpus = (rng.standard_normal((1_000_000, 384), dtype=np.float32) * np.geomspace(1, 0.05, 384).astype(np.float32))
     queries = corpus[rng.choice(len(corpus), 1000, replace=False)] + 0.3 * rng.standard_normal((1000, 384), dtype=np.float32) * np.geomspace(1, 0.05, 384).astype(np.float32)
-    report = evaluate(corpus, queries, [384, 32], 10, funnels=[parse_funnel("32:1000,384:10"), parse_funnel("64:200,384:10"), parse_funnel("64:1000,384:10")])
+    report = evaluate(corpus, queries, [384, 32], 10, funnels=[parse_funnel("32:200,384:10"), parse_funnel("64:200,384:10"), parse_funnel("128:200,384:10")])
     lines = [
         "",
         "Funnel on 1,000,000 synthetic 384-d vectors with geometrically decaying variance (a stand-in for",
-        "MRL embeddings, whose leading dimensions carry the most), 1,000 noisy queries, exact search in numpy:",
+        "MRL embeddings, whose leading dimensions carry the most), 1,000 noisy queries, exact brute-force search\n(blocked matmul + torch.topk; the index of each stage's prefix is built once and not timed):",
         "",
         "| search | recall@10 vs exact 384-d | FLOPs per query | ms per query | speed-up |",
         "|---|---|---|---|---|",
@@ -66,6 +66,13 @@ def funnel_benchmark() -> list[str]:
     ]
     for f in report["funnels"]:
         lines.append(f"| funnel {f['funnel']} | {f['recall@10_vs_full']:.3f} | {f['flops_per_query']:,} | {f['ms_per_query']:.2f} | {f['speedup_vs_full']:.1f}x |")
+    lines += [
+        "",
+        "FLOPs fall 3-12x, wall time much less: brute force must still score and select among all 1M",
+        "vectors per query, and that selection (not the multiply-adds) dominates once the shortlist",
+        "dimension is small. The MRL paper's 14x wall-clock speed-up is with an HNSW index, whose cost",
+        "grows with the dimension; exact search is bounded by the selection pass.",
+    ]
     return lines
 
 

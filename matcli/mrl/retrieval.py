@@ -86,21 +86,28 @@ def top_k(queries: np.ndarray, corpus: np.ndarray, k: int) -> np.ndarray:
 
     k = min(k, len(corpus))
     q, c = torch.from_numpy(np.ascontiguousarray(queries)), torch.from_numpy(np.ascontiguousarray(corpus))
-    block = max(k, SCORE_BLOCK_ELEMENTS // max(1, len(queries)))
+    block = max(16 * k, SCORE_BLOCK_ELEMENTS // max(1, len(queries)))
     scores, index = [], []
     for start in range(0, len(c), block):
         values, found = torch.topk(q @ c[start : start + block].T, min(k, len(c) - start), dim=1)
         scores.append(values)
         index.append(found + start)
-    best_scores, best_index = torch.cat(scores, dim=1).numpy(), torch.cat(index, dim=1).numpy()
-    order = np.lexsort((best_index, -best_scores), axis=-1)[:, :k]
+    merged_scores, merged_index = torch.cat(scores, dim=1), torch.cat(index, dim=1)
+    values, keep = torch.topk(merged_scores, k, dim=1)
+    best_scores, best_index = values.numpy(), torch.gather(merged_index, 1, keep).numpy()
+    order = np.lexsort((best_index, -best_scores), axis=-1)
     return np.take_along_axis(best_index, order, axis=1)
 
 
 def rerank(queries: np.ndarray, corpus: np.ndarray, candidates: np.ndarray, keep: int) -> np.ndarray:
-    """The `keep` best of each query's candidates, scored on `corpus` rows."""
-    scores = np.einsum("qd,qkd->qk", queries, corpus[candidates])
-    order = np.lexsort((candidates, -scores), axis=1)[:, :keep]
+    """The `keep` best of each query's candidates, scored on `corpus` rows (in query batches,
+    so the gathered candidate vectors stay about SCORE_BLOCK_ELEMENTS floats)."""
+    import torch
+
+    q, c, cand = torch.from_numpy(np.ascontiguousarray(queries)), torch.from_numpy(corpus), torch.from_numpy(candidates)
+    batch = max(1, SCORE_BLOCK_ELEMENTS // max(1, candidates.shape[1] * corpus.shape[1]))
+    scores = torch.cat([torch.bmm(c[cand[s : s + batch]], q[s : s + batch, :, None])[..., 0] for s in range(0, len(q), batch)])
+    order = np.lexsort((candidates, -scores.numpy()), axis=-1)[:, :keep]
     return np.take_along_axis(candidates, order, axis=1)
 
 
