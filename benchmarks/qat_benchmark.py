@@ -23,6 +23,7 @@ from common import machine, replace_section  # noqa: E402
 
 
 def child(kind: str, args) -> None:
+    import contextlib
     import resource
 
     import torch
@@ -36,7 +37,7 @@ def child(kind: str, args) -> None:
     options = QuantizeOptions(model=args.model, output=Path("/unused"), method="qat", data=args.data, seq_len=args.seq_len, batch_size=args.batch_size, device="cpu")
     windows = training_windows(options, options.model)
     qm = load_quant_model(options, torch.device("cpu"))
-    loss_fn = MultiWidthLoss(qm, options)
+    objective = MultiWidthLoss(qm, options, qm.model)
     params = [p for p in qm.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     times = []
@@ -44,11 +45,10 @@ def child(kind: str, args) -> None:
         batch = windows[_batch_indices(len(windows), step, args.batch_size, 0)]
         start = time.perf_counter()
         if kind == "qat":
-            loss, _ = loss_fn(batch)
+            objective.backward(batch, 1.0, lambda last: contextlib.nullcontext())
         else:
             logits = qm.model(input_ids=batch).logits[:, :-1].float()
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
-        loss.backward()
+            F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)

@@ -47,6 +47,36 @@ def fake_slice(q: torch.Tensor, parent_bits: int, bits: int, extra_precision: bo
     return x * (1 << k)
 
 
+class _MatQuantSTE(torch.autograd.Function):
+    """dequant(S(Q(w), r)) in one autograd node: the straight-through gradient is the
+    incoming gradient where neither Q's nor S's clamp is active, and 0 where one is. Only that
+    mask is kept for backward, instead of every intermediate of the chain (which made a QAT
+    step with three widths hold 3.6x the memory of a plain step)."""
+
+    @staticmethod
+    def forward(ctx, w, scale, zero, parent_bits: int, bits: int, extra_precision: bool):
+        rows, cols = w.shape
+        u = w.reshape(rows, scale.shape[1], -1) / scale.unsqueeze(-1)
+        q = torch.round(u) + zero.unsqueeze(-1)
+        top = (1 << parent_bits) - 1
+        inside = (q >= 0) & (q <= top)
+        q = q.clamp(0, top)
+        k = parent_bits - bits
+        if k:
+            x = torch.floor(q / (1 << k) + 0.5)
+            if not extra_precision:
+                inside &= x <= (1 << bits) - 1
+                x = x.clamp(0, (1 << bits) - 1)
+            q = x * (1 << k)
+        ctx.save_for_backward(inside)
+        return ((q - zero.unsqueeze(-1)) * scale.unsqueeze(-1)).reshape(rows, cols)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inside,) = ctx.saved_tensors
+        return (grad.reshape(inside.shape) * inside).reshape(grad.shape), None, None, None, None, None
+
+
 class FakeQuantLinear(nn.Module):
     """A Linear that runs at full precision (`bits = None`) or as its r-bit MatQuant slice.
 
@@ -108,6 +138,8 @@ class FakeQuantLinear(nn.Module):
     def quantized_weight(self, bits: int) -> torch.Tensor:
         w = self.transformed_weight()
         scale, zero = self.params(w)
+        if self.clip_high is None and self.input_scale is None:  # QAT: scale and zero carry no gradient
+            return _MatQuantSTE.apply(w, scale, zero, self.scheme.bits, bits, self.extra_precision)
         q = fake_codes(w, scale, zero, self.scheme.bits)
         q = fake_slice(q, self.scheme.bits, bits, self.extra_precision)
         return ((q - zero.unsqueeze(-1)) * scale.unsqueeze(-1)).reshape(w.shape)

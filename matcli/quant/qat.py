@@ -32,12 +32,17 @@ QAT_LR = 1e-5  # paper App. B: linear warmup to 1e-5, then cosine decay
 PAPER_WARMUP = 150
 
 
-class MultiWidthLoss(nn.Module):
-    """One forward computes every width's loss, so DDP sees one forward per backward."""
+class MultiWidthLoss:
+    """The MatQuant objective of one micro-batch, width by width.
 
-    def __init__(self, qm: QuantModel, options: QuantizeOptions):
-        super().__init__()
-        self.model = qm.model
+    Each width's forward is followed at once by its backward, so only one width's autograd
+    graph is alive at a time (summing the losses first kept three graphs: 3.6x the memory of
+    a plain step); the gradients add up to those of the summed loss. Under DDP the
+    gradients are all-reduced only on the last backward of a step.
+    """
+
+    def __init__(self, qm: QuantModel, options: QuantizeOptions, model: nn.Module):
+        self.model = model  # the transformers model, or its DDP wrapper
         self.wrapped = qm.wrapped
         order = sorted(range(len(options.train_bits)), key=lambda i: -options.train_bits[i])
         self.widths = [options.train_bits[i] for i in order]
@@ -49,26 +54,30 @@ class MultiWidthLoss(nn.Module):
         with at_bits(self.wrapped, bits):
             return self.model(input_ids=input_ids).logits[:, :-1].float()
 
-    def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    def backward(self, input_ids: torch.Tensor, scale: float, sync: Callable[[bool], contextlib.AbstractContextManager]) -> dict[int, float]:
+        """Accumulate scale * gradient of the objective; return each width's loss.
+
+        `sync(last)` gives the context of each backward: DDP's no_sync unless `last`.
+        """
         targets = input_ids[:, 1:].reshape(-1)
         teacher = None
         if self.teacher is not None and self.teacher not in self.widths:
             with torch.no_grad():
                 teacher = self._logits(input_ids, self.teacher)
-        total = torch.zeros((), device=input_ids.device)
         losses = {}
-        for bits, weight in zip(self.widths, self.weights):
-            logits = self._logits(input_ids, bits)
-            flat = logits.reshape(-1, logits.shape[-1])
-            loss = F.cross_entropy(flat, targets)
-            if bits in self.students and teacher is not None:
-                kl = F.kl_div(F.log_softmax(flat, -1), F.log_softmax(teacher.reshape(flat.shape), -1), log_target=True, reduction="batchmean")
-                loss = kl if self.distill_only else loss + kl
-            if bits == self.teacher:
-                teacher = logits.detach()
-            total = total + weight * loss
-            losses[bits] = loss.detach()
-        return total, losses
+        for i, (bits, weight) in enumerate(zip(self.widths, self.weights)):
+            with sync(i == len(self.widths) - 1):
+                logits = self._logits(input_ids, bits)
+                flat = logits.reshape(-1, logits.shape[-1])
+                loss = F.cross_entropy(flat, targets)
+                if bits in self.students and teacher is not None:
+                    kl = F.kl_div(F.log_softmax(flat, -1), F.log_softmax(teacher.reshape(flat.shape), -1), log_target=True, reduction="batchmean")
+                    loss = kl if self.distill_only else loss + kl
+                if bits == self.teacher:
+                    teacher = logits.detach()
+                (weight * scale * loss).backward()
+            losses[bits] = loss.item()
+        return losses
 
 
 def _schedule(options: QuantizeOptions, warmup: int) -> Callable[[int], float]:
@@ -125,9 +134,10 @@ def train_qat(options: QuantizeOptions, on_step: Callable[[int, dict[int, float]
     optimizer = torch.optim.AdamW(params, lr=options.lr or QAT_LR, weight_decay=options.weight_decay)
     warmup = options.warmup_steps if options.warmup_steps is not None else min(PAPER_WARMUP, options.steps // 5)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(options, warmup))
-    loss_fn: nn.Module = MultiWidthLoss(qm, options)
+    model: nn.Module = qm.model
     if world > 1:
-        loss_fn = nn.parallel.DistributedDataParallel(loss_fn, device_ids=[device.index] if device.type == "cuda" else None)
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    objective = MultiWidthLoss(qm, options, model)
     start = _restore(options, qm, optimizer, scheduler) if options.resume else 0
     if not options.resume and state_dir(options).exists() and rank == 0:
         shutil.rmtree(state_dir(options))
@@ -140,12 +150,17 @@ def train_qat(options: QuantizeOptions, on_step: Callable[[int, dict[int, float]
             mine = indices.view(options.grad_accum, world, options.batch_size)[:, rank]
             sums: dict[int, float] = {}
             for micro in range(options.grad_accum):
-                sync = contextlib.nullcontext() if world == 1 or micro == options.grad_accum - 1 else loss_fn.no_sync()
-                with sync, autocast:
-                    total, losses = loss_fn(windows[mine[micro]].to(device))
-                    (total / options.grad_accum).backward()
+                last_micro = micro == options.grad_accum - 1
+
+                def sync(last_width: bool, last_micro=last_micro):
+                    if world == 1 or (last_micro and last_width):
+                        return contextlib.nullcontext()
+                    return model.no_sync()
+
+                with autocast:
+                    losses = objective.backward(windows[mine[micro]].to(device), 1 / options.grad_accum, sync)
                 for bits, value in losses.items():
-                    sums[bits] = sums.get(bits, 0.0) + value.item() / options.grad_accum
+                    sums[bits] = sums.get(bits, 0.0) + value / options.grad_accum
             torch.nn.utils.clip_grad_norm_(params, options.max_grad_norm)
             optimizer.step()
             scheduler.step()
