@@ -205,7 +205,7 @@ class TruncateOptions(Options):
     renormalize: bool = True
     pre_norm: Literal["layer_norm"] | None = None
     pca: bool = False
-    pca_center: bool = True
+    pca_center: bool = False
     rotation: Path | None = None
     quantize: Literal["int8", "binary"] | None = None
     dtype: Literal["float16", "bfloat16", "float32"] | None = None

