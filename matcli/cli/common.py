@@ -30,6 +30,16 @@ QUIET = typer.Option(False, "-q", "--quiet", help="No progress bar or tables.")
 RECIPE = typer.Option(None, "--recipe", help="YAML file of option values; flags given on the command line override it.")
 
 
+DISPLAY_FLAGS = ("json_output", "quiet", "recipe")
+
+
+def option_values(ctx: typer.Context, **converted: object) -> dict[str, object]:
+    """The command's parameters as option values (display flags left out), with overrides."""
+    values = {name: value for name, value in ctx.params.items() if name not in DISPLAY_FLAGS}
+    values.update(converted)
+    return values
+
+
 def given_flags(ctx: typer.Context) -> set[str]:
     """Names of the parameters the user actually typed (not left at their defaults)."""
     return {name for name in ctx.params if ctx.get_parameter_source(name).name != "DEFAULT"}

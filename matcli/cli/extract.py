@@ -42,22 +42,7 @@ def extract_command(
     from matcli.matformer import plan_extract
     from matcli.recipe import ExtractOptions, build_options, merge_recipe
 
-    flags = dict(
-        model=model,
-        output=output,
-        ffn_config=ffn_config,
-        skip_layers=skip_layers,
-        budget=budget,
-        reorder=reorder,
-        data=data,
-        rank_by_loss=rank_by_loss,
-        seq_len=seq_len,
-        max_tokens=max_tokens,
-        max_shard_size=max_shard_size,
-        chunk_size=chunk_size,
-        force=force,
-        dry_run=dry_run,
-    )
+    flags = common.option_values(ctx)
     options = build_options(ExtractOptions, **merge_recipe(recipe, flags, common.given_flags(ctx)))
     plan = plan_extract(options)
     if not (quiet or json_output):

@@ -61,9 +61,11 @@ def quantize(
 ) -> None:
     from matcli.recipe import QuantizeOptions, build_options, merge_recipe
 
-    flags = {name: value for name, value in ctx.params.items() if name not in ("json_output", "quiet", "recipe")}
-    flags["train_bits"] = common.parse_int_list(train_bits, "--train-bits") if train_bits is not None else None
-    flags["loss_weights"] = _floats(loss_weights) if loss_weights is not None else None
+    flags = common.option_values(
+        ctx,
+        train_bits=common.parse_int_list(train_bits, "--train-bits") if train_bits is not None else None,
+        loss_weights=_floats(loss_weights) if loss_weights is not None else None,
+    )
     options = build_options(QuantizeOptions, **merge_recipe(recipe, flags, common.given_flags(ctx)))
     with common.training_progress(options, quiet or json_output) as progress:
         from matcli.quant.methods import finish, plan_quantize

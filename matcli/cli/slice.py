@@ -39,20 +39,7 @@ def slice_command(
     from matcli.quant.slicing import plan_slice
     from matcli.recipe import SliceOptions, build_options, merge_recipe
 
-    flags = dict(
-        parent=parent,
-        output=output,
-        bits=common.parse_int_list(bits, "--bits") if bits is not None else None,
-        bits_config=bits_config,
-        target_bits=target_bits,
-        extra_precision=extra_precision,
-        format=format,
-        dtype=dtype,
-        max_shard_size=max_shard_size,
-        chunk_size=chunk_size,
-        force=force,
-        dry_run=dry_run,
-    )
+    flags = common.option_values(ctx, bits=common.parse_int_list(bits, "--bits") if bits is not None else None)
     options = build_options(SliceOptions, **merge_recipe(recipe, flags, common.given_flags(ctx)))
     plan = plan_slice(options)
     common.run_plan(plan, options.output, options.force, options.dry_run, json_output, quiet)
