@@ -74,6 +74,8 @@ def test_several_dims_in_one_pass_equal_separate_runs(tmp_path):
         assert (tmp_path / "all" / f"d{d}.safetensors").read_bytes() == (tmp_path / f"one{d}.safetensors").read_bytes()
     out = load_file(tmp_path / "all" / "d8.safetensors")
     assert np.array_equal(out["ids"], ids)  # passed through unchanged
+    code, _, err = run_matcli("truncate-embeddings", str(tmp_path / "e.safetensors"), "--key", "emb", "-o", str(tmp_path / "o.npy"), "--dims", "8")
+    assert code == 0 and "ids cannot be carried into npy output" in err
 
 
 def test_metadata_records_what_was_done(tmp_path):

@@ -66,6 +66,11 @@ def plan_targets(options: TruncateOptions, source: EmbeddingSource) -> tuple[lis
         ext = {"safetensors": ".safetensors", "npy": ".npy", "parquet": ".parquet"}[fmt]
         targets = [Target(d, out / f"d{d}{ext}", fmt) for d in options.dims]
         rotation = out / "rotation.safetensors" if options.pca else None
+    extra = list(source.passthrough.tensors) + list(source.passthrough.columns)
+    carried = {"safetensors": bool(source.passthrough.tensors), "parquet": bool(source.passthrough.columns), "npy": False}
+    lost = sorted({t.format for t in targets if extra and not carried[t.format]})
+    if lost:
+        warnings.append(f"{', '.join(extra[:5])} cannot be carried into {'/'.join(lost)} output and are left out; write {default} to keep them")
     if any(t.format == "parquet" for t in targets) and importlib.util.find_spec("pyarrow") is None:
         raise MatcliError("writing .parquet needs pyarrow: pip install 'matcli[parquet]'")
     return targets, rotation, warnings

@@ -55,12 +55,13 @@ class LinearSlicer:
         return self.bits + 1 if self.extra_precision else self.bits
 
     def _sliced_rows(self):
+        """(first row, last row, r-bit codes) per chunk: one table lookup per parent code."""
+        table = grid.slice_table(self.parent_bits, self.bits, self.extra_precision)
         for start, stop in self.folder.row_chunks(self.linear.tensor(PACKED), self.chunk_bytes):
-            codes = ct_format.read_codes(self.folder, self.linear, start, stop)
-            sliced = grid.slice_codes(codes, self.parent_bits, self.bits, self.extra_precision)
+            sliced = table[ct_format.read_codes(self.folder, self.linear, start, stop).numpy()]
             if self.extra_precision:
-                self.count.extra += int((sliced == (1 << self.bits)).sum())
-                self.count.total += sliced.numel()
+                self.count.extra += int(np.count_nonzero(sliced == (1 << self.bits)))
+                self.count.total += sliced.size
             yield start, stop, sliced
 
     def compressed_tensors(self) -> list[OutputTensor]:
@@ -73,17 +74,10 @@ class LinearSlicer:
         ]
 
     def _packed(self):
-        # Stored code = (q_r - 2^(r-1)) + 2^(b-1) for storage width b: one lookup per code
-        # turns a parent code into the stored r-bit code.
-        offset = grid.symmetric_zero(self.storage_bits) - grid.symmetric_zero(self.bits)
-        table = grid.slice_table(self.parent_bits, self.bits, self.extra_precision) + np.uint8(offset)
-        extra_code = (1 << self.bits) + offset
-        for start, stop in self.folder.row_chunks(self.linear.tensor(PACKED), self.chunk_bytes):
-            stored = table[ct_format.read_codes(self.folder, self.linear, start, stop).numpy()]
-            if self.extra_precision:
-                self.count.extra += int(np.count_nonzero(stored == extra_code))
-                self.count.total += stored.size
-            yield pack_unsigned(stored, self.storage_bits)
+        # Stored code = (q_r - 2^(r-1)) + 2^(b-1) for storage width b (b = r + 1 with extra precision).
+        offset = np.uint8(grid.symmetric_zero(self.storage_bits) - grid.symmetric_zero(self.bits))
+        for _, _, sliced in self._sliced_rows():
+            yield pack_unsigned(sliced + offset, self.storage_bits)
 
     def _scale(self):
         scale, zero = ct_format.read_scale_zero(self.folder, self.linear)
@@ -95,7 +89,7 @@ class LinearSlicer:
         def chunks():
             scale, zero = ct_format.read_scale_zero(self.folder, lin)
             for start, stop, sliced in self._sliced_rows():
-                on_grid = grid.codes_on_parent_grid(sliced, self.parent_bits, self.bits)
+                on_grid = grid.codes_on_parent_grid(torch.from_numpy(sliced), self.parent_bits, self.bits)
                 yield grid.dequantize(on_grid, scale[start:stop], zero[start:stop]).to(dtype)
 
         return OutputTensor(lin.module + ".weight", dtype_code(dtype), (lin.out_features, lin.in_features), chunks, self._label())
