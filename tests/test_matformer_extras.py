@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -54,6 +55,7 @@ def test_budget_parsing():
 def test_budget_candidates_are_non_decreasing_with_one_step():
     for widths in candidates([128] * 4, [0, 1, 2, 3]):
         assert widths == sorted(widths) and len(set(widths)) <= 2
+    assert all(len(set(w)) == 1 for w in candidates([128] * 4, [0, 1, 2, 3], uniform_only=True))
 
 
 def test_budget_picks_the_largest_fitting_submodel(gemma3n_35, tmp_path):
@@ -82,3 +84,23 @@ def test_eval_ffn_config_equals_the_extracted_folder(llama, text_file, tmp_path)
 def test_extract_needs_data_for_reorder(llama, tmp_path):
     code, _, err = run_matcli("extract", str(llama), "-o", str(tmp_path / "o"), "--ffn-config", "m", "--reorder")
     assert code == 2 and "--data" in err
+
+
+def test_budget_ranked_by_calibration_loss(llama, text_file, tmp_path):
+    code, out, err = run_matcli(
+        "extract", str(llama), "-o", str(tmp_path / "o"), "--budget", "80000", "--rank-by-loss",
+        "--data", str(text_file), "--seq-len", "64", "--dry-run", "--json",
+    )
+    assert code == 0, err
+    assert json.loads(out)["report"]["parameters_after"]["total"] <= 80_000
+
+
+def test_extract_unknown_family(llama, tmp_path):
+    import shutil
+
+    odd = Path(shutil.copytree(llama, tmp_path / "odd"))
+    config = json.loads((odd / "config.json").read_text())
+    config["model_type"] = "newfangled"
+    (odd / "config.json").write_text(json.dumps(config))
+    code, _, err = run_matcli("extract", str(odd), "-o", str(tmp_path / "o"), "--ffn-config", "0.5")
+    assert code == 2 and "matcli/arch/families/newfangled.yaml" in err and not (tmp_path / "o").exists()

@@ -75,5 +75,8 @@ def test_cli_json_report(tmp_path):
     assert [r["dim"] for r in report["dims"]] == [16, 8]
     assert report["dims"][0]["mrr@10"] == 1.0 and report["dims"][0]["labelled_queries"] == 20
     assert report["funnels"][0]["speedup_vs_full"] > 0
+    plot = tmp_path / "recall.png"
+    code, _, err = run_matcli("eval-retrieval", "--corpus", str(tmp_path / "c.npy"), "--queries", str(tmp_path / "q.npy"), "--dims", "16,8,4", "--plot", str(plot), "--json")
+    assert code == 0 and plot.read_bytes()[:4] == b"\x89PNG"
     code, _, err = run_matcli("eval-retrieval", "--corpus", str(tmp_path / "c.npy"), "--queries", str(tmp_path / "q.npy"), "--dims", "17")
     assert code == 2 and "outside 1..16" in err

@@ -3,7 +3,8 @@
 The paper (§3.3, App. D.1) finds the best Mix'n'Match models have widths non-decreasing with
 depth and change as little as possible between layers. Candidates are therefore: every layer
 at one granularity (1/8, 1/4, 1/2, all of its width), or the first k kept layers at one
-granularity and the rest at the next larger one. The largest candidate within the budget
+granularity and the rest at the next larger one (the latter only for families whose config
+accepts a width per layer, such as Gemma 3n). The largest candidate within the budget
 wins; with --rank-by-loss, the few largest are measured on the calibration text instead.
 """
 
@@ -33,8 +34,9 @@ def parse_budget(text: str) -> tuple[str, int]:
         raise MatcliError(f"--budget {text!r} is neither parameters (2.5e9, 900M, 2B) nor bytes (4GB, 3GiB)") from None
 
 
-def candidates(full: list[int], kept: list[int]) -> list[list[int]]:
-    """Width lists over the kept layers: uniform, or one step up to the next granularity."""
+def candidates(full: list[int], kept: list[int], uniform_only: bool = False) -> list[list[int]]:
+    """Width lists over the kept layers: uniform, or one step up to the next granularity
+    (uniform only for families whose config takes one intermediate_size)."""
     levels = [sorted({full[layer] // g for layer in kept}) for g in sorted(GRANULARITIES.values(), reverse=True)]
     if any(len(level) > 1 for level in levels):
         # Layers of different full widths: step in granularity, each layer at its own width.
@@ -43,7 +45,7 @@ def candidates(full: list[int], kept: list[int]) -> list[list[int]]:
         steps = [[level[0]] * len(kept) for level in levels]
     out = []
     for low, high in zip(steps, steps[1:]):
-        for k in range(len(kept) + 1):
+        for k in ([0, len(kept)] if uniform_only else range(len(kept) + 1)):
             out.append(low[:k] + high[k:])
     return [list(c) for c in dict.fromkeys(tuple(c) for c in out)]
 
@@ -62,7 +64,8 @@ def choose_under_budget(
     skip = parse_layer_list(options.skip_layers) if options.skip_layers else []
     kept = [i for i in range(len(full)) if i not in skip]
     sized = []
-    for widths in candidates(full, kept):
+    uniform_only = not arch.family.per_layer_intermediate and not isinstance(text_config.get(arch.family.config.intermediate_size), list)
+    for widths in candidates(full, kept, uniform_only):
         choice = FfnChoice(widths=widths, skip=skip)
         tensors = Extraction(folder, choice).tensors(1 << 20)
         size = sum(t.nbytes if unit == "bytes" else math.prod(t.shape) for t in tensors)
