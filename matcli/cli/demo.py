@@ -84,8 +84,9 @@ def demo(
     common.out.print(table)
     common.out.print(
         "* max |logits of the folder loaded by transformers - logits of matcli's own dequantized weights|.\n"
-        "An RTN parent is not Matryoshka-trained, so int2 degrades sharply: MatQuant training "
-        "exists to keep the int4 and int2 slices good (docs/results.md has real-model numbers)."
+        "An RTN parent is not Matryoshka-trained, so int2 degrades sharply; "
+        "`matcli quantize --method qat|omniquant --data TEXT` trains the parent so that its int4 and int2 "
+        "slices stay good (docs/results.md has real-model numbers)."
     )
 
 
