@@ -9,10 +9,9 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from matcli.checkpoint.writer import DEFAULT_CHUNK_BYTES, DEFAULT_MAX_SHARD_BYTES
 from matcli.errors import MatcliError
 
-DEFAULT_MAX_SHARD_BYTES = 5_000_000_000
-DEFAULT_CHUNK_BYTES = 32 * 1024 * 1024
 MIX_N_MATCH_STRATEGIES = ("pyramid", "reverse-pyramid", "increasing", "decreasing")
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}

@@ -17,16 +17,13 @@ from matcli.checkpoint.safetensors_file import (
     read_header,
     read_range,
 )
-from matcli.checkpoint.writer import FileRange
+from matcli.checkpoint.writer import DEFAULT_CHUNK_BYTES, FileRange
 from matcli.errors import MatcliError
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
-# Default size of one read: large enough for full disk throughput, small enough that a few
-# chunks and their transforms stay well under the memory targets.
-DEFAULT_CHUNK_BYTES = 32 * 1024 * 1024
 
 
 class ModelFolder:

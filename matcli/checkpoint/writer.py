@@ -28,6 +28,9 @@ from matcli.checkpoint.safetensors_file import CODE_OF_TORCH_NAME, DTYPES
 from matcli.errors import MatcliError
 
 DEFAULT_MAX_SHARD_BYTES = 5_000_000_000  # transformers' default "5GB"
+# Default size of one read: large enough for full disk throughput, small enough that a few
+# chunks and their transforms stay well under the memory targets.
+DEFAULT_CHUNK_BYTES = 32 * 1024 * 1024
 
 
 
