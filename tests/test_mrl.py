@@ -263,6 +263,12 @@ def test_nan_rows_are_refused_with_their_numbers_or_skipped(tmp_path):
     assert np.allclose(out["e"], truncate_reference(x[keep], 8), atol=1e-6)
 
 
+def test_output_over_the_input_is_refused(npy):
+    before = npy.read_bytes()
+    code, _, err = run_matcli("truncate-embeddings", str(npy), "-o", str(npy), "--dims", "8", "--force")
+    assert code == 2 and "is the input file" in err and npy.read_bytes() == before
+
+
 def test_missing_key_unknown_type_and_truncated_npy(tmp_path, npy):
     save_file({"a": embeddings(), "b": embeddings()}, tmp_path / "two.safetensors")
     refused([str(tmp_path / "two.safetensors"), "-o", str(tmp_path / "o.safetensors"), "--dims", "8"], "--key", tmp_path / "o.safetensors")

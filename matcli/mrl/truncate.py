@@ -53,6 +53,8 @@ def plan_targets(options: TruncateOptions, source: EmbeddingSource) -> tuple[lis
         warnings.append(f"dims {odd} are not among the sizes Matryoshka models are usually trained for; check the model's matryoshka_dimensions")
     default = "parquet" if isinstance(source, ParquetSource) else "safetensors"
     out = options.output
+    if out.absolute().resolve() == options.input.absolute().resolve():
+        raise MatcliError(f"-o {out} is the input file; write the truncated embeddings somewhere else")
     if len(options.dims) == 1:
         fmt = options.format or _format_of(out, default)
         if out.suffix.lower() not in SUFFIXES:
