@@ -172,6 +172,8 @@ def test_bad_training_input(llama, corpus, tmp_path, extra, message):
 def test_training_needs_data_and_a_known_family(llama, tmp_path, corpus):
     code, _, err = run_matcli("quantize", str(llama), "-o", str(tmp_path / "o"), "--method", "qat")
     assert code == 2 and "--data" in err
+    code, _, err = run_matcli(*qat_args(llama, tmp_path / "o", Path("allenai/c4:en:train")))
+    assert code == 2 and ("install `datasets`" in err or "not in the local Hugging Face cache" in err)
     short = tmp_path / "short.txt"
     short.write_text("too short")
     code, _, err = run_matcli(*qat_args(llama, tmp_path / "o", short))
