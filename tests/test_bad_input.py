@@ -109,17 +109,52 @@ def test_existing_output_needs_force(llama_parent, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "precious.txt").write_text("keep")
-    code, _, err = run_matcli("slice", str(llama_parent), "--bits", "2", "-o", str(out))
-    assert code == 2 and "--force" in err and (out / "precious.txt").read_text() == "keep"
+    exit_code, _, stderr = run_matcli("slice", str(llama_parent), "--bits", "2", "-o", str(out))
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert exit_code == 2 and len(lines) == 1 and "--force" in lines[0], stderr
+    assert (out / "precious.txt").read_text() == "keep"
     assert run_matcli("slice", str(llama_parent), "--bits", "2", "-o", str(out), "--force", "-q")[0] == 0
     assert not (out / "precious.txt").exists() and (out / "model.safetensors").exists()
 
 
-def test_output_inside_input_is_refused(parent_copy):
+def test_output_replacing_the_input_is_refused(parent_copy):
+    assert_refused(["slice", str(parent_copy), "--bits", "2", "-o", str(parent_copy), "--force"], parent_copy / "none", "replace the input", inputs=[parent_copy])
+
+
+def test_output_inside_the_input_is_refused(parent_copy):
     out = parent_copy / "sub"
-    code, _, err = run_matcli("slice", str(parent_copy), "--bits", "2", "-o", str(parent_copy), "--force")
-    assert code == 2 and "replace the input" in err and (parent_copy / "model.safetensors").exists()
+    assert_refused(["slice", str(parent_copy), "--bits", "2", "-o", str(out)], out, "inside the input", inputs=[parent_copy])
     assert not out.exists()
+
+
+def test_output_under_a_file_is_refused(llama_parent, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert_refused(["slice", str(llama_parent), "--bits", "8", "-o", str(blocker / "out")], tmp_path / "none", "which is a file")
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc, where nobody can create folders")
+def test_unwritable_output_is_one_line(llama_parent):
+    out = Path("/proc/matcli-test/out")
+    assert_refused(["slice", str(llama_parent), "--bits", "8", "-o", str(out)], out, "/proc/matcli-test", code=1)
+
+
+def test_sharded_checkpoint_of_symlinks_is_read(llama_parent, tmp_path):
+    """The Hugging Face cache keeps shards as symlinks into a blobs folder: they are shards too."""
+    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshot"
+    blobs.mkdir()
+    snapshot.mkdir()
+    shutil.copyfile(llama_parent / "model.safetensors", blobs / "abc123")
+    (snapshot / "model-00001-of-00001.safetensors").symlink_to(blobs / "abc123")
+    for f in llama_parent.iterdir():
+        if f.suffix == ".json":
+            shutil.copyfile(f, snapshot / f.name)
+    from matcli.checkpoint.safetensors_file import read_header
+
+    names = read_header(blobs / "abc123").tensors
+    (snapshot / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {n: "model-00001-of-00001.safetensors" for n in names}}))
+    assert run_matcli("slice", str(snapshot), "--bits", "2", "-o", str(tmp_path / "out"), "-q")[0] == 0
+    assert (tmp_path / "out" / "model.safetensors").exists()
 
 
 def test_group_size_that_does_not_divide(llama, tmp_path):

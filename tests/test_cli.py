@@ -28,6 +28,7 @@ def test_inspect_parent_and_slice(llama, llama_parent, tmp_path):
     assert report["trained_bits"] == [8]
     (group,) = report["quantized"]
     assert group["bits"] == 8 and group["modules"] == 6 and group["weights"] == 6 * 64 * 128
+    assert group["which"] == ["layers 0-1: mlp.down_proj, mlp.gate_proj, mlp.up_proj"]
     assert 8 < report["effective_bits"] < 8.6  # codes plus one fp32 scale per row
     assert run_matcli("slice", str(llama_parent), "--bits", "2", "-o", str(tmp_path / "s"), "-q")[0] == 0
     report = json.loads(run_matcli("inspect", str(tmp_path / "s"), "--json")[1])
@@ -35,7 +36,16 @@ def test_inspect_parent_and_slice(llama, llama_parent, tmp_path):
     assert report["size_on_disk"] < json.loads(run_matcli("inspect", str(llama_parent), "--json")[1])["size_on_disk"]
     dense = json.loads(run_matcli("inspect", str(llama), "--json")[1])
     assert dense["role"] == "dense" and dense["quantized"] == []
+    assert report["parameters"] == dense["parameters"]  # quantized Linears count as out x in
     assert run_matcli("inspect", str(llama_parent))[0] == 0
+
+
+def test_dry_run_warns_about_an_existing_output(llama_parent, tmp_path):
+    out = tmp_path / "s"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    code, text, _ = run_matcli("slice", str(llama_parent), "--bits", "8", "-o", str(out), "--dry-run", "--json")
+    assert code == 0 and any("not empty" in w for w in json.loads(text)["warnings"])
 
 
 def test_slice_json_summary(llama_parent, tmp_path):
@@ -60,3 +70,16 @@ def test_quantize_dry_run_plans_without_writing(llama, tmp_path):
     assert any(c["key"] == "quantization_config" for c in output["config_changes"])
     code, text, _ = run_matcli("quantize", str(llama), "-o", str(tmp_path / "p"), "--dry-run")
     assert code == 0 and "estimated peak memory" in text and "model.safetensors" in text
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    """The README's first command: the tiny Llama through quantize and slice, every artifact loaded."""
+    code, out, err = run_matcli("demo", "-o", str(tmp_path / "demo"))
+    assert code == 0, err
+    for name in ("dense", "parent-int8", "int4", "int2"):
+        assert (tmp_path / "demo" / name / "config.json").is_file()
+        assert name in out
+    # Every folder loads in transformers with the logits of matcli's own dequantized weights.
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in out.splitlines() if line.count("│") == 7]
+    diffs = [float(row[-1]) for row in cells if row[0] in ("parent-int8", "int4", "int2")]
+    assert len(diffs) == 3 and max(diffs) < 1e-4, out

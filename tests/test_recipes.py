@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -36,6 +37,8 @@ def test_recipe_then_flag_override(llama, tmp_path):
     assert config["parent_bits"] == 4 and config["scheme"] == "symmetric" and config["layers"] == "ffn,attention"
     manifest = json.loads((out / "matcli_manifest.json").read_text())
     assert manifest["options"]["bits"] == 4
+    assert manifest["command_line"][:2] == ["matcli", "quantize"] and "--recipe" in manifest["command_line"]
+    assert manifest["recipe"] == {"path": str(recipe), "sha256": hashlib.sha256(recipe.read_bytes()).hexdigest()}
 
 
 def test_recipe_typo_is_refused(llama, tmp_path):

@@ -26,8 +26,13 @@ def check_destination(destination: Path, force: bool, inputs: list[Path]) -> Non
         source = source.resolve()
         if resolved == source or resolved in source.parents:
             raise MatcliError(f"output {destination} would replace the input {source}; choose another -o")
+        if source in resolved.parents and source.is_dir():
+            raise MatcliError(f"output {destination} is inside the input {source}, which must stay unchanged; choose an -o outside it")
     if destination.is_file():
         raise MatcliError(f"output {destination} is a file; give a folder path for -o")
+    existing = next(p for p in destination.parents if p.exists())
+    if not existing.is_dir():
+        raise MatcliError(f"output {destination} would be inside {existing}, which is a file; give a folder path for -o")
     if destination.is_dir() and any(destination.iterdir()) and not force:
         raise MatcliError(f"output folder {destination} exists and is not empty; choose another -o, or pass --force to replace it")
 

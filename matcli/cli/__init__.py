@@ -66,6 +66,13 @@ def main() -> None:
     except KeyboardInterrupt:
         print("error: interrupted; no output was written", file=sys.stderr)
         sys.exit(130)
+    except OSError as e:
+        # The disk, not the input: a full disk, a read-only or missing location, permissions.
+        if debug:
+            traceback.print_exc()
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}; check the path, its permissions and the free disk space", file=sys.stderr)
+        sys.exit(RUNTIME)
     except MemoryError:
         if debug:
             traceback.print_exc()

@@ -72,8 +72,16 @@ def show_warnings(warnings: list[str], quiet: bool) -> None:
 
 def run_plan(plan: Plan, output: Path, force: bool, dry_run: bool, json_output: bool, quiet: bool) -> None:
     """Render the plan (dry run) or execute it with a progress bar."""
+    from matcli.checkpoint.atomic import check_destination
     from matcli.checkpoint.plan import execute
 
+    try:
+        check_destination(output, force, [plan.source.path])
+    except MatcliError as e:
+        if not dry_run:
+            plan.source.close()
+            raise
+        plan.warnings.append(f"a real run would stop here: {e}")
     show_warnings(plan.warnings, quiet or json_output)
     try:
         if dry_run:

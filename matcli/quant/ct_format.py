@@ -55,6 +55,14 @@ class PackedLinear:
     def tensor(self, suffix: str) -> str:
         return f"{self.module}.{suffix}"
 
+    def tensor_names(self) -> set[str]:
+        """Every tensor that stores this Linear (the zero point only exists when asymmetric)."""
+        return {self.tensor(s) for s in (PACKED, SCALE, SHAPE, ZERO)}
+
+    @property
+    def weights(self) -> int:
+        return self.out_features * self.in_features
+
     @property
     def groups(self) -> int:
         return grid.groups_of(self.in_features, self.scheme.group_size)

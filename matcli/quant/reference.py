@@ -13,18 +13,19 @@ from matcli.quant import ct_format, grid
 
 
 def dequantized_state_dict(
-    folder: ModelFolder, bits: int | None = None, extra_precision: bool = False
+    folder: ModelFolder, bits: int | dict[str, int] | None = None, extra_precision: bool = False
 ) -> dict[str, torch.Tensor]:
     """Every tensor of the checkpoint, each quantized Linear replaced by its dense weight.
 
-    With `bits`, each Linear is first sliced to r = bits, S(q, c, r), as `matcli slice` would.
+    With `bits` (one width, or a width per module), each Linear is first sliced to r,
+    S(q, c, r), as `matcli slice` would.
     """
     linears = ct_format.packed_linears(folder)
-    owned = {lin.tensor(s) for lin in linears.values() for s in (ct_format.PACKED, ct_format.SCALE, ct_format.SHAPE, ct_format.ZERO)}
+    owned = set().union(*(lin.tensor_names() for lin in linears.values()))
     state = {name: folder.read(name).clone() for name in folder.tensors if name not in owned}
     for module, lin in linears.items():
         c = lin.scheme.bits
-        r = c if bits is None else bits
+        r = c if bits is None else bits if isinstance(bits, int) else bits[module]
         codes = ct_format.read_codes(folder, lin, 0, lin.out_features)
         sliced = grid.slice_codes(codes, c, r, extra_precision)
         scale, zero = ct_format.read_scale_zero(folder, lin)

@@ -68,8 +68,10 @@ class RtnLinear:
             yield ct_format.pack_codes(grid.to_signed(codes, self.scheme.bits), self.scheme.bits)
         self._scale, self._zero = torch.cat(scales), torch.cat(zeros)
 
-    def _params(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._scale is None:  # only if written out of the usual order
+    def _params(self) -> tuple[torch.Tensor | None, torch.Tensor]:
+        # The zero point is dropped last (after the scale), so it tells whether the codes'
+        # pass has run; it reruns only if the tensors are written out of the usual order.
+        if self._zero is None:
             for _ in self._packed():
                 pass
         return self._scale, self._zero

@@ -20,7 +20,7 @@ from matcli.checkpoint.reader import ModelFolder
 from matcli.checkpoint.writer import OutputTensor, dtype_code
 from matcli.errors import MatcliError
 from matcli.quant import ct_format, grid, mixnmatch
-from matcli.quant.ct_format import PACKED, SCALE, SHAPE, ZERO, PackedLinear, WeightScheme
+from matcli.quant.ct_format import PACKED, SCALE, SHAPE, PackedLinear, WeightScheme
 from matcli.quant.packing import pack_unsigned, packed_columns
 from matcli.quant.parent import CONFIG_KEY, ParentInfo, SliceInfo, parent_info
 from matcli.quant.targets import targets_regex
@@ -54,10 +54,10 @@ class LinearSlicer:
         """Extra precision needs one more bit for the code 2^r."""
         return self.bits + 1 if self.extra_precision else self.bits
 
-    def _sliced_rows(self):
+    def _sliced_rows(self, chunk_bytes: int):
         """(first row, last row, r-bit codes) per chunk: one table lookup per parent code."""
         table = grid.slice_table(self.parent_bits, self.bits, self.extra_precision)
-        for start, stop in self.folder.row_chunks(self.linear.tensor(PACKED), self.chunk_bytes):
+        for start, stop in self.folder.row_chunks(self.linear.tensor(PACKED), chunk_bytes):
             sliced = table[ct_format.read_codes(self.folder, self.linear, start, stop).numpy()]
             if self.extra_precision:
                 self.count.extra += int(np.count_nonzero(sliced == (1 << self.bits)))
@@ -76,7 +76,7 @@ class LinearSlicer:
     def _packed(self):
         # Stored code = (q_r - 2^(r-1)) + 2^(b-1) for storage width b (b = r + 1 with extra precision).
         offset = np.uint8(grid.symmetric_zero(self.storage_bits) - grid.symmetric_zero(self.bits))
-        for _, _, sliced in self._sliced_rows():
+        for _, _, sliced in self._sliced_rows(self.chunk_bytes):
             yield pack_unsigned(sliced + offset, self.storage_bits)
 
     def _scale(self):
@@ -86,9 +86,13 @@ class LinearSlicer:
     def dense_tensor(self, dtype: torch.dtype) -> OutputTensor:
         lin = self.linear
 
+        # Dequantizing widens each code to an int32 difference: read fewer rows per chunk so
+        # that the widest intermediate, not the packed input, is the chunk size.
+        chunk_bytes = max(1, self.chunk_bytes * self.parent_bits // 32)
+
         def chunks():
             scale, zero = ct_format.read_scale_zero(self.folder, lin)
-            for start, stop, sliced in self._sliced_rows():
+            for start, stop, sliced in self._sliced_rows(chunk_bytes):
                 on_grid = grid.codes_on_parent_grid(torch.from_numpy(sliced), self.parent_bits, self.bits)
                 yield grid.dequantize(on_grid, scale[start:stop], zero[start:stop]).to(dtype)
 
@@ -201,7 +205,7 @@ def _output(
 ) -> OutputCheckpoint:
     count = ExtraBucketCount()
     slicers = {m: LinearSlicer(folder, lin, widths[m], options, count) for m, lin in linears.items()}
-    owned = {lin.tensor(s) for lin in linears.values() for s in (PACKED, SCALE, SHAPE, ZERO)}
+    owned = set().union(*(lin.tensor_names() for lin in linears.values()))
     tensors = [copy_tensor(folder, n) for n in sorted(folder.tensors) if n not in owned]
     config = dict(folder.config)
     if options.format == "dense":
@@ -216,7 +220,7 @@ def _output(
         config["quantization_config"] = _sliced_quantization_config(folder, arch, slicers)
     tensors.sort(key=lambda t: t.name)
 
-    sizes = {m: lin.out_features * lin.in_features for m, lin in linears.items()}
+    sizes = {m: lin.weights for m, lin in linears.items()}
     average = sum(widths[m] * sizes[m] for m in linears) / sum(sizes.values())
     storage = {s.storage_bits for s in slicers.values()}
     slice_info = SliceInfo(
