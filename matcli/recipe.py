@@ -79,6 +79,7 @@ class QuantizeOptions(WriteOptions):
     precision: Literal["fp32", "bf16"] = "fp32"
     gradient_checkpointing: bool = False
     device: str = "auto"
+    parallel: Literal["fsdp", "ddp"] = "fsdp"  # under torchrun: shard (FSDP2) or replicate (DDP)
     seed: int = 0
     save_every: int = Field(0, ge=0)
     resume: bool = False

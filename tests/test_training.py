@@ -136,14 +136,20 @@ def test_resume_refuses_changed_options(llama, corpus, tmp_path):
     assert code == 2 and "no saved training state" in err and not state.exists()
 
 
-def test_two_gloo_ranks_match_one_process(llama, corpus, tmp_path):
+@pytest.mark.parametrize(("parallel", "port"), [("fsdp", "29517"), ("ddp", "29518")])
+def test_two_gloo_ranks_match_one_process(llama, corpus, tmp_path, parallel, port):
+    """torchrun with 2 CPU processes (gloo), each half of the global batch: the same parent as
+    one process, whether the model is sharded (FSDP2) or replicated (DDP)."""
     single = tmp_path / "single"
     assert run_matcli(*qat_args(llama, single, corpus, "--batch-size", "4", "--device", "cpu"))[0] == 0
     double = tmp_path / "double"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", "-m", "matcli", *qat_args(llama, double, corpus, "--batch-size", "2", "--device", "cpu")]
+    args = qat_args(llama, double, corpus, "--batch-size", "2", "--device", "cpu", "--parallel", parallel)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port, "-m", "matcli", *args]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((double / "matcli_manifest.json").read_text())["report"]
+    assert report["parallel"] == f"{parallel}, 2 processes"
     a, b = parent_tensors(single), parent_tensors(double)
     for name in a:
         if name.endswith("weight_packed"):

@@ -44,6 +44,7 @@ def quantize(
     precision: str = typer.Option("fp32", "--precision", help="fp32 or bf16 (autocast)."),
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Trade compute for activation memory."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
+    parallel: str = typer.Option("fsdp", "--parallel", help="qat under torchrun: fsdp (FSDP2: weights, gradients and optimizer state sharded; for models that do not fit one device) or ddp (replicated; faster when the model fits)."),
     seed: int = typer.Option(0, "--seed"),
     save_every: int = typer.Option(0, "--save-every", help="qat: save the training state every N steps (it is also saved on Ctrl-C)."),
     resume: bool = typer.Option(False, "--resume", help="qat: continue from the saved training state."),

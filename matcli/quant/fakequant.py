@@ -152,15 +152,23 @@ class FakeQuantLinear(nn.Module):
         return nn.functional.linear(x, self.quantized_weight(self.bits).to(x.dtype), self.linear.bias)
 
     @torch.no_grad()
-    def export(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(uint8 codes, scale in its storage dtype, integer zero point) of the current weights."""
+    def export(self, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(uint8 codes, scale in its storage dtype, integer zero point) of the current weights,
+        or of `weight` (the same Linear's weight gathered from its shards)."""
+        if weight is not None:
+            return minmax_codes(weight.detach().float().cpu(), self.scheme, self.scale_dtype)
         w = self.transformed_weight().detach().float()
         if self.clip_high is None:
-            scale, zero = grid.minmax_params(w, self.scheme.bits, self.scheme.symmetric, self.scheme.group_size, self.scale_dtype)
-        else:
-            s, z = self.params(w)
-            scale, zero = s.to(self.scale_dtype), z.round().to(torch.int32)
+            return minmax_codes(w, self.scheme, self.scale_dtype)
+        s, z = self.params(w)
+        scale, zero = s.to(self.scale_dtype), z.round().to(torch.int32)
         return grid.quantize_codes(w, scale, zero, self.scheme.bits), scale, zero
+
+
+def minmax_codes(w: torch.Tensor, scheme: WeightScheme, scale_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Q(w, c) with MinMax parameters: exactly what the fake-quantized forward computed."""
+    scale, zero = grid.minmax_params(w, scheme.bits, scheme.symmetric, scheme.group_size, scale_dtype)
+    return grid.quantize_codes(w, scale, zero, scheme.bits), scale, zero
 
 
 def wrap_linears(model: nn.Module, modules: list[str], scheme: WeightScheme, scale_dtype: torch.dtype, extra_precision: bool = False) -> dict[str, FakeQuantLinear]:

@@ -30,24 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from matcli.errors import MatcliError
 from matcli.quant.fakequant import FakeQuantLinear, at_bits
-from matcli.quant.training import QuantModel, load_quant_model, pick_device, training_windows
+from matcli.quant.training import QuantModel, decoder_layers, load_quant_model, pick_device, training_windows
 from matcli.recipe import QuantizeOptions
 
 LWC_LR = 1e-2  # OmniQuant's default for the clipping factors; MatQuant: constant 1e-3 overall
-
-
-def _layer_list(qm: QuantModel) -> nn.ModuleList:
-    for template in qm.arch.family.layers:
-        path = template.split(".{layer}.")[0]
-        try:
-            layers = qm.model.get_submodule(path)
-        except AttributeError:
-            continue
-        if isinstance(layers, nn.ModuleList):
-            return layers
-    raise MatcliError(f"cannot find the decoder layers of this {qm.arch.name} model (tried {list(qm.arch.family.layers)})")
 
 
 class Captured:
@@ -115,7 +102,7 @@ def calibrate(options: QuantizeOptions, on_layer: Callable[[int, int, dict[int, 
     windows = training_windows(options, options.model)
     order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(options.seed))
     samples = windows[order[: options.samples]]
-    layers = _layer_list(qm)
+    layers = decoder_layers(qm)
     captured = Captured(layers)
     with torch.no_grad():
         for sample in samples.split(1):

@@ -6,8 +6,8 @@ every r of a step, so all widths see one Q. Optional co-distillation (`8->2`, `8
 teacher width's logits (detached) are a target for the students, KL added to their
 cross-entropy with equal weight, or replacing it (`--distill-only`).
 
-Runs alone or under torchrun (DDP from torch; NCCL on GPUs, gloo on CPUs): every rank takes
-its share of each global batch and rank 0 writes the parent.
+Runs alone or under torchrun (FSDP2 or DDP from torch; NCCL on GPUs, gloo on CPUs): every
+rank takes its share of each global batch and rank 0 writes the parent.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from torch import nn
 
 from matcli.errors import MatcliError
 from matcli.quant.fakequant import at_bits
-from matcli.quant.training import QuantModel, load_quant_model, pick_device, training_windows, unwrapped_state
+from matcli.quant.training import QuantModel, decoder_layers, load_quant_model, pick_device, training_windows, unwrapped_state
 from matcli.recipe import QuantizeOptions, parse_distill
 
 QAT_LR = 1e-5  # paper App. B: linear warmup to 1e-5, then cosine decay
@@ -130,13 +130,11 @@ def train_qat(options: QuantizeOptions, on_step: Callable[[int, dict[int, float]
             p.requires_grad_(False)
         for fq in qm.wrapped.values():
             fq.linear.weight.requires_grad_(True)
-    params = [p for p in qm.model.parameters() if p.requires_grad]
+    model = _distribute(qm, options, device, world)
+    params = [p for p in qm.model.parameters() if p.requires_grad]  # after sharding: the shards
     optimizer = torch.optim.AdamW(params, lr=options.lr or QAT_LR, weight_decay=options.weight_decay)
     warmup = options.warmup_steps if options.warmup_steps is not None else min(PAPER_WARMUP, options.steps // 5)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(options, warmup))
-    model: nn.Module = qm.model
-    if world > 1:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     objective = MultiWidthLoss(qm, options, model)
     start = _restore(options, qm, optimizer, scheduler) if options.resume else 0
     if not options.resume and state_dir(options).exists() and rank == 0:
@@ -153,9 +151,11 @@ def train_qat(options: QuantizeOptions, on_step: Callable[[int, dict[int, float]
                 last_micro = micro == options.grad_accum - 1
 
                 def sync(last_width: bool, last_micro=last_micro):
-                    if world == 1 or (last_micro and last_width):
-                        return contextlib.nullcontext()
-                    return model.no_sync()
+                    # DDP all-reduces only on a step's last backward. FSDP reduce-scatters
+                    # every backward: skipping it would keep whole, unsharded gradients.
+                    if isinstance(model, nn.parallel.DistributedDataParallel) and not (last_micro and last_width):
+                        return model.no_sync()
+                    return contextlib.nullcontext()
 
                 with autocast:
                     losses = objective.backward(windows[mine[micro]].to(device), 1 / options.grad_accum, sync)
@@ -168,14 +168,16 @@ def train_qat(options: QuantizeOptions, on_step: Callable[[int, dict[int, float]
             history = sums
             on_step(step + 1, sums)
             done = step + 1
-            if rank == 0 and (stop.requested or (options.save_every and done % options.save_every == 0)):
-                _save(options, qm, optimizer, scheduler, done)
+            if stop.requested or (options.save_every and done % options.save_every == 0):
+                _save(options, qm, optimizer, scheduler, done, rank)
             if stop.requested:
                 raise MatcliError(
                     f"interrupted after step {done} of {options.steps}; the training state is in {state_dir(options)}: "
                     "run the same command with --resume to continue",
                     exit_code=130,
                 )
+    if world > 1 and options.parallel == "fsdp":
+        qm.gathered = _full_model_state(qm)
     if world > 1:
         dist.barrier()
     if rank != 0:
@@ -185,9 +187,34 @@ def train_qat(options: QuantizeOptions, on_step: Callable[[int, dict[int, float]
         "steps": options.steps,
         "global_batch": global_batch,
         "tokens_seen": options.steps * global_batch * options.seq_len,
+        "parallel": f"{options.parallel}, {world} processes" if world > 1 else "one process",
         "final_losses": {f"int{b}": round(v, 5) for b, v in history.items()},
     }
     return qm, history, report
+
+
+def _distribute(qm: QuantModel, options: QuantizeOptions, device: torch.device, world: int) -> nn.Module:
+    """The model every rank runs: itself alone; under torchrun wrapped in DDP, or sharded with
+    FSDP2 (one unit per decoder layer, so only one layer is ever whole on a device)."""
+    if world == 1:
+        return qm.model
+    if options.parallel == "ddp":
+        return nn.parallel.DistributedDataParallel(qm.model, device_ids=[device.index] if device.type == "cuda" else None)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (world,))
+    for layer in decoder_layers(qm):
+        fully_shard(layer, mesh=mesh)
+    fully_shard(qm.model, mesh=mesh)
+    return qm.model
+
+
+def _full_model_state(qm: QuantModel) -> dict[str, torch.Tensor]:
+    """Every weight gathered from the shards, layer by layer, on rank 0's CPU (empty elsewhere)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(qm.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 class _StopFlag:
@@ -213,19 +240,35 @@ def _stop_requests():
             signal.signal(sig, handler)
 
 
-def _save(options: QuantizeOptions, qm: QuantModel, optimizer, scheduler, step: int) -> None:
-    """Trainable weights, optimizer and scheduler state and the step, written atomically."""
+def _save(options: QuantizeOptions, qm: QuantModel, optimizer, scheduler, step: int, rank: int) -> None:
+    """Trainable weights, optimizer and scheduler state and the step, written atomically by
+    rank 0. torch's distributed state-dict API gathers them whole, however they are sharded,
+    so a run can resume with any number of processes."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    weights, optimizer_state = get_state_dict(qm.model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank != 0:
+        return
+    trainable = {n for n, p in qm.model.named_parameters() if p.requires_grad}
     folder = state_dir(options)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    trainable = {n: p.detach().cpu() for n, p in qm.model.named_parameters() if p.requires_grad}
-    torch.save({"step": step, "params": trainable, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "options": options.model_dump(mode="json")}, tmp / "state.pt")
+    state = {
+        "step": step,
+        "params": {n: t for n, t in weights.items() if n in trainable},
+        "optimizer": optimizer_state,
+        "scheduler": scheduler.state_dict(),
+        "options": options.model_dump(mode="json"),
+    }
+    torch.save(state, tmp / "state.pt")
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
 
 
 def _restore(options: QuantizeOptions, qm: QuantModel, optimizer, scheduler) -> int:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
     path = state_dir(options) / "state.pt"
     if not path.exists():
         raise MatcliError(f"--resume: no saved training state at {path}; start without --resume")
@@ -237,11 +280,13 @@ def _restore(options: QuantizeOptions, qm: QuantModel, optimizer, scheduler) -> 
     if saved != now:
         changed = sorted(k for k in now if saved.get(k) != now[k])
         raise MatcliError(f"--resume: options differ from the interrupted run ({', '.join(changed)}); use the same command")
-    params = dict(qm.model.named_parameters())
-    with torch.no_grad():
-        for name, value in state["params"].items():
-            params[name].copy_(value)
-    optimizer.load_state_dict(state["optimizer"])
+    set_state_dict(
+        qm.model,
+        optimizer,
+        model_state_dict=state["params"],
+        optim_state_dict=state["optimizer"],
+        options=StateDictOptions(full_state_dict=True, strict=False),
+    )
     scheduler.load_state_dict(state["scheduler"])
     return int(state["step"])
 
@@ -253,7 +298,10 @@ def finish(options: QuantizeOptions) -> None:
 
 def export_inputs(qm: QuantModel) -> tuple[dict, dict]:
     """(quantized Linears as codes/scale/zero, every other trained tensor) for the parent."""
-    quantized = {name: fq.export() for name, fq in qm.wrapped.items()}
+    if qm.gathered is not None:
+        quantized = {name: fq.export(qm.gathered[name + ".linear.weight"]) for name, fq in qm.wrapped.items()}
+    else:
+        quantized = {name: fq.export() for name, fq in qm.wrapped.items()}
     state = unwrapped_state(qm)
     dense = {n: t for n, t in state.items() if n in qm.source.tensors and n.removesuffix(".weight") not in quantized}
     return quantized, dense

@@ -40,6 +40,9 @@ class QuantModel:
     model: torch.nn.Module
     targets: QuantTargets
     wrapped: dict[str, FakeQuantLinear]
+    # After sharded (FSDP) training: the full weights gathered on rank 0, which the live
+    # model only holds in shards. None: read the weights from `model`.
+    gathered: dict[str, torch.Tensor] | None = None
 
     @property
     def arch(self) -> Architecture:
@@ -51,17 +54,37 @@ class QuantModel:
 
 
 def load_quant_model(options: QuantizeOptions, device: torch.device) -> QuantModel:
+    """The model in float32 on `device`; on the CPU when it is to be sharded (FSDP places
+    each shard on its own device, so no rank ever holds the whole model there)."""
     from transformers import AutoModelForCausalLM
 
     targets = quant_targets(options)
     scale_dtype = torch_dtype(targets.folder.tensors[targets.modules[0] + ".weight"].dtype)
-    model = AutoModelForCausalLM.from_pretrained(options.model, dtype=torch.float32).to(device)
+    model = AutoModelForCausalLM.from_pretrained(options.model, dtype=torch.float32)
+    if not will_shard(options):
+        model = model.to(device)
     model.config.use_cache = False
     wrapped = wrap_linears(model, targets.modules, targets.scheme, scale_dtype, options.extra_precision)
     if len(wrapped) != len(targets.modules):
         missing = sorted(set(targets.modules) - set(wrapped))
         raise MatcliError(f"{missing[0]} is not an nn.Linear in the transformers model; check --layers")
     return QuantModel(model, targets, wrapped)
+
+
+def will_shard(options: QuantizeOptions) -> bool:
+    return options.method == "qat" and options.parallel == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def decoder_layers(qm: QuantModel) -> torch.nn.ModuleList:
+    """The model's list of decoder layers, found from the family's layer templates."""
+    for template in qm.arch.family.layers:
+        try:
+            layers = qm.model.get_submodule(template.split(".{layer}.")[0])
+        except AttributeError:
+            continue
+        if isinstance(layers, torch.nn.ModuleList):
+            return layers
+    raise MatcliError(f"cannot find the decoder layers of this {qm.arch.name} model (tried {list(qm.arch.family.layers)})")
 
 
 def training_windows(options: QuantizeOptions, tokenizer_path: Path) -> torch.Tensor:
@@ -76,7 +99,8 @@ def training_windows(options: QuantizeOptions, tokenizer_path: Path) -> torch.Te
 def unwrapped_state(qm: QuantModel) -> dict[str, torch.Tensor]:
     """The model's tensors under the checkpoint's names (the FakeQuantLinear level removed)."""
     state = {}
-    for name, tensor in qm.model.state_dict().items():
+    full = qm.gathered if qm.gathered is not None else qm.model.state_dict()
+    for name, tensor in full.items():
         parts = name.split(".")
         for i, part in enumerate(parts):
             if part == "linear" and ".".join(parts[:i]) in qm.wrapped:
