@@ -56,11 +56,14 @@ def main() -> None:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         print(f"step {step + 1}/{options.steps} loss {loss.item():.4f}", flush=True)
-    shutil.rmtree(args.output, ignore_errors=True)
-    model.to(torch.bfloat16).save_pretrained(args.output)
+    staging = args.output.with_name(args.output.name + ".tmp")  # the folder appears complete or not at all
+    shutil.rmtree(staging, ignore_errors=True)
+    model.to(torch.bfloat16).save_pretrained(staging)
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
         if (args.model / name).exists():
-            shutil.copyfile(args.model / name, args.output / name)
+            shutil.copyfile(args.model / name, staging / name)
+    shutil.rmtree(args.output, ignore_errors=True)
+    staging.rename(args.output)
 
 
 if __name__ == "__main__":
