@@ -45,8 +45,11 @@ def model_from_state(config: dict, state: dict[str, torch.Tensor], what: str):
 
 
 @torch.no_grad()
-def perplexity(model, windows: torch.Tensor, batch_size: int = 4) -> float:
+def perplexity(model, windows: torch.Tensor, batch_size: int = 4, device: torch.device | None = None) -> float:
     """exp(mean next-token negative log-likelihood) over every predicted token of the windows."""
+    if device is not None:
+        model = model.to(device)
+        windows = windows.to(device)
     total_nll, total_tokens = 0.0, 0
     for batch in windows.split(batch_size):
         logits = model(batch).logits[:, :-1].float()

@@ -23,6 +23,7 @@ def eval_command(
     seq_len: int = typer.Option(512, "--seq-len", help="Tokens per window."),
     max_tokens: int = typer.Option(32768, "--max-tokens", help="Evaluate at most this many tokens."),
     batch_size: int = typer.Option(4, "--batch-size"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N (auto: the first GPU if there is one)."),
     plot: Path | None = typer.Option(None, "--plot", help="Write a PNG of perplexity against bits (needs matplotlib)."),
     json_output: bool = common.JSON_OUTPUT,
 ) -> None:
@@ -34,17 +35,19 @@ def eval_command(
     from matcli.data import read_texts, token_windows
     from matcli.errors import MatcliError
     from matcli.evaluate import load_model, perplexity
+    from matcli.quant.training import pick_device
 
+    on = pick_device(device)
     widths = common.parse_int_list(bits, "--bits") if bits else [None]
     windows = token_windows(AutoTokenizer.from_pretrained(model), read_texts(data), seq_len, max_tokens)
     results = []
     if ffn_config is not None:
         if bits:
             raise MatcliError("--ffn-config and --bits cannot be combined: extract first, then quantize and slice")
-        ppl = perplexity(_submodel(model, ffn_config, skip_layers), windows, batch_size)
+        ppl = perplexity(_submodel(model, ffn_config, skip_layers), windows, batch_size, on)
         results.append({"bits": None, "ffn_config": ffn_config, "skip_layers": skip_layers, "perplexity": round(ppl, 4)})
     for r in widths if ffn_config is None else []:
-        ppl = perplexity(load_model(model, r, extra_precision), windows, batch_size)
+        ppl = perplexity(load_model(model, r, extra_precision), windows, batch_size, on)
         results.append({"bits": r if r is not None else _own_bits(model), "perplexity": round(ppl, 4)})
     if plot is not None:
         _plot(results, plot, str(model))

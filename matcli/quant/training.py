@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from matcli.recipe import QuantizeOptions
 
 def pick_device(name: str) -> torch.device:
     """`auto` takes the local GPU under torchrun (LOCAL_RANK), else the first, else the CPU."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", name):
+        raise MatcliError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
