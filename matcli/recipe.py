@@ -208,6 +208,7 @@ class TruncateOptions(Options):
     pca_center: bool = False
     rotation: Path | None = None
     quantize: Literal["int8", "binary"] | None = None
+    ranges: Path | None = None
     dtype: Literal["float16", "bfloat16", "float32"] | None = None
     format: Literal["safetensors", "npy", "parquet"] | None = None
     skip_bad_rows: bool = False
@@ -239,6 +240,15 @@ class TruncateOptions(Options):
             raise ValueError("--pca fits a new rotation and --rotation applies a stored one; give one of them")
         if self.quantize and self.dtype:
             raise ValueError("--dtype does not apply to quantized output (--quantize)")
+        # Options that would otherwise be silently ignored.
+        if self.pca_center and not self.pca:
+            raise ValueError("--pca-center only changes how --pca fits its rotation; add --pca or drop --pca-center")
+        if self.data is not None and not self.pca:
+            raise ValueError("--data gives the texts a model's --pca rotation is fitted on; add --pca or drop --data")
+        if self.ranges is not None and self.quantize != "int8":
+            raise ValueError("--ranges gives the ranges of --quantize int8; add --quantize int8 or drop --ranges")
+        if self.ranges is not None and len(self.dims) != 1:
+            raise ValueError("--ranges holds the int8 ranges of one dimension; give a single --dims")
         return self
 
 

@@ -86,7 +86,8 @@ def test_metadata_records_what_was_done(tmp_path):
     with safe_open(tmp_path / "o.safetensors", "np") as f:
         meta = f.metadata()
     assert meta["source_dim"] == "64" and meta["dim"] == "16" and meta["renormalized"] == "true"
-    assert meta["pre_norm"] == "none" and len(meta["source_sha256"]) == 64
+    # The hash covers the header and size only, and its name says so.
+    assert meta["pre_norm"] == "none" and len(meta["source_header_sha256"]) == 64 and "source_sha256" not in meta
 
 
 def test_bfloat16_and_float16_inputs_keep_their_dtype(tmp_path):
@@ -119,6 +120,51 @@ def test_parquet_columns_pass_through(tmp_path):
     assert out.column("id").to_pylist() == [f"doc{i}" for i in range(50)]
     got = np.array(out.column("embedding").to_pylist(), dtype=np.float32)
     assert np.allclose(got, truncate_reference(x, 16), atol=1e-6)
+
+
+def parquet_rows(path: Path, rows: list, value_type=None, fixed: int | None = None) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    value_type = value_type or pa.float32()
+    list_type = pa.list_(value_type, fixed) if fixed else pa.list_(value_type)
+    table = pa.table({"id": [f"doc{i}" for i in range(len(rows))], "embedding": pa.array(rows, type=list_type)})
+    pq.write_table(table, path, row_group_size=16)
+
+
+def test_parquet_fixed_size_lists_keep_their_value_type(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x = embeddings(rows=40).astype(np.float16)
+    parquet_rows(tmp_path / "e.parquet", [row.tolist() for row in x], pa.float16(), fixed=64)
+    ok(str(tmp_path / "e.parquet"), "-o", str(tmp_path / "o.parquet"), "--dims", "16", "--chunk-size", "1000", "-q")
+    out = pq.read_table(tmp_path / "o.parquet")
+    assert out.schema.field("embedding").type == pa.list_(pa.float16(), 16)
+    expected = truncate_reference(x.astype(np.float32), 16).astype(np.float16)
+    assert np.array_equal(np.array(out.column("embedding").to_pylist(), dtype=np.float16), expected)
+    ok(str(tmp_path / "e.parquet"), "-o", str(tmp_path / "o.safetensors"), "--dims", "16", "-q")
+    assert load_file(tmp_path / "o.safetensors")["embeddings"].dtype == np.float16
+    parquet_rows(tmp_path / "e64.parquet", [row.tolist() for row in embeddings(rows=40)], pa.float64())
+    ok(str(tmp_path / "e64.parquet"), "-o", str(tmp_path / "o64.npy"), "--dims", "16", "-q")
+    assert np.load(tmp_path / "o64.npy").dtype == np.float64
+
+
+def test_parquet_null_and_empty_rows_are_bad_rows(tmp_path):
+    import pyarrow.parquet as pq
+
+    x = embeddings(rows=40)
+    rows = [row.tolist() for row in x]
+    rows[0] = None  # a null first row: the dimension comes from the first non-empty row
+    rows[5] = []
+    rows[21] = [*rows[21][:-1], None]  # a null value inside a row
+    parquet_rows(tmp_path / "e.parquet", rows)
+    refused([str(tmp_path / "e.parquet"), "-o", str(tmp_path / "o.parquet"), "--dims", "8"], "rows 0, 5, 21 are null or empty, or hold NaN", tmp_path / "o.parquet")
+    ok(str(tmp_path / "e.parquet"), "-o", str(tmp_path / "o.parquet"), "--dims", "8", "--skip-bad-rows", "--chunk-size", "600", "-q")
+    out = pq.read_table(tmp_path / "o.parquet")
+    keep = np.setdiff1d(np.arange(40), [0, 5, 21])
+    assert out.column("id").to_pylist() == [f"doc{i}" for i in keep]
+    assert np.allclose(np.array(out.column("embedding").to_pylist()), truncate_reference(x[keep], 8), atol=1e-6)
 
 
 # --- PCA, quantization ------------------------------------------------------------------------
@@ -169,6 +215,55 @@ def test_int8_clips_with_ranges_from_the_truncated_vectors(tmp_path):
     assert outside.quantize(np.array([[5.0, -5.0]], np.float32)).tolist() == [[127, -128]]  # saturates
 
 
+def test_queries_quantized_with_the_corpus_ranges_clip(tmp_path):
+    corpus = embeddings()
+    corpus[:, 0] += 10  # after renormalization: dimension 0 near 1, the others within about +-0.3
+    queries = embeddings(rows=30, seed=5)
+    queries[:2] = 0
+    queries[0, 1], queries[1, 2] = 1, -1  # unit vectors far above / below the corpus's ranges
+    np.save(tmp_path / "corpus.npy", corpus)
+    np.save(tmp_path / "queries.npy", queries)
+    ok(str(tmp_path / "corpus.npy"), "-o", str(tmp_path / "c.safetensors"), "--dims", "8", "--quantize", "int8", "-q")
+    ranges = load_file(tmp_path / "c.safetensors")["int8_ranges"]
+    ok(str(tmp_path / "queries.npy"), "-o", str(tmp_path / "q.safetensors"), "--dims", "8", "--quantize", "int8", "--ranges", str(tmp_path / "c.safetensors"), "-q")
+    out = load_file(tmp_path / "q.safetensors")
+    assert np.array_equal(out["int8_ranges"], ranges)  # the codes travel with the ranges that decode them
+    t = truncate_reference(queries, 8)
+    above, below = t > ranges[1], t < ranges[0]
+    assert above.any() and below.any()
+    assert np.all(out["embeddings"][above] == 127) and np.all(out["embeddings"][below] == -128)  # clipped, never wrapped
+    step = (ranges[1] - ranges[0]) / 255
+    inside = ~(above | below)
+    decoded = (out["embeddings"].astype(np.float64) + 128) * step + ranges[0]
+    assert np.all(np.abs(decoded - t)[inside] <= np.broadcast_to(step, t.shape)[inside] * 0.5 + 1e-6)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dims", "16", "--quantize", "int8"], "not [2, 16]: it was written for --dims 8"),
+        (["--dims", "8", "--quantize", "binary"], "--ranges gives the ranges of --quantize int8"),
+        (["--dims", "8"], "add --quantize int8 or drop --ranges"),
+    ],
+)
+def test_ranges_that_do_not_fit_are_refused(npy, tmp_path, args, message):
+    ok(str(npy), "-o", str(tmp_path / "c.safetensors"), "--dims", "8", "--quantize", "int8", "-q")
+    refused([str(npy), "-o", str(tmp_path / "q.safetensors"), "--ranges", str(tmp_path / "c.safetensors"), *args], message, tmp_path / "q.safetensors")
+
+
+def test_ranges_file_without_int8_ranges_is_refused(npy, tmp_path):
+    ok(str(npy), "-o", str(tmp_path / "plain.safetensors"), "--dims", "8", "-q")
+    out = tmp_path / "q.safetensors"
+    refused([str(npy), "-o", str(out), "--dims", "8", "--quantize", "int8", "--ranges", str(tmp_path / "plain.safetensors")], "no tensor 'int8_ranges'", out)
+
+
+@pytest.mark.parametrize("output", ["o.npy", "o.parquet"])
+def test_int8_needs_safetensors_output(npy, tmp_path, output):
+    refused([str(npy), "-o", str(tmp_path / output), "--dims", "8", "--quantize", "int8"], "only .safetensors holds them", tmp_path / output)
+    out = tmp_path / "folder"
+    refused([str(npy), "-o", str(out), "--dims", "16,8", "--quantize", "int8", "--format", "npy"], "add --format safetensors", out)
+
+
 def test_binary_packs_signs(tmp_path):
     x = embeddings()
     np.save(tmp_path / "e.npy", x)
@@ -205,6 +300,23 @@ def test_truncated_model_with_rotation_equals_rotated_outputs(sentence_model, tm
     ok(str(sentence_model), "-o", str(tmp_path / "m"), "--dims", "8", "--rotation", str(tmp_path / "c.rotation.safetensors"), "-q")
     expected = truncate_reference((encode(sentence_model, TEXTS) - rotation["mean"]) @ rotation["rotation"], 8)
     assert np.allclose(encode(tmp_path / "m", TEXTS), expected, atol=1e-5)
+
+
+def test_model_pca_fits_on_data_and_writes_its_rotation(sentence_model, tmp_path):
+    lines = [f"note {i}: {w} {w2}" for i, (w, w2) in enumerate(zip(["cats", "dogs", "stocks", "music", "rain"] * 12, ["sleep", "run", "fall", "plays", "pours", "sing"] * 10))]
+    (tmp_path / "texts.txt").write_text("\n".join(lines) + "\n")
+    ok(str(sentence_model), "-o", str(tmp_path / "m"), "--dims", "16,8", "--pca", "--data", str(tmp_path / "texts.txt"), "-q")
+    rotation = load_file(tmp_path / "m" / "rotation.safetensors")
+    fit = transform.PcaFit(48)
+    fit.add(encode(sentence_model, lines))
+    assert np.allclose(np.abs(rotation["rotation"][:, :8]), np.abs(fit.finish(center=False)[0].rotation[:, :8]), atol=1e-4)
+    full = encode(sentence_model, TEXTS)
+    for d in (16, 8):
+        assert np.allclose(encode(tmp_path / "m" / f"d{d}", TEXTS), truncate_reference(full @ rotation["rotation"], d), atol=1e-5)
+    # Stored embeddings of the original model get the same transform from the written rotation.
+    np.save(tmp_path / "stored.npy", full)
+    ok(str(tmp_path / "stored.npy"), "-o", str(tmp_path / "s.npy"), "--dims", "8", "--rotation", str(tmp_path / "m" / "rotation.safetensors"), "-q")
+    assert np.allclose(np.load(tmp_path / "s.npy"), encode(tmp_path / "m" / "d8", TEXTS), atol=1e-5)
 
 
 def test_model_pre_norm(sentence_model, tmp_path):
@@ -261,6 +373,74 @@ def test_nan_rows_are_refused_with_their_numbers_or_skipped(tmp_path):
     keep = np.setdiff1d(ids, [3, 250])
     assert np.array_equal(out["ids"], keep)
     assert np.allclose(out["e"], truncate_reference(x[keep], 8), atol=1e-6)
+
+
+def test_passthrough_rows_of_several_bytes_are_skipped_with_their_rows(tmp_path):
+    x = embeddings(rows=50)
+    x[[0, 17, 49], 1] = np.nan
+    labels = np.arange(150, dtype=np.int16).reshape(50, 3)
+    save_file({"e": x, "labels": labels, "meta": np.arange(4, dtype=np.int64)}, tmp_path / "e.safetensors")
+    ok(str(tmp_path / "e.safetensors"), "--key", "e", "-o", str(tmp_path / "o.safetensors"), "--dims", "8", "--skip-bad-rows", "-q")
+    out = load_file(tmp_path / "o.safetensors")
+    keep = np.setdiff1d(np.arange(50), [0, 17, 49])
+    assert np.array_equal(out["labels"], labels[keep]) and np.array_equal(out["meta"], np.arange(4))
+
+
+def test_format_contradicting_the_suffix_is_refused(npy, tmp_path):
+    refused([str(npy), "-o", str(tmp_path / "x.safetensors"), "--dims", "8", "--format", "npy"], "--format npy contradicts -o", tmp_path / "x.safetensors")
+    ok(str(npy), "-o", str(tmp_path / "x.npy"), "--dims", "8", "--format", "npy", "-q")  # agreeing is fine
+
+
+def test_rotation_fitted_with_another_pre_norm_is_refused(npy, sentence_model, tmp_path):
+    ok(str(npy), "-o", str(tmp_path / "ln.safetensors"), "--dims", "8", "--pca", "--pre-norm", "layer_norm", "-q")
+    ok(str(npy), "-o", str(tmp_path / "plain.safetensors"), "--dims", "8", "--pca", "-q")
+    out = tmp_path / "q.safetensors"
+    refused([str(npy), "-o", str(out), "--dims", "8", "--rotation", str(tmp_path / "ln.rotation.safetensors")], "add --pre-norm layer_norm", out)
+    refused([str(npy), "-o", str(out), "--dims", "8", "--rotation", str(tmp_path / "plain.rotation.safetensors"), "--pre-norm", "layer_norm"], "remove --pre-norm layer_norm", out)
+    ok(str(npy), "-o", str(out), "--dims", "8", "--rotation", str(tmp_path / "ln.rotation.safetensors"), "--pre-norm", "layer_norm", "-q")
+    np.save(tmp_path / "e48.npy", embeddings(dim=48))
+    ok(str(tmp_path / "e48.npy"), "-o", str(tmp_path / "c48.safetensors"), "--dims", "8", "--pca", "-q")
+    model_out = tmp_path / "m"
+    refused([str(sentence_model), "-o", str(model_out), "--dims", "8", "--rotation", str(tmp_path / "c48.rotation.safetensors"), "--pre-norm", "layer_norm"], "remove --pre-norm", model_out)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--pca-center"], "--pca-center only changes how --pca fits"),
+        (["--pca", "--data", "texts.txt"], "--data gives the texts a model folder's --pca is fitted on"),
+        (["--data", "texts.txt"], "add --pca or drop --data"),
+    ],
+)
+def test_options_a_file_input_would_ignore_are_refused(npy, tmp_path, args, message):
+    (tmp_path / "texts.txt").write_text("a\nb\n")
+    args = [str(tmp_path / a) if a.endswith(".txt") else a for a in args]
+    refused([str(npy), "-o", str(tmp_path / "o.safetensors"), "--dims", "8", *args], message, tmp_path / "o.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dtype", "float16"], "--dtype apply to embeddings files, not to a model folder"),
+        (["--format", "npy", "--key", "e"], "--key, --format apply to embeddings files"),
+        (["--skip-bad-rows"], "--skip-bad-rows apply to embeddings files"),
+        (["--quantize", "int8"], "--quantize apply to embeddings files"),
+    ],
+)
+def test_file_options_on_a_model_are_refused(sentence_model, tmp_path, args, message):
+    refused([str(sentence_model), "-o", str(tmp_path / "m"), "--dims", "8", *args], message, tmp_path / "m")
+
+
+def test_pca_on_too_few_rows_is_refused(tmp_path, sentence_model):
+    np.save(tmp_path / "few.npy", embeddings(rows=12))
+    refused([str(tmp_path / "few.npy"), "-o", str(tmp_path / "o.safetensors"), "--dims", "16", "--pca"], "needs at least 16 rows", tmp_path / "o.safetensors")
+    refused([str(tmp_path / "few.npy"), "-o", str(tmp_path / "o.safetensors"), "--dims", "12", "--pca", "--pca-center"], "needs at least 13 rows", tmp_path / "o.safetensors")
+    x = embeddings(rows=20)
+    x[:6, 0] = np.nan  # 14 good rows left after skipping
+    np.save(tmp_path / "bad.npy", x)
+    refused([str(tmp_path / "bad.npy"), "-o", str(tmp_path / "o.safetensors"), "--dims", "16", "--pca", "--skip-bad-rows"], "without its 6 skipped rows has 14", tmp_path / "o.safetensors")
+    (tmp_path / "texts.txt").write_text("one\ntwo\nthree\n")
+    refused([str(sentence_model), "-o", str(tmp_path / "m"), "--dims", "8", "--pca", "--data", str(tmp_path / "texts.txt")], "needs at least 8 rows", tmp_path / "m")
 
 
 def test_output_over_the_input_is_refused(npy):

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from matcli.cli import common
+from matcli.errors import MatcliError
 
 HELP = (
     "Retrieval quality of truncated embeddings at each --dims (recall@k against exact full-dimension "
@@ -21,14 +22,16 @@ def eval_retrieval_command(
     queries: Path = typer.Option(..., "--queries", help="Query embeddings, same dimension."),
     qrels: Path | None = typer.Option(None, "--qrels", help="Relevance labels: TSV/CSV query_id,doc_id[,relevance] or JSON {query: {doc: rel}}."),
     dims: str | None = typer.Option(None, "--dims", help="Dimensions to evaluate (default: full, then halving down to 16)."),
-    k: int = typer.Option(10, "--k", help="Cut-off for recall@k."),
+    k: int = typer.Option(10, "--k", help="Cut-off for recall@k (1 up to the corpus size)."),
     funnel: list[str] = typer.Option([], "--funnel", help="Shortlist-then-rerank stages DIM:KEEP,..., e.g. 32:200,384:10 (repeatable)."),
     key: str | None = typer.Option(None, "--key", help="Tensor (.safetensors) or column (.parquet) of the embeddings."),
-    plot: Path | None = typer.Option(None, "--plot", help="Write a PNG of quality against dimension (needs matplotlib)."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write a plot of quality against dimension, .png/.svg/.pdf (needs matplotlib)."),
     json_output: bool = common.JSON_OUTPUT,
 ) -> None:
     from matcli.mrl.retrieval import evaluate, load_matrix, parse_funnel, read_qrels
 
+    if plot:
+        _check_plot(plot)  # before the searches, which can take long
     corpus_matrix, doc_ids = load_matrix(corpus, key)
     query_matrix, query_ids = load_matrix(queries, key)
     full = corpus_matrix.shape[1]
@@ -67,16 +70,26 @@ def render(report: dict) -> None:
         )
 
 
-def _plot(report: dict, path: Path) -> None:
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def _check_plot(path: Path) -> None:
+    if path.suffix.lower() not in PLOT_SUFFIXES:
+        raise MatcliError(f"--plot {path}: end the file name in {', '.join(PLOT_SUFFIXES)} so the image format is known")
+    if not path.absolute().parent.is_dir():
+        raise MatcliError(f"--plot {path}: folder {path.absolute().parent} does not exist; create it or choose another path")
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401
     except ImportError:
-        from matcli.errors import MatcliError
-
         raise MatcliError("--plot needs matplotlib: pip install 'matcli[plot]'") from None
+
+
+def _plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     rows = report["dims"]
     fig, ax = plt.subplots(figsize=(6, 4))
     for metric in [c for c in rows[0] if c not in ("dim", "labelled_queries")]:
@@ -85,4 +98,7 @@ def _plot(report: dict, path: Path) -> None:
     ax.set_xlabel("dimensions")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from matcli.checkpoint.atomic import staged_file
+
+    with staged_file(path, force=True) as staging:  # an existing plot is replaced, never half-written
+        fig.savefig(staging, dpi=120, format=path.suffix[1:].lower())

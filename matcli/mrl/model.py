@@ -20,12 +20,14 @@ from matcli.checkpoint.atomic import check_destination, staged_folder
 from matcli.checkpoint.manifest import package_versions
 from matcli.errors import MatcliError
 from matcli.mrl.transform import Rotation
+from matcli.mrl.truncate import check_pca_rows, load_rotation, write_rotation
 from matcli.mrl.writers import SafetensorsWriter
 from matcli.recipe import TruncateOptions
 
 DENSE = "sentence_transformers.models.Dense"
 NORMALIZE = "sentence_transformers.models.Normalize"
 LAYER_NORM = "sentence_transformers.models.LayerNorm"
+FILE_ONLY_OPTIONS = {"key": "--key", "dtype": "--dtype", "format": "--format", "skip_bad_rows": "--skip-bad-rows", "quantize": "--quantize", "ranges": "--ranges"}
 LEGACY_POOLING_FLAGS = (
     "pooling_mode_cls_token",
     "pooling_mode_mean_tokens",
@@ -82,14 +84,14 @@ def _pooling_dim(config: dict) -> int:
 
 def truncate_model(options: TruncateOptions) -> dict:
     folder = options.input
+    given = [flag for name, flag in FILE_ONLY_OPTIONS.items() if getattr(options, name)]
+    if given:
+        raise MatcliError(f"{', '.join(given)} apply to embeddings files, not to a model folder (its outputs are float vectors); drop {'them' if len(given) > 1 else 'it'}")
     modules = read_modules(folder)
     dim = embedding_dim(folder, modules)
     for d in options.dims:
         if d > dim:
             raise MatcliError(f"--dims {d} is larger than the model's {dim} dimensions; choose 1..{dim}")
-    if options.quantize:
-        raise MatcliError("--quantize applies to stored embeddings; quantize the model's outputs at search time instead")
-    rotation = _rotation(options, dim)
     names = {d: "" if len(options.dims) == 1 else f"d{d}" for d in options.dims}
     report = {
         "input": str(folder),
@@ -97,21 +99,25 @@ def truncate_model(options: TruncateOptions) -> dict:
         "outputs": [{"dim": d, "path": str(options.output / n if n else options.output), "format": "sentence-transformers"} for d, n in names.items()],
         "warnings": [],
     }
+    if options.pca:  # stored embeddings of the original model need the same transform
+        report["rotation"] = str(options.output / "rotation.safetensors")
+    if not options.dry_run:
+        check_destination(options.output, options.force, [folder])
+    rotation = _rotation(options, dim)
     if options.dry_run:
         return report
-    check_destination(options.output, options.force, [folder])
     with staged_folder(options.output, options.force) as staging:
         for d, name in names.items():
             target = staging / name if name else staging
             _write_model(folder, target, modules, dim, d, rotation, options)
+        if options.pca:
+            write_rotation(staging / "rotation.safetensors", rotation, options.pre_norm, {"fitted_on": f"the outputs of {folder} for --data {options.data}"})
     return report
 
 
 def _rotation(options: TruncateOptions, dim: int) -> Rotation | None:
     if options.rotation:
-        from matcli.mrl.truncate import load_rotation
-
-        return load_rotation(options.rotation, dim)
+        return load_rotation(options.rotation, dim, options.pre_norm)
     if not options.pca:
         return None
     if options.data is None:
@@ -122,8 +128,9 @@ def _rotation(options: TruncateOptions, dim: int) -> Rotation | None:
     from matcli.mrl.transform import PcaFit, layer_norm
 
     texts = [line for text in read_texts(options.data) for line in text.splitlines() if line.strip()]
-    if len(texts) < 2:
-        raise MatcliError(f"--data {options.data} has {len(texts)} non-empty lines; PCA needs many texts (hundreds)")
+    check_pca_rows(len(texts), max(options.dims), options.pca_center, f"--data {options.data} (non-empty lines)")
+    if options.dry_run:
+        return None  # fitting encodes every text: that is the real run's work
     embeddings = SentenceTransformer(str(options.input), device="cpu").encode(texts, convert_to_numpy=True)
     fit = PcaFit(dim)
     fit.add(layer_norm(embeddings) if options.pre_norm == "layer_norm" else embeddings)

@@ -37,6 +37,7 @@ class EmbeddingSource(ABC):
     dim: int
     dtype: str  # "float16" | "bfloat16" | "float32" | "float64"
     passthrough: Passthrough
+    BAD_ROWS = "hold NaN or inf"  # how bad rows are described in the refusal
 
     @abstractmethod
     def chunks(self, rows_per_chunk: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -58,6 +59,12 @@ def open_source(path: Path, key: str | None = None, text_field: str = "embedding
     if suffix == ".parquet":
         return ParquetSource(path, key or text_field)
     raise MatcliError(f"{path}: unknown file type {path.suffix!r}; matcli reads .npy, .safetensors and .parquet embeddings")
+
+
+def bad_rows_message(source: EmbeddingSource, rows: np.ndarray) -> str:
+    """'PATH: rows 3, 250 hold NaN or inf' (the first five row numbers)."""
+    shown = ", ".join(str(int(r)) for r in rows[:5]) + (" ..." if len(rows) > 5 else "")
+    return f"{source.path}: rows {shown} {source.BAD_ROWS}"
 
 
 def _check_2d(path: Path, shape: tuple[int, ...], what: str) -> None:
@@ -161,7 +168,13 @@ def _decode(buf: np.ndarray, dtype: str) -> np.ndarray:
 
 
 class ParquetSource(EmbeddingSource):
-    """A list or fixed-size-list column of a parquet file (pyarrow, an optional extra)."""
+    """A list or fixed-size-list column of a parquet file (pyarrow, an optional extra).
+
+    Null and empty rows come out as NaN rows, so they are refused with their row numbers or
+    dropped by --skip-bad-rows exactly like rows holding NaN (and their other columns with them).
+    """
+
+    BAD_ROWS = "are null or empty, or hold NaN or inf"
 
     def __init__(self, path: Path, column: str):
         try:
@@ -178,29 +191,43 @@ class ParquetSource(EmbeddingSource):
             raise MatcliError(f"{path} has no column {column!r} (columns: {', '.join(schema.names)}); choose it with --key NAME")
         self.column = column
         self.rows = self.file.metadata.num_rows
-        first = next(self.file.iter_batches(batch_size=1, columns=[column]), None)
-        if first is None or self.rows == 0:
+        if self.rows == 0:
             raise MatcliError(f"{path} has no rows")
-        values = first.column(0).to_pylist()[0]
-        if not isinstance(values, list):
-            raise MatcliError(f"{path}: column {column!r} is not a list of numbers per row; embeddings must be 2-D")
-        self.dim = len(values)
-        self.dtype = "float32"
+        self.dtype = _list_value_dtype(path, column, schema.field(column).type)
+        self.dim = _list_size(schema.field(column).type) or self._first_length()
         self.passthrough = Passthrough(columns=[n for n in schema.names if n != column])
 
-    def chunks(self, rows_per_chunk: int):
+    def _first_length(self) -> int:
+        """The length of the first non-empty row (leading null or empty rows are bad rows)."""
         import pyarrow.compute as pc
 
+        for batch in self.file.iter_batches(batch_size=1024, columns=[self.column]):  # small: usually the first row
+            lengths = pc.fill_null(pc.list_value_length(batch.column(0)), 0).to_numpy()
+            if lengths.any():
+                return int(lengths[np.argmax(lengths > 0)])
+        raise MatcliError(f"{self.path}: every row of column {self.column!r} is null or empty; there are no embeddings to read")
+
+    def chunks(self, rows_per_chunk: int):
         start = 0
         for batch in self.file.iter_batches(batch_size=rows_per_chunk, columns=[self.column]):
-            col = batch.column(0)
-            lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
-            if np.any(lengths != self.dim):
-                bad = int(np.argmax(lengths != self.dim)) + start
-                raise MatcliError(f"{self.path}: row {bad} has {int(lengths[bad - start])} values, not {self.dim}; every row needs the same dimension")
-            values = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.float32)
-            yield start, values.reshape(len(batch), self.dim)
+            yield start, self._rows(batch.column(0), start)
             start += len(batch)
+
+    def _rows(self, col, start: int) -> np.ndarray:
+        """[rows, dim] float32; null or empty rows are NaN (null values inside a row too)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy()
+        wrong = np.flatnonzero((lengths != self.dim) & (lengths != 0))
+        if len(wrong):
+            row = int(wrong[0])
+            raise MatcliError(f"{self.path}: row {row + start} has {int(lengths[row])} values, not {self.dim}; every row needs the same dimension")
+        out = np.full((len(col), self.dim), np.nan, dtype=np.float32)
+        full = lengths == self.dim
+        values = pc.list_flatten(col.filter(pa.array(full))).to_numpy(zero_copy_only=False)
+        out[full] = values.reshape(-1, self.dim)
+        return out
 
     def batches(self, rows_per_chunk: int, columns: list[str]):
         return self.file.iter_batches(batch_size=rows_per_chunk, columns=columns)
@@ -208,6 +235,24 @@ class ParquetSource(EmbeddingSource):
     def digest(self) -> str:
         meta = self.file.metadata
         return hashlib.sha256(f"{meta.num_rows}:{meta.num_row_groups}:{self.path.stat().st_size}:{self.file.schema_arrow}".encode()).hexdigest()
+
+
+def _list_value_dtype(path: Path, column: str, arrow_type) -> str:
+    """The numpy name of a list column's float value type; anything else is refused."""
+    import pyarrow as pa
+
+    if not (pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type)):
+        raise MatcliError(f"{path}: column {column!r} is {arrow_type}, not a list of numbers per row; embeddings must be 2-D")
+    value_type = arrow_type.value_type
+    if not pa.types.is_floating(value_type):
+        raise MatcliError(f"{path}: column {column!r} holds lists of {value_type}; embeddings must be float16, float32 or float64 (cast the column to float32)")
+    return np.dtype(value_type.to_pandas_dtype()).name
+
+
+def _list_size(arrow_type) -> int | None:
+    import pyarrow as pa
+
+    return arrow_type.list_size if pa.types.is_fixed_size_list(arrow_type) else None
 
 
 def rows_per_chunk(dim: int, chunk_bytes: int) -> int:

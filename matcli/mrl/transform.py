@@ -82,12 +82,25 @@ class PcaFit:
         return Rotation(vectors, mean if center else np.zeros_like(mean)), variance[order]
 
 
+def pca_rows_needed(kept: int, center: bool) -> int:
+    """Rows that determine the leading `kept` components: n rows span at most n directions
+    (n - 1 once centred), and any component beyond them is an arbitrary choice."""
+    return kept + int(center)
+
+
 class Int8Ranges:
     """Per-dimension [min, max] of the truncated vectors; codes saturate, never wrap."""
 
     def __init__(self, dim: int):
         self.low = np.full(dim, np.inf, dtype=np.float32)
         self.high = np.full(dim, -np.inf, dtype=np.float32)
+
+    @classmethod
+    def from_array(cls, ranges: np.ndarray) -> Int8Ranges:
+        """Ranges saved by as_array() (row 0 min, row 1 max), e.g. the corpus's for its queries."""
+        self = cls(ranges.shape[1])
+        self.low, self.high = (np.asarray(r, dtype=np.float32) for r in ranges)
+        return self
 
     def add(self, x: np.ndarray) -> None:
         if len(x):

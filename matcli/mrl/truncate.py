@@ -1,9 +1,10 @@
 """`matcli truncate-embeddings` for stored embeddings: one pass per need, one chunk in memory.
 
 Passes over the input: a statistics pass when --pca or --skip-bad-rows needs one (it finds
-bad rows before anything is written and fits the rotation), a range pass for --quantize int8
-(ranges are taken on the final, truncated vectors), and the write pass, which feeds every
-requested dimension from the same chunk. Plain truncation is one pass.
+the rows to skip before anything is written and fits the rotation), a range pass for
+--quantize int8 without --ranges (ranges are taken on the final, truncated vectors), and the
+write pass, which feeds every requested dimension from the same chunk. Plain truncation is one
+pass: a bad row it meets stops it, and the staged outputs are deleted, so nothing is left.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from matcli import __version__
 from matcli.checkpoint.atomic import staged_file, staged_folder
 from matcli.errors import MatcliError
 from matcli.mrl import transform
-from matcli.mrl.sources import EmbeddingSource, ParquetSource, SafetensorsSource, open_source, rows_per_chunk
+from matcli.mrl.sources import EmbeddingSource, ParquetSource, SafetensorsSource, bad_rows_message, open_source, rows_per_chunk
 from matcli.mrl.writers import EmbeddingWriter, NpyWriter, ParquetWriter, SafetensorsWriter
 from matcli.recipe import TruncateOptions
 
@@ -36,38 +37,17 @@ class Target:
     format: str
 
 
-def _format_of(path: Path, default: str) -> str:
-    return SUFFIXES.get(path.suffix.lower(), default)
-
-
 def plan_targets(options: TruncateOptions, source: EmbeddingSource) -> tuple[list[Target], Path | None, list[str]]:
-    """Check dims against the input; name the outputs. Returns targets, rotation path, warnings."""
-    warnings = []
-    for d in options.dims:
-        if d > source.dim:
-            raise MatcliError(f"--dims {d} is larger than the input's {source.dim} dimensions; choose 1..{source.dim}")
-        if options.quantize == "binary" and d % 8:
-            raise MatcliError(f"--dims {d} with --quantize binary: packed bits need a multiple of 8 dimensions; use {d - d % 8 or 8} or {d + 8 - d % 8}")
-    odd = [d for d in options.dims if d not in COMMON_DIMS and d != source.dim]
-    if odd:
-        warnings.append(f"dims {odd} are not among the sizes Matryoshka models are usually trained for; check the model's matryoshka_dimensions")
+    """Check options and dims against the input; name the outputs. Returns targets, rotation path, warnings."""
+    warnings = _check_dims(options, source)
+    _check_file_options(options, source)
+    if options.output.absolute().resolve() == options.input.absolute().resolve():
+        raise MatcliError(f"-o {options.output} is the input file; write the truncated embeddings somewhere else")
     default = "parquet" if isinstance(source, ParquetSource) else "safetensors"
-    out = options.output
-    if out.absolute().resolve() == options.input.absolute().resolve():
-        raise MatcliError(f"-o {out} is the input file; write the truncated embeddings somewhere else")
-    if len(options.dims) == 1:
-        fmt = options.format or _format_of(out, default)
-        if out.suffix.lower() not in SUFFIXES:
-            raise MatcliError(f"-o {out}: a single dimension is written to a file; end it in .safetensors, .npy or .parquet")
-        targets = [Target(options.dims[0], out, fmt)]
-        rotation = out.with_name(out.name.removesuffix(out.suffix) + ".rotation.safetensors") if options.pca else None
-    else:
-        if out.suffix.lower() in SUFFIXES:
-            raise MatcliError(f"-o {out}: several dimensions are written to a folder (one file each); give a folder path")
-        fmt = options.format or default
-        ext = {"safetensors": ".safetensors", "npy": ".npy", "parquet": ".parquet"}[fmt]
-        targets = [Target(d, out / f"d{d}{ext}", fmt) for d in options.dims]
-        rotation = out / "rotation.safetensors" if options.pca else None
+    targets, rotation = _name_outputs(options, default)
+    if options.quantize == "int8" and any(t.format != "safetensors" for t in targets):
+        fix = "end -o in .safetensors" if len(targets) == 1 else "add --format safetensors"
+        raise MatcliError(f"--quantize int8 stores the per-dimension ranges (tensor int8_ranges) that decode the codes, and only .safetensors holds them beside the codes; {fix}")
     extra = list(source.passthrough.tensors) + list(source.passthrough.columns)
     carried = {"safetensors": bool(source.passthrough.tensors), "parquet": bool(source.passthrough.columns), "npy": False}
     lost = sorted({t.format for t in targets if extra and not carried[t.format]})
@@ -78,12 +58,60 @@ def plan_targets(options: TruncateOptions, source: EmbeddingSource) -> tuple[lis
     return targets, rotation, warnings
 
 
+def _check_file_options(options: TruncateOptions, source: EmbeddingSource) -> None:
+    if options.data is not None:
+        raise MatcliError("--data gives the texts a model folder's --pca is fitted on; an embeddings file is fitted on its own rows, so drop --data")
+    if options.pca:
+        check_pca_rows(source.rows, max(options.dims), options.pca_center, str(source.path))
+
+
+def check_pca_rows(rows: int, kept: int, center: bool, what: str) -> None:
+    """Refuse a PCA fit on too few rows: some of the kept components would be arbitrary."""
+    needed = transform.pca_rows_needed(kept, center)
+    if rows < needed:
+        raise MatcliError(
+            f"--pca needs at least {needed} rows to fit the leading {kept} components{' (centred)' if center else ''}, "
+            f"but {what} has {rows}; fit it on a larger sample and apply it here with --rotation FILE"
+        )
+
+
+def _check_dims(options: TruncateOptions, source: EmbeddingSource) -> list[str]:
+    for d in options.dims:
+        if d > source.dim:
+            raise MatcliError(f"--dims {d} is larger than the input's {source.dim} dimensions; choose 1..{source.dim}")
+        if options.quantize == "binary" and d % 8:
+            raise MatcliError(f"--dims {d} with --quantize binary: packed bits need a multiple of 8 dimensions; use {d - d % 8 or 8} or {d + 8 - d % 8}")
+    odd = [d for d in options.dims if d not in COMMON_DIMS and d != source.dim]
+    if odd:
+        return [f"dims {odd} are not among the sizes Matryoshka models are usually trained for; check the model's matryoshka_dimensions"]
+    return []
+
+
+def _name_outputs(options: TruncateOptions, default: str) -> tuple[list[Target], Path | None]:
+    """One file (its format from the -o suffix), or a folder of d{dim} files."""
+    out = options.output
+    if len(options.dims) == 1:
+        fmt = SUFFIXES.get(out.suffix.lower())
+        if fmt is None:
+            raise MatcliError(f"-o {out}: a single dimension is written to a file; end it in .safetensors, .npy or .parquet")
+        if options.format and options.format != fmt:
+            # Writing npy bytes into a .safetensors file would make a file nothing can read.
+            raise MatcliError(f"--format {options.format} contradicts -o {out} ({fmt}); drop --format, or end -o in .{options.format}")
+        rotation = out.with_name(out.name.removesuffix(out.suffix) + ".rotation.safetensors") if options.pca else None
+        return [Target(options.dims[0], out, fmt)], rotation
+    if out.suffix.lower() in SUFFIXES:
+        raise MatcliError(f"-o {out}: several dimensions are written to a folder (one file each); give a folder path")
+    fmt = options.format or default
+    targets = [Target(d, out / f"d{d}.{fmt}", fmt) for d in options.dims]
+    return targets, (out / "rotation.safetensors" if options.pca else None)
+
+
 class Pipeline:
     """The per-row transform shared by every target: pre-norm, rotation, truncation, quantization."""
 
-    def __init__(self, options: TruncateOptions, source: EmbeddingSource, rotation: transform.Rotation | None):
+    def __init__(self, options: TruncateOptions, source: EmbeddingSource, rotation: transform.Rotation | None, ranges: dict[int, transform.Int8Ranges]):
         self.options, self.source, self.rotation = options, source, rotation
-        self.ranges: dict[int, transform.Int8Ranges] = {}
+        self.ranges = ranges  # int8: per target dimension, from --ranges or the range pass
 
     def prepared(self, x: np.ndarray) -> np.ndarray:
         if self.options.pre_norm == "layer_norm":
@@ -120,6 +148,9 @@ class Pipeline:
 def truncate_embeddings(options: TruncateOptions) -> dict:
     source = open_source(options.input, options.key)
     targets, rotation_path, warnings = plan_targets(options, source)
+    # Files given by earlier runs are checked now, so a dry run reports their problems too.
+    rotation = load_rotation(options.rotation, source.dim, options.pre_norm) if options.rotation else None
+    ranges = {options.dims[0]: load_ranges(options.ranges, options.dims[0])} if options.ranges else {}
     chunk_rows = rows_per_chunk(source.dim, options.chunk_size)
     report = {
         "input": str(options.input),
@@ -130,9 +161,9 @@ def truncate_embeddings(options: TruncateOptions) -> dict:
     }
     if options.dry_run:
         return report
-    rotation, bad = _statistics_pass(options, source, chunk_rows)
-    pipeline = Pipeline(options, source, rotation)
-    if options.quantize == "int8":
+    fitted, bad = _statistics_pass(options, source, chunk_rows)
+    pipeline = Pipeline(options, source, fitted or rotation, ranges)
+    if options.quantize == "int8" and not ranges:
         _range_pass(pipeline, targets, chunk_rows, bad)
     keep_rows = source.rows - len(bad)
     with contextlib.ExitStack() as stack:
@@ -142,7 +173,7 @@ def truncate_embeddings(options: TruncateOptions) -> dict:
         for w in writers:
             w.close()
         if rotation_path is not None:
-            _write_rotation(staged[rotation_path], rotation, source, options)
+            write_rotation(staged[rotation_path], fitted, options.pre_norm, {"source_header_sha256": source.digest()})
     report["rows_written"] = keep_rows
     report["skipped_rows"] = [int(i) for i in bad[:20]]
     if rotation_path:
@@ -151,11 +182,11 @@ def truncate_embeddings(options: TruncateOptions) -> dict:
 
 
 def _statistics_pass(options: TruncateOptions, source: EmbeddingSource, chunk_rows: int):
-    """Bad rows and, with --pca, the fitted rotation; or the rotation loaded from --rotation."""
+    """With --skip-bad-rows, the bad rows (found before anything is written); with --pca, the
+    rotation fitted on the good rows. Returns (rotation or None, bad row numbers)."""
     bad = np.zeros(0, dtype=np.int64)
-    rotation = load_rotation(options.rotation, source.dim) if options.rotation else None
     if not (options.pca or options.skip_bad_rows):
-        return rotation, bad
+        return None, bad
     fit = transform.PcaFit(source.dim) if options.pca else None
     found = []
     for start, x in source.chunks(chunk_rows):
@@ -169,14 +200,14 @@ def _statistics_pass(options: TruncateOptions, source: EmbeddingSource, chunk_ro
             fit.add(x if options.pre_norm != "layer_norm" else transform.layer_norm(x))
     if found:
         bad = np.concatenate(found)
-    if fit is not None:
-        rotation, _ = fit.finish(center=options.pca_center)
-    return rotation, bad
+    if fit is None:
+        return None, bad
+    check_pca_rows(fit.count, max(options.dims), options.pca_center, f"{source.path} without its {len(bad)} skipped rows")
+    return fit.finish(center=options.pca_center)[0], bad
 
 
 def _bad_rows_error(source: EmbeddingSource, rows: np.ndarray) -> MatcliError:
-    shown = ", ".join(str(int(r)) for r in rows[:5]) + (" ..." if len(rows) > 5 else "")
-    return MatcliError(f"{source.path}: rows {shown} hold NaN or inf; fix them, or drop them with --skip-bad-rows")
+    return MatcliError(f"{bad_rows_message(source, rows)}; fix them, or drop them with --skip-bad-rows")
 
 
 def _good_chunks(source: EmbeddingSource, chunk_rows: int, bad: np.ndarray, skip: bool):
@@ -243,10 +274,11 @@ def _metadata(pipeline: Pipeline, dim: int) -> dict[str, str]:
         "pre_norm": o.pre_norm or "none",
         "rotation": "pca" if (o.pca or o.rotation) else "none",
         "quantization": o.quantize or "none",
-        "source_sha256": pipeline.source.digest(),
+        "source_header_sha256": pipeline.source.digest(),
     }
     if o.quantize == "int8":
-        meta["int8_ranges"] = "tensor int8_ranges: [2, dim] min and max per dimension"
+        measured = f"taken from {o.ranges}" if o.ranges else "measured on these vectors"
+        meta["int8_ranges"] = f"tensor int8_ranges: [2, dim] min and max per dimension, {measured}"
     return meta
 
 
@@ -276,37 +308,69 @@ def _passthrough_tensors(source: EmbeddingSource, bad: np.ndarray) -> list[tuple
         return []
     extras = []
     for name, (code, shape) in sorted(source.passthrough.tensors.items()):
-        data = bytes(source.read_tensor_bytes(name))
+        data = source.read_tensor_bytes(name)
         if len(bad) and shape and shape[0] == source.rows:
-            row_bytes = len(data) // shape[0]
-            keep = np.setdiff1d(np.arange(shape[0]), bad)
-            data = b"".join(data[i * row_bytes : (i + 1) * row_bytes] for i in keep)
-            shape = (len(keep), *shape[1:])
-        extras.append((name, code, shape, data))
+            # A tensor with one entry per embedding row loses the skipped rows: as [rows, row bytes].
+            data = np.delete(data.reshape(shape[0], data.size // shape[0]), bad, axis=0)
+            shape = (len(data), *shape[1:])
+        extras.append((name, code, shape, data.tobytes()))
     return extras
 
 
-def _write_rotation(path: Path, rotation: transform.Rotation, source: EmbeddingSource, options: TruncateOptions) -> None:
+def write_rotation(path: Path, rotation: transform.Rotation, pre_norm: str | None, provenance: dict[str, str]) -> None:
+    """The rotation (columns = components) and mean, with what it was fitted on."""
+    dim = len(rotation.mean)
     metadata = {
         "format": "matcli-rotation",
         "matcli.version": __version__,
-        "source_dim": str(source.dim),
+        "source_dim": str(dim),
         "centered": str(bool(np.any(rotation.mean))).lower(),
-        "pre_norm": options.pre_norm or "none",
-        "source_sha256": source.digest(),
+        "pre_norm": pre_norm or "none",
+        **provenance,
     }
-    extras = [("mean", "F32", (source.dim,), rotation.mean.tobytes())]
-    writer = SafetensorsWriter(path, "rotation", (source.dim, source.dim), "float32", metadata, extras)
+    extras = [("mean", "F32", (dim,), rotation.mean.tobytes())]
+    writer = SafetensorsWriter(path, "rotation", (dim, dim), "float32", metadata, extras)
     writer.write(rotation.rotation)
     writer.close()
 
 
-def load_rotation(path: Path, dim: int) -> transform.Rotation:
-    """A rotation written by --pca, checked against the input's dimension."""
-    rotation_file = SafetensorsSource(path, "rotation")
+def _stored_tensor(path: Path, key: str, flag: str, what: str) -> SafetensorsSource:
+    """A tensor of a .safetensors file written by an earlier run, every problem one line."""
+    if not path.is_file():
+        raise MatcliError(f"{flag} {path} does not exist; give {what}")
+    if path.suffix.lower() != ".safetensors":
+        raise MatcliError(f"{flag} {path} is not a .safetensors file; give {what}")
+    try:
+        return SafetensorsSource(path, key)
+    except MatcliError as e:
+        raise MatcliError(f"{flag} {e}; give {what}") from e
+
+
+def load_rotation(path: Path, dim: int, pre_norm: str | None) -> transform.Rotation:
+    """A rotation written by --pca, checked against the input's dimension and --pre-norm."""
+    rotation_file = _stored_tensor(path, "rotation", "--rotation", "the rotation.safetensors written by --pca")
     if rotation_file.dim != dim or rotation_file.rows != dim or "mean" not in rotation_file.passthrough.tensors:
         raise MatcliError(f"--rotation {path} is for {rotation_file.rows}-d inputs with a mean vector; the input has {dim} dimensions")
+    fitted, wanted = rotation_file.header.metadata.get("pre_norm", "none"), pre_norm or "none"
+    if fitted != wanted:
+        # The rotation only fits vectors prepared the way its own fit saw them.
+        fix = f"add --pre-norm {fitted}" if wanted == "none" else f"remove --pre-norm {wanted}"
+        raise MatcliError(f"--rotation {path} was fitted with {_pre_norm_flag(fitted)} but this run has {_pre_norm_flag(wanted)}; {fix}")
     matrix = np.concatenate([x for _, x in rotation_file.chunks(dim)])
     mean = np.frombuffer(rotation_file.read_tensor_bytes("mean"), dtype=np.float32)
     return transform.Rotation(matrix, mean)
 
+
+def _pre_norm_flag(value: str) -> str:
+    return "no --pre-norm" if value == "none" else f"--pre-norm {value}"
+
+
+def load_ranges(path: Path, dim: int) -> transform.Int8Ranges:
+    """int8 ranges written by an earlier --quantize int8 run (e.g. the corpus's, for queries)."""
+    ranges_file = _stored_tensor(path, "int8_ranges", "--ranges", "the .safetensors written by an earlier --quantize int8 run")
+    if (ranges_file.rows, ranges_file.dim) != (2, dim):
+        raise MatcliError(
+            f"--ranges {path} holds int8_ranges of shape [{ranges_file.rows}, {ranges_file.dim}], not [2, {dim}]: "
+            f"it was written for --dims {ranges_file.dim}; use that dimension, or the ranges of a --dims {dim} run"
+        )
+    return transform.Int8Ranges.from_array(next(ranges_file.chunks(2))[1])
