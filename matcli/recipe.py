@@ -175,6 +175,7 @@ class ExtractOptions(WriteOptions):
     ffn_config: str | None = None
     skip_layers: str | None = None
     budget: str | None = None
+    budget_of: Literal["total", "effective"] | None = None  # None: total
     reorder: bool = False
     data: Path | None = None
     seq_len: int = Field(256, gt=1)
@@ -185,6 +186,8 @@ class ExtractOptions(WriteOptions):
     def _consistent(self) -> ExtractOptions:
         if (self.ffn_config is None) == (self.budget is None):
             raise ValueError("give either --ffn-config (widths) or --budget (a size to fit)")
+        if self.budget_of is not None and self.budget is None:
+            raise ValueError("--budget-of says what --budget counts: add --budget N")
         if (self.reorder or self.rank_by_loss) and self.data is None:
             raise ValueError("--reorder and --rank-by-loss measure on calibration text: add --data FILE")
         return self

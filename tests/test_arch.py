@@ -52,3 +52,19 @@ def test_projection_regex_matches_every_layout_of_the_family():
     assert pattern.match("language_model.model.layers.0.mlp.up_proj")
     assert not pattern.match("model.language_model.layers.2.mlp.up_proj")
     assert not pattern.match("model.vision_tower.encoder.layers.0.mlp.up_proj")
+
+
+def test_matformer_family_data():
+    gemma3n, llama = family_for_model_type("gemma3n"), family_for_model_type("llama")
+    assert gemma3n.trained_ffn_widths == (8192, 16384) and llama.trained_ffn_widths is None
+    assert gemma3n.takes_per_layer_intermediate({"intermediate_size": 16384})
+    assert not llama.takes_per_layer_intermediate({"intermediate_size": 128})
+    assert llama.takes_per_layer_intermediate({"intermediate_size": [128, 64]})  # a config that already holds a list
+    assert "self_attn.k_proj.weight" in gemma3n.kv_sharing.optional_in_shared_layers
+
+
+def test_effective_count_leaves_out_embeddings_and_towers():
+    arch = resolve({"model_type": "gemma3n"}, ["model.language_model.layers.0.mlp.up_proj.weight"])
+    assert arch.counts_as_effective("model.language_model.layers.0.mlp.up_proj.weight")
+    for name in ("model.language_model.embed_tokens_per_layer.weight", "model.vision_tower.timm_model.conv_stem.conv.weight", "model.embed_audio.embedding.weight"):
+        assert not arch.counts_as_effective(name)

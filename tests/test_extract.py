@@ -117,6 +117,39 @@ def tensor_bytes(folder: Path) -> dict[str, bytes]:
         return {n: bytes(f.read_bytes(n, 0, t.nbytes)) for n, t in f.tensors.items()}
 
 
+def edited_copy(model: Path, dest: Path, drop: tuple[str, ...] = (), **config_edits) -> Path:
+    """A copy of `model` without the tensors `drop`, with config keys set (None: removed)."""
+    copy = Path(shutil.copytree(model, dest))
+    if drop:
+        state = load_file(copy / "model.safetensors")
+        for name in drop:
+            del state[name]
+        save_file(state, copy / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((copy / "config.json").read_text())
+    for key, value in config_edits.items():
+        config.pop(key) if value is None else config.__setitem__(key, value)
+    (copy / "config.json").write_text(json.dumps(config))
+    return copy
+
+
+def refused(args: tuple[str, ...], out: Path, message: str) -> None:
+    """Bad input: exit 2, one line naming the problem, no traceback, nothing written."""
+    code, _, err = run_matcli(*args)
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def dry_run_plan(*args: str) -> dict:
+    code, out, err = run_matcli(*args, "--dry-run", "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def config_changes(plan: dict) -> dict:
+    return {c["key"]: c["after"] for c in plan["outputs"][0]["config_changes"]}
+
+
 # --- Llama family ---------------------------------------------------------------------------
 
 
@@ -152,8 +185,7 @@ def test_qwen2_uniform_extraction_loads(tmp_path):
 
 
 def test_non_uniform_llama_is_refused(llama, tmp_path):
-    code, _, err = run_matcli("extract", str(llama), "-o", str(tmp_path / "o"), "--ffn-config", "64,128")
-    assert code == 2 and "one intermediate_size" in err and not (tmp_path / "o").exists()
+    refused(("extract", str(llama), "-o", str(tmp_path / "o"), "--ffn-config", "64,128"), tmp_path / "o", "one intermediate_size")
 
 
 def test_fused_gate_up_is_cut_as_two_halves(llama, tmp_path):
@@ -173,6 +205,18 @@ def test_fused_gate_up_is_cut_as_two_halves(llama, tmp_path):
 
 
 # --- Gemma 3n --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", ["xl", "1.0", "128,128,256,256"])
+def test_gemma3n_identity_is_byte_identical(gemma3n, tmp_path, spec):
+    """Full widths (128 and 256 here), no skips: every tensor and the config come back as they were."""
+    out = tmp_path / "same"
+    code, _, err = run_matcli("extract", str(gemma3n), "-o", str(out), "--ffn-config", spec, "-q")
+    assert code == 0, err
+    assert tensor_bytes(out) == tensor_bytes(gemma3n)
+    config = json.loads((out / "config.json").read_text())
+    config.pop("matcli")
+    assert config == json.loads((gemma3n / "config.json").read_text())
 
 
 def test_gemma3n_e2b_like_row_loads_and_matches(gemma3n_35, tmp_path):
@@ -212,6 +256,8 @@ def test_every_official_row_validates_with_the_expected_config_edits(gemma3n_35,
         assert changes["num_kv_shared_layers"] == 15 - len([i for i in skip if i >= 20])
         assert len(changes["layer_types"]) == layers
         assert changes["activation_sparsity_pattern"] == [0.95] * 10 + [0.0] * (layers - 10)
+    else:  # nothing skipped: only the widths may change
+        assert not {"num_hidden_layers", "num_kv_shared_layers", "activation_sparsity_pattern", "layer_types"} & set(changes)
     wide_set = set(parse_layer_list(wide)) if wide else set()
     expected_widths = [128 if i in wide_set else 64 for i in range(layers)]
     assert changes.get("intermediate_size", [128] * 35) == expected_widths
@@ -244,15 +290,49 @@ def e4b_sparse_checkpoint(path: Path) -> Path:
     return path
 
 
-def test_official_e2b_row_reproduces_googles_effective_parameter_count(tmp_path):
-    model = e4b_sparse_checkpoint(tmp_path / "e4b")
+@pytest.fixture(scope="module")
+def e4b(tmp_path_factory) -> Path:
+    return e4b_sparse_checkpoint(tmp_path_factory.mktemp("e4b") / "e4b")
+
+
+def test_official_e2b_row_reproduces_googles_effective_parameter_count(e4b, tmp_path):
     table = write_slicing_csv(tmp_path / "configs.csv", unit="2_048")
-    code, out, err = run_matcli("extract", str(model), "-o", str(tmp_path / "o"), "--ffn-config", f"{table}:Config for official E2B Model", "--dry-run", "--json")
-    assert code == 0, err
-    report = json.loads(out)["report"]
+    plan = dry_run_plan("extract", str(e4b), "-o", str(tmp_path / "o"), "--ffn-config", f"{table}:Config for official E2B Model")
+    report = plan["report"]
     assert report["parameters_after"]["effective"] == 1_905_495_648
     eff = report["parameters_before"]["effective"]
     assert math.isclose(eff / 1e9, 3.98, abs_tol=0.005)  # the CSV's figure for the main model
+    assert not any("granularities" in w for w in plan["warnings"])  # 8192 is a trained width
+
+
+def test_widths_off_gemma3ns_trained_widths_warn(e4b, tmp_path):
+    """Gemma 3n was trained at 8192 and 16384 only (family data), not at 1/8..1 of 16384."""
+    plan = dry_run_plan("extract", str(e4b), "-o", str(tmp_path / "o"), "--ffn-config", "0.25")  # 4096
+    assert any("widths [4096] are not trained MatFormer granularities (gemma3n was trained at 8192, 16384)" in w for w in plan["warnings"]), plan["warnings"]
+    plan = dry_run_plan("extract", str(e4b), "-o", str(tmp_path / "o"), "--ffn-config", "8192,16384," * 17 + "16384")
+    assert not any("granularities" in w for w in plan["warnings"]), plan["warnings"]
+
+
+def test_widths_off_the_matformer_ratios_warn(llama, tmp_path):
+    """Families without trained widths (and scaled-down Gemma 3n) fall back to 1/8, 1/4, 1/2, 1."""
+    plan = dry_run_plan("extract", str(llama), "-o", str(tmp_path / "o"), "--ffn-config", "48")
+    assert any("widths [48] are not trained MatFormer granularities (1/8, 1/4, 1/2 or all of a layer's width: 16, 32, 64, 128)" in w for w in plan["warnings"]), plan["warnings"]
+    plan = dry_run_plan("extract", str(llama), "-o", str(tmp_path / "o"), "--ffn-config", "m")
+    assert not any("granularities" in w for w in plan["warnings"])
+
+
+def test_budget_of_effective_parameters_finds_e2b(e4b, tmp_path):
+    """Google's "E2B" is an effective count: with --budget-of effective and E2B's skipped
+    layers, a 1.91B budget gives the official E2B slice (every layer at the trained 8192)."""
+    args = ("extract", str(e4b), "-o", str(tmp_path / "o"), "--budget", "1.91B", "--skip-layers", "20-24")
+    plan = dry_run_plan(*args, "--budget-of", "effective")
+    assert plan["report"]["parameters_after"]["effective"] == 1_905_495_648
+    assert config_changes(plan)["intermediate_size"] == [8192] * 30
+    # Counting every tensor (per-layer embeddings alone are 2 B), nothing fits.
+    refused(args, tmp_path / "o", "no submodel fits --budget 1.91B (parameters)")
+    refused(args + ("--budget-of", "effective", "--ffn-config", "0.5"), tmp_path / "o", "give either --ffn-config")
+    refused(("extract", str(e4b), "-o", str(tmp_path / "o"), "--ffn-config", "0.5", "--budget-of", "effective"), tmp_path / "o", "--budget-of says what --budget counts")
+    refused(args + ("--budget-of", "active"), tmp_path / "o", "invalid --budget-of")
 
 
 # --- bad input -------------------------------------------------------------------------------
@@ -264,39 +344,106 @@ def test_official_e2b_row_reproduces_googles_effective_parameter_count(tmp_path)
         (["--ffn-config", "64,64,64"], "gives 3 widths but 35 layers are kept"),
         (["--ffn-config", "0"], "outside 1..128"),
         (["--ffn-config", "256"], "outside 1..128"),
-        (["--ffn-config", "64.5"], "fractional width"),
+        (["--ffn-config", "64.5"], "'64.5' is a fractional width"),
+        (["--ffn-config", "-5"], "'-5' is not positive; give a number of neurons in 1..128, or a ratio in (0, 1]"),
+        (["--ffn-config", "-0.5"], "'-0.5' is not positive"),
+        (["--ffn-config", "nan"], "'nan' is not a width"),
         (["--ffn-config", "64", "--skip-layers", "19"], "layer 19 cannot be skipped"),
+        (["--ffn-config", "64", "--skip-layers", "18"], "layer 18 cannot be skipped"),
         (["--ffn-config", "64", "--skip-layers", "40"], "is not a layer"),
+        (["--budget", "400000", "--skip-layers", "40"], "is not a layer"),
+        (["--ffn-config", "64", "--skip-layers", "0-34"], "skips every layer"),
     ],
 )
 def test_bad_widths_and_skips(gemma3n_35, tmp_path, args, message):
-    code, _, err = run_matcli("extract", str(gemma3n_35), "-o", str(tmp_path / "o"), *args)
-    assert code == 2 and message in err and "Traceback" not in err, err
-    assert not (tmp_path / "o").exists()
+    refused(("extract", str(gemma3n_35), "-o", str(tmp_path / "o"), *args), tmp_path / "o", message)
+
+
+def test_whole_number_float_widths_are_widths(gemma3n_35, tmp_path):
+    """A YAML 64.0 (or 2048 * 3.5 computed somewhere) is 64 neurons, not a ratio or an error."""
+    spec = tmp_path / "widths.yaml"
+    spec.write_text("ffn: [64.0]\nskip_layers: [20, 21, 22, 23, 24]\n")
+    plan = dry_run_plan("extract", str(gemma3n_35), "-o", str(tmp_path / "o"), "--ffn-config", str(spec))
+    assert config_changes(plan)["intermediate_size"] == [64] * 30
+    assert config_changes(dry_run_plan("extract", str(gemma3n_35), "-o", str(tmp_path / "o"), "--ffn-config", "64.0"))["intermediate_size"] == [64] * 35
+
+
+def kv_producers_from_config(config: dict) -> set[int]:
+    """Independently of matcli: the last layer of each attention type before the KV-shared ones."""
+    first = config["num_hidden_layers"] - config["num_kv_shared_layers"]
+    types = config["layer_types"]
+    return {max(i for i in range(first) if types[i] == t) for t in set(types[first:])}
+
+
+def test_kv_producers_of_the_small_gemma3n_cannot_be_skipped(gemma3n, tmp_path):
+    config = json.loads((gemma3n / "config.json").read_text())
+    producers = kv_producers_from_config(config)
+    assert producers  # the fixture shares KV, so some layers produce it
+    for layer in range(config["num_hidden_layers"]):
+        args = ("extract", str(gemma3n), "-o", str(tmp_path / "o"), "--ffn-config", "xl", "--skip-layers", str(layer))
+        if layer in producers:
+            refused(args, tmp_path / "o", f"layer {layer} cannot be skipped")
+        else:
+            assert config_changes(dry_run_plan(*args))["num_hidden_layers"] == config["num_hidden_layers"] - 1
+
+
+def test_kv_producers_of_the_35_layer_gemma3n_are_18_and_19(gemma3n_35):
+    assert kv_producers_from_config(json.loads((gemma3n_35 / "config.json").read_text())) == {18, 19}
+
+
+@pytest.mark.parametrize(
+    ("edits", "args", "message"),
+    [
+        ({"layer_types": None}, ["--skip-layers", "3"], "config.json sets num_kv_shared_layers but has no layer_types list"),
+        ({"layer_types": ["sliding_attention", "full_attention"] * 2 + ["sliding_attention"]}, [], "config.json layer_types has 5 entries but the model has 4 layers"),
+        ({"activation_sparsity_pattern": [0.95, 0.0, 0.0]}, [], "config.json activation_sparsity_pattern has 3 entries but the model has 4 layers"),
+        ({"intermediate_size": [128, 128, 256]}, [], "config.json intermediate_size has 3 entries but the model has 4 layers"),
+        ({"intermediate_size": [128, 128, 256, 128]}, [], "config.json intermediate_size says 128 for layer 3 but its FFN weights are 256 wide"),
+        ({"num_kv_shared_layers": 4}, [], "config.json num_kv_shared_layers is 4; it must be a layer count in 0..3"),
+    ],
+)
+def test_bad_gemma3n_config(gemma3n, tmp_path, edits, args, message):
+    broken = edited_copy(gemma3n, tmp_path / "broken", **edits)
+    refused(("extract", str(broken), "-o", str(tmp_path / "o"), "--ffn-config", "xl", *args), tmp_path / "o", message)
+
+
+def test_gemma3n_without_layer_types_extracts_when_nothing_is_skipped(gemma3n, tmp_path):
+    broken = edited_copy(gemma3n, tmp_path / "no-types", layer_types=None)
+    assert config_changes(dry_run_plan("extract", str(broken), "-o", str(tmp_path / "o"), "--ffn-config", "0.5"))["intermediate_size"] == [64, 64, 128, 128]
 
 
 def test_bad_csv_rows(gemma3n_35, tmp_path):
     table = write_slicing_csv(tmp_path / "configs.csv", unit="16")
-    code, _, err = run_matcli("extract", str(gemma3n_35), "-o", str(tmp_path / "o"), "--ffn-config", f"{table}:E9.99B")
-    assert code == 2 and "has no row named 'E9.99B'" in err
+    refused(("extract", str(gemma3n_35), "-o", str(tmp_path / "o"), "--ffn-config", f"{table}:E9.99B"), tmp_path / "o", "has no row named 'E9.99B'")
     text = table.read_text().replace("16 * 8", "__import__('os') * 8", 1)
     table.write_text(text)
-    code, _, err = run_matcli("extract", str(gemma3n_35), "-o", str(tmp_path / "o"), "--ffn-config", f"{table}:Main model")
-    assert code == 2 and "not an integer or a product of integers" in err
+    refused(("extract", str(gemma3n_35), "-o", str(tmp_path / "o"), "--ffn-config", f"{table}:Main model"), tmp_path / "o", "not an integer or a product of integers")
 
 
-def test_missing_layer_tensor(llama, tmp_path):
-    broken = Path(shutil.copytree(llama, tmp_path / "broken"))
-    state = load_file(broken / "model.safetensors")
-    del state["model.layers.1.mlp.down_proj.weight"]
-    save_file(state, broken / "model.safetensors", metadata={"format": "pt"})
-    code, _, err = run_matcli("extract", str(broken), "-o", str(tmp_path / "o"), "--ffn-config", "0.5")
-    assert code == 2 and "model.layers.1.mlp.down_proj.weight" in err
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        "model.layers.1.mlp.down_proj.weight",  # an FFN tensor
+        "model.layers.1.self_attn.q_proj.weight",  # not FFN: transformers would initialise it at random
+        "model.layers.0.post_attention_layernorm.weight",
+    ],
+)
+def test_missing_layer_tensor(llama, tmp_path, tensor):
+    broken = edited_copy(llama, tmp_path / "broken", drop=(tensor,))
+    refused(("extract", str(broken), "-o", str(tmp_path / "o"), "--ffn-config", "0.5"), tmp_path / "o", tensor)
+
+
+def test_missing_tensor_of_a_kv_shared_gemma3n_layer(gemma3n, tmp_path):
+    """KV-shared layers may lack k/v projections (transformers v5 writes none), nothing else."""
+    assert "model.layers.3.self_attn.k_proj.weight" not in tensor_bytes(gemma3n)  # layer 3 is KV-shared
+    broken = edited_copy(gemma3n, tmp_path / "broken", drop=("model.layers.3.self_attn.q_proj.weight",))
+    refused(("extract", str(broken), "-o", str(tmp_path / "o"), "--ffn-config", "xl"), tmp_path / "o", "model.layers.3.self_attn.q_proj.weight is missing")
+    broken = edited_copy(gemma3n, tmp_path / "broken-kv", drop=("model.layers.1.self_attn.k_proj.weight",))  # a producer
+    refused(("extract", str(broken), "-o", str(tmp_path / "o"), "--ffn-config", "xl"), tmp_path / "o", "model.layers.1.self_attn.k_proj.weight is missing")
 
 
 def test_quantized_input_is_refused(llama_parent, tmp_path):
-    code, _, err = run_matcli("extract", str(llama_parent), "-o", str(tmp_path / "o"), "--ffn-config", "0.5")
-    assert code == 2 and "extract from the dense model" in err
+    refused(("extract", str(llama_parent), "-o", str(tmp_path / "o"), "--ffn-config", "0.5"), tmp_path / "o", "extract from the dense model")
 
 
 def test_gemma3n_multimodal_wrapper(gemma3n_35, tmp_path):

@@ -38,6 +38,9 @@ class KvSharing(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     shared_layers: str  # config key: how many final layers reuse earlier layers' KV cache
     layer_types: str  # config key: attention type per layer
+    # Tensors (relative to a layer) that KV-shared layers may lack: they reuse another layer's
+    # keys and values, and some writers (transformers v5) leave them out.
+    optional_in_shared_layers: tuple[str, ...]
 
 
 class LayerBlock(BaseModel):
@@ -60,11 +63,17 @@ class Family(BaseModel):
     config: ConfigKeys
     per_layer_config: tuple[str, ...]
     per_layer_intermediate: bool
+    trained_ffn_widths: tuple[int, ...] | None
     kv_sharing: KvSharing | None
     layer_blocked_tensors: dict[str, LayerBlock]
     effective_excludes: tuple[str, ...]
     ffn_input_norm: str | None
     norm_offset: float
+
+    def takes_per_layer_intermediate(self, text_config: dict) -> bool:
+        """Whether this config can hold one FFN width per layer: the family's config class
+        accepts a list, or this checkpoint's config already holds one."""
+        return self.per_layer_intermediate or isinstance(text_config.get(self.config.intermediate_size), list)
 
 
 @cache
@@ -145,6 +154,11 @@ class Architecture:
         """Whether a module (a tensor name without `.weight`) is an FFN, attention or other Linear."""
         split = self.split_layer(module_name + ".")
         return self._kinds.get(split[1].removesuffix(".")) if split else None
+
+    def counts_as_effective(self, tensor_name: str) -> bool:
+        """Whether a tensor is in the family's "effective" parameter count (Gemma 3n: Google's
+        E2B/E4B figure, without embeddings and the vision and audio towers)."""
+        return not set(self.family.effective_excludes) & set(tensor_name.split("."))
 
     def num_layers(self, text_config: dict) -> int:
         key = self.family.config.num_layers

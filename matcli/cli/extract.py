@@ -26,6 +26,11 @@ def extract_command(
     ),
     skip_layers: str | None = typer.Option(None, "--skip-layers", help="Original layer indices to drop, e.g. 20-24."),
     budget: str | None = typer.Option(None, "--budget", help="Largest submodel: parameters (2.5e9, 900M, 2B) or bytes (4GB, 3GiB)."),
+    budget_of: str | None = typer.Option(
+        None,
+        "--budget-of",
+        help="What --budget counts: total (every tensor, the default) or effective (the parameter report's effective count; Gemma 3n: Google's E2B/E4B figure, without embeddings and vision/audio towers).",
+    ),
     reorder: bool = typer.Option(False, "--reorder", help="Keep each layer's most important neurons (measured on --data), not the first ones."),
     data: Path | None = typer.Option(None, "--data", help="Calibration text for --reorder and --rank-by-loss (.txt or .jsonl)."),
     rank_by_loss: bool = typer.Option(False, "--rank-by-loss", help="With --budget: pick the candidate with the lowest loss on --data."),

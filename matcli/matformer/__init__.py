@@ -12,19 +12,19 @@ def plan_extract(options: ExtractOptions) -> Plan:
     from matcli.matformer.ffn_config import choose_widths
 
     folder = ModelFolder(options.model)
-    arch, text_config, full = model_widths(folder)
+    source = model_widths(folder)
     neurons = None
-    if options.reorder or options.rank_by_loss:
+    if options.reorder:
         from matcli.matformer.importance import neuron_ranking
 
         neurons = neuron_ranking(options.model, options.data, options.seq_len, options.max_tokens)
     if options.budget is not None:
         from matcli.matformer.budget import choose_under_budget
 
-        choice = choose_under_budget(folder, arch, text_config, full, options, neurons)
+        choice = choose_under_budget(folder, source, options, neurons)
     else:
-        choice = choose_widths(options.ffn_config, options.skip_layers, full)
-    extraction = Extraction(folder, choice, neurons if options.reorder else None)
+        choice = choose_widths(options.ffn_config, options.skip_layers, source.full)
+    extraction = Extraction(folder, choice, neurons, source=source)
     return plan_extraction(
         folder,
         extraction,
@@ -43,9 +43,9 @@ def plan_reorder(options: ReorderOptions) -> Plan:
     from matcli.matformer.importance import neuron_ranking
 
     folder = ModelFolder(options.model)
-    _, _, full = model_widths(folder)
+    source = model_widths(folder)
     neurons = neuron_ranking(options.model, options.data, options.seq_len, options.max_tokens)
-    extraction = Extraction(folder, FfnChoice(widths=full, skip=[]), neurons, keep_order=True)
+    extraction = Extraction(folder, FfnChoice(widths=source.full, skip=[]), neurons, keep_order=True, source=source)
     return plan_extraction(
         folder,
         extraction,

@@ -2,22 +2,29 @@
 
 The paper (§3.3, App. D.1) finds the best Mix'n'Match models have widths non-decreasing with
 depth and change as little as possible between layers. Candidates are therefore: every layer
-at one granularity (1/8, 1/4, 1/2, all of its width), or the first k kept layers at one
-granularity and the rest at the next larger one (the latter only for families whose config
-accepts a width per layer, such as Gemma 3n). The largest candidate within the budget
-wins; with --rank-by-loss, the few largest are measured on the calibration text instead.
+at one trained granularity (the family's trained widths, Gemma 3n's 8192 and 16384; else 1/8,
+1/4, 1/2, all of its width), or the first k kept layers at one granularity and the rest at
+the next larger one (the latter only for families whose config accepts a width per layer,
+such as Gemma 3n). The largest candidate within the budget wins; with --rank-by-loss, the
+few largest are measured on the calibration text instead. The budget counts every tensor, or
+with --budget-of effective only the family's effective parameters (Google's "E2B" count).
 """
 
 from __future__ import annotations
 
 import math
 import re
+from typing import TYPE_CHECKING
 
 from matcli.arch import Architecture
 from matcli.checkpoint.reader import ModelFolder
+from matcli.checkpoint.writer import OutputTensor
 from matcli.errors import MatcliError
-from matcli.matformer.ffn_config import GRANULARITIES, FfnChoice, parse_layer_list
+from matcli.matformer.ffn_config import FfnChoice, kept_layers, parse_layer_list, trained_widths
 from matcli.recipe import ExtractOptions, parse_size
+
+if TYPE_CHECKING:
+    from matcli.matformer.extract import Source
 
 CANDIDATES_RANKED_BY_LOSS = 4
 _PARAM_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
@@ -34,45 +41,46 @@ def parse_budget(text: str) -> tuple[str, int]:
         raise MatcliError(f"--budget {text!r} is neither parameters (2.5e9, 900M, 2B) nor bytes (4GB, 3GiB)") from None
 
 
-def candidates(full: list[int], kept: list[int], uniform_only: bool = False) -> list[list[int]]:
-    """Width lists over the kept layers: uniform, or one step up to the next granularity
-    (uniform only for families whose config takes one intermediate_size)."""
-    levels = [sorted({full[layer] // g for layer in kept}) for g in sorted(GRANULARITIES.values(), reverse=True)]
-    if any(len(level) > 1 for level in levels):
-        # Layers of different full widths: step in granularity, each layer at its own width.
-        steps = [[full[layer] // g for layer in kept] for g in sorted(GRANULARITIES.values(), reverse=True)]
-    else:
-        steps = [[level[0]] * len(kept) for level in levels]
-    out = []
+def candidates(levels: list[list[int]], uniform_only: bool = False) -> list[list[int]]:
+    """Width lists over the kept layers, from each kept layer's granularities (ascending):
+    every layer at one level, or the first k layers at one level and the rest one level up
+    (uniform only for families whose config takes one intermediate_size). A layer with
+    fewer levels than the others repeats its smallest."""
+    depth = max(map(len, levels))
+    padded = [[level[0]] * (depth - len(level)) + level for level in levels]
+    steps = [[layer[j] for layer in padded] for j in range(depth)]
+    out = list(steps)
     for low, high in zip(steps, steps[1:]):
-        for k in ([0, len(kept)] if uniform_only else range(len(kept) + 1)):
+        for k in [] if uniform_only else range(1, len(levels)):
             out.append(low[:k] + high[k:])
     return [list(c) for c in dict.fromkeys(tuple(c) for c in out)]
 
 
-def choose_under_budget(
-    folder: ModelFolder,
-    arch: Architecture,
-    text_config: dict,
-    full: list[int],
-    options: ExtractOptions,
-    neurons: dict[int, list[int]] | None,
-) -> FfnChoice:
+def submodel_size(tensors: list[OutputTensor], unit: str, effective: bool, arch: Architecture) -> int:
+    """Parameters or bytes of the tensors; with `effective`, only those in the family's
+    effective count (Gemma 3n: without embeddings, per-layer embeddings and towers)."""
+    return sum(t.nbytes if unit == "bytes" else math.prod(t.shape) for t in tensors if not effective or arch.counts_as_effective(t.name))
+
+
+def choose_under_budget(folder: ModelFolder, source: Source, options: ExtractOptions, neurons: dict[int, list[int]] | None) -> FfnChoice:
     from matcli.matformer.extract import Extraction
 
     unit, budget = parse_budget(options.budget)
+    effective = options.budget_of == "effective"
     skip = parse_layer_list(options.skip_layers) if options.skip_layers else []
-    kept = [i for i in range(len(full)) if i not in skip]
+    levels = [trained_widths(source.arch.family.trained_ffn_widths, source.full[layer]) for layer in kept_layers(len(source.full), skip)]
     sized = []
-    uniform_only = not arch.family.per_layer_intermediate and not isinstance(text_config.get(arch.family.config.intermediate_size), list)
-    for widths in candidates(full, kept, uniform_only):
+    for widths in candidates(levels, uniform_only=not source.arch.family.takes_per_layer_intermediate(source.text_config)):
         choice = FfnChoice(widths=widths, skip=skip)
-        tensors = Extraction(folder, choice).tensors(1 << 20)
-        size = sum(t.nbytes if unit == "bytes" else math.prod(t.shape) for t in tensors)
+        size = submodel_size(Extraction(folder, choice, source=source).tensors(1 << 20), unit, effective, source.arch)
         if size <= budget:
             sized.append((size, -len(set(widths)), choice))
     if not sized:
-        raise MatcliError(f"no submodel fits --budget {options.budget}: even every layer at 1/8 width is larger; raise the budget or skip layers")
+        what = "effective " if effective else ""
+        raise MatcliError(
+            f"no submodel fits --budget {options.budget} ({what}{unit}): even every layer at its smallest granularity "
+            f"({min(level[0] for level in levels)}) is larger; raise the budget or skip layers"
+        )
     sized.sort(key=lambda s: (s[0], s[1]), reverse=True)
     if not options.rank_by_loss:
         return sized[0][2]
@@ -87,5 +95,5 @@ def _lowest_loss(choices: list[FfnChoice], options: ExtractOptions, neurons) -> 
     from matcli.matformer.inmemory import submodel
 
     windows = token_windows(AutoTokenizer.from_pretrained(options.model), read_texts(options.data), options.seq_len, options.max_tokens)
-    scored = [(math.log(perplexity(submodel(options.model, c, neurons if options.reorder else None), windows)), i) for i, c in enumerate(choices)]
+    scored = [(math.log(perplexity(submodel(options.model, c, neurons), windows)), i) for i, c in enumerate(choices)]
     return choices[min(scored)[1]]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -19,7 +20,7 @@ from matcli.checkpoint.plan import OutputCheckpoint, Plan, copy_tensor
 from matcli.checkpoint.reader import ModelFolder
 from matcli.checkpoint.writer import OutputTensor
 from matcli.errors import MatcliError
-from matcli.matformer.ffn_config import GRANULARITIES, FfnChoice
+from matcli.matformer.ffn_config import FfnChoice, kept_layers, trained_widths
 from matcli.quant import ct_format
 from matcli.quant.parent import CONFIG_KEY
 
@@ -97,92 +98,150 @@ def full_widths(arch: Architecture, folder: ModelFolder, num_layers: int) -> lis
     return widths
 
 
-def model_widths(folder: ModelFolder) -> tuple[Architecture, dict, list[int]]:
-    """The family, the language-model config and each layer's full FFN width."""
+class Source(NamedTuple):
+    """A checkpoint as `extract` sees it: its family, language-model config and each layer's
+    full FFN width (unpacks as `arch, text_config, full`)."""
+
+    arch: Architecture
+    text_config: dict
+    full: list[int]
+
+    @property
+    def first_kv_shared(self) -> int:
+        """The first layer that reuses an earlier layer's KV cache (the layer count: none)."""
+        kv = self.arch.family.kv_sharing
+        return len(self.full) - (int(self.text_config.get(kv.shared_layers) or 0) if kv else 0)
+
+
+def model_widths(folder: ModelFolder) -> Source:
+    """The family, the language-model config and each layer's full FFN width, checked."""
     if ct_format.packed_linears(folder):
         raise MatcliError(f"{folder.path} is quantized; extract from the dense model, then quantize the submodel")
     arch = resolve(folder.config, list(folder.tensors))
     text_config = folder.text_config(arch.family.text_config)
-    return arch, text_config, full_widths(arch, folder, arch.num_layers(text_config))
+    source = Source(arch, text_config, full_widths(arch, folder, arch.num_layers(text_config)))
+    check_config(source)
+    return source
 
 
-def kv_producers(arch: Architecture, text_config: dict, num_layers: int) -> set[int]:
+def check_config(source: Source) -> None:
+    """Refuse a config whose per-layer values do not describe the checkpoint's layers."""
+    _check_list_lengths(source)
+    _check_declared_widths(source)
+    _check_kv_shared_count(source)
+
+
+def _check_list_lengths(source: Source) -> None:
+    family, num_layers = source.arch.family, len(source.full)
+    keys = [*family.per_layer_config, family.config.intermediate_size, *([family.kv_sharing.layer_types] if family.kv_sharing else [])]
+    for key in dict.fromkeys(keys):
+        values = source.text_config.get(key)
+        if isinstance(values, list) and len(values) != num_layers:
+            raise MatcliError(
+                f"config.json {key} has {len(values)} entries but the model has {num_layers} layers "
+                f"({family.config.num_layers}); give one entry per layer"
+            )
+
+
+def _check_declared_widths(source: Source) -> None:
+    key = source.arch.family.config.intermediate_size
+    declared = source.text_config.get(key)
+    declared = declared if isinstance(declared, list) else [declared] * len(source.full)
+    for layer, (said, width) in enumerate(zip(declared, source.full)):
+        if said is not None and said != width:
+            raise MatcliError(f"config.json {key} says {said} for layer {layer} but its FFN weights are {width} wide; fix config.json")
+
+
+def _check_kv_shared_count(source: Source) -> None:
+    kv = source.arch.family.kv_sharing
+    shared = source.text_config.get(kv.shared_layers) if kv else None
+    if shared is not None and (isinstance(shared, bool) or not isinstance(shared, int) or not 0 <= shared < len(source.full)):
+        raise MatcliError(f"config.json {kv.shared_layers} is {shared!r}; it must be a layer count in 0..{len(source.full) - 1}")
+
+
+def kv_producers(source: Source) -> set[int]:
     """Layers whose KV cache later layers reuse (Gemma 3n): the last layer of each attention
     type below the first KV-shared layer, computed from the config."""
-    kv = arch.family.kv_sharing
-    if kv is None or not text_config.get(kv.shared_layers):
+    first_shared = source.first_kv_shared
+    if first_shared == len(source.full):
         return set()
-    types = text_config[kv.layer_types]
-    first_shared = num_layers - int(text_config[kv.shared_layers])
+    kv = source.arch.family.kv_sharing
+    types = source.text_config.get(kv.layer_types)
+    if not isinstance(types, list):
+        raise MatcliError(
+            f"config.json sets {kv.shared_layers} but has no {kv.layer_types} list, which says which layers' KV cache "
+            f"later layers reuse (those cannot be skipped); add {kv.layer_types} (one attention type per layer), or skip no layers"
+        )
     return {max(i for i in range(first_shared) if types[i] == t) for t in set(types[first_shared:]) if t in types[:first_shared]}
 
 
-def check_choice(arch: Architecture, text_config: dict, full: list[int], choice: FfnChoice) -> list[str]:
+def check_choice(source: Source, choice: FfnChoice) -> list[str]:
     """Refuse impossible choices; return warnings for unusual ones."""
-    kept = [i for i in range(len(full)) if i not in choice.skip]
-    if not kept:
-        raise MatcliError("--skip-layers skips every layer; keep at least one")
-    for width, layer in zip(choice.widths, kept):
-        if not isinstance(width, int) or isinstance(width, bool):
-            raise MatcliError(f"--ffn-config width {width!r} for layer {layer} is not an integer")
-        if not 0 < width <= full[layer]:
-            raise MatcliError(f"--ffn-config width {width} for layer {layer} is outside 1..{full[layer]} (the layer's full width)")
-    producers = kv_producers(arch, text_config, len(full)) & set(choice.skip)
-    if producers:
-        layer = min(producers)
-        shared = text_config[arch.family.kv_sharing.shared_layers]
+    kept = kept_layers(len(source.full), choice.skip)
+    _check_widths(source, choice.widths, kept)
+    _check_skips(source, choice.skip)
+    if len(set(choice.widths)) > 1 and not source.arch.family.takes_per_layer_intermediate(source.text_config):
         raise MatcliError(
-            f"layer {layer} cannot be skipped: it computes the KV cache that the last {shared} layers reuse "
-            f"(num_kv_shared_layers); keep it"
-        )
-    if not arch.family.per_layer_intermediate and len(set(choice.widths)) > 1 and not isinstance(
-        text_config.get(arch.family.config.intermediate_size), list
-    ):
-        raise MatcliError(
-            f"{arch.name} configs take one intermediate_size for all layers, so transformers cannot load "
+            f"{source.arch.name} configs take one intermediate_size for all layers, so transformers cannot load "
             f"different widths per layer ({sorted(set(choice.widths))}); give a uniform width, or a Gemma 3n model for Mix'n'Match"
         )
+    return width_warnings(source, choice.widths, kept)
+
+
+def _check_widths(source: Source, widths: list[int], kept: list[int]) -> None:
+    for width, layer in zip(widths, kept):
+        if not isinstance(width, int) or isinstance(width, bool):
+            raise MatcliError(f"--ffn-config width {width!r} for layer {layer} is not an integer")
+        if not 0 < width <= source.full[layer]:
+            raise MatcliError(f"--ffn-config width {width} for layer {layer} is outside 1..{source.full[layer]} (the layer's full width)")
+
+
+def _check_skips(source: Source, skip: list[int]) -> None:
+    producers = kv_producers(source) & set(skip) if skip else set()
+    if producers:
+        shared = source.text_config[source.arch.family.kv_sharing.shared_layers]
+        raise MatcliError(
+            f"layer {min(producers)} cannot be skipped: it computes the KV cache that the last {shared} layers reuse "
+            f"(num_kv_shared_layers); keep it"
+        )
+
+
+def width_warnings(source: Source, widths: list[int], kept: list[int]) -> list[str]:
+    """Widths off the trained granularities (the family's trained widths, else 1/8..1), or
+    not multiples of 128."""
+    trained = source.arch.family.trained_ffn_widths
+    allowed = {source.full[layer]: trained_widths(trained, source.full[layer]) for layer in kept}
     warnings = []
-    odd = sorted({(w, full[layer]) for w, layer in zip(choice.widths, kept) if w not in {full[layer] // g for g in GRANULARITIES.values()}})
+    odd = sorted({w for w, layer in zip(widths, kept) if w not in allowed[source.full[layer]]})
     if odd:
-        warnings.append(f"widths {sorted({w for w, _ in odd})} are not MatFormer granularities (1/8, 1/4, 1/2 or all of a layer's width); quality is untested there")
-    unaligned = sorted({w for w in choice.widths if w % 128})
+        basis = f"{source.arch.name} was trained at" if trained and set(allowed) & set(trained) else "1/8, 1/4, 1/2 or all of a layer's width:"
+        shown = ", ".join(map(str, sorted(set().union(*allowed.values()))))
+        warnings.append(f"widths {odd} are not trained MatFormer granularities ({basis} {shown}); quality is untested there")
+    unaligned = sorted({w for w in widths if w % 128})
     if unaligned:
         warnings.append(f"widths {unaligned} are not multiples of 128; some kernels and quantizers want 128 or 256")
     return warnings
 
 
-def edited_config(arch: Architecture, config: dict, full: list[int], choice: FfnChoice, kept: list[int]) -> dict:
+def edited_config(source: Source, config: dict, choice: FfnChoice, kept: list[int]) -> dict:
     new = copy.deepcopy(config)
-    key = arch.family.text_config
-    text = new[key] if key and isinstance(new.get(key), dict) else new
-    num_layers = len(full)
-    keys = arch.family.config
+    family = source.arch.family
+    text = new[family.text_config] if family.text_config and isinstance(new.get(family.text_config), dict) else new
+    keys = family.config
     text[keys.num_layers] = len(kept)
-    if arch.family.per_layer_intermediate or isinstance(text.get(keys.intermediate_size), list):
-        text[keys.intermediate_size] = list(choice.widths)
-    else:
-        text[keys.intermediate_size] = choice.widths[0]
-    for list_key in arch.family.per_layer_config:
-        values = text.get(list_key)
-        if isinstance(values, list) and len(values) == num_layers:
-            text[list_key] = [values[i] for i in kept]
-    kv = arch.family.kv_sharing
+    text[keys.intermediate_size] = list(choice.widths) if family.takes_per_layer_intermediate(text) else choice.widths[0]
+    for list_key in family.per_layer_config:
+        if isinstance(text.get(list_key), list):  # one entry per layer (check_config)
+            text[list_key] = [text[list_key][i] for i in kept]
+    kv = family.kv_sharing
     if kv and text.get(kv.shared_layers):
-        first_shared = num_layers - int(text[kv.shared_layers])
-        text[kv.shared_layers] = sum(1 for i in kept if i >= first_shared)
+        text[kv.shared_layers] = sum(1 for i in kept if i >= source.first_kv_shared)
     return new
 
 
 def parameter_counts(arch: Architecture, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
-    excluded = set(arch.family.effective_excludes)
-    total = effective = 0
-    for name, shape in shapes.items():
-        n = math.prod(shape)
-        total += n
-        if not excluded & set(name.split(".")):
-            effective += n
-    return {"total": total, "effective": effective}
+    counts = {name: math.prod(shape) for name, shape in shapes.items()}
+    return {"total": sum(counts.values()), "effective": sum(n for name, n in counts.items() if arch.counts_as_effective(name))}
 
 
 class Extraction:
@@ -194,29 +253,52 @@ class Extraction:
         choice: FfnChoice,
         neurons: dict[int, list[int]] | None = None,
         keep_order: bool = False,
+        source: Source | None = None,
     ):
         """`neurons`: each original layer's neurons, most important first (None: as stored).
         The first m are kept; in index order, or in importance order with `keep_order`
-        (which is how `matcli reorder` writes a permuted full model)."""
+        (which is how `matcli reorder` writes a permuted full model). `source`: the folder's
+        `model_widths`, when the caller already has it."""
         self.folder = folder
-        self.arch, self.text_config, self.full = model_widths(folder)
-        num_layers = len(self.full)
-        self.warnings = check_choice(self.arch, self.text_config, self.full, choice)
+        self.source = source or model_widths(folder)
+        self.arch, self.text_config, self.full = self.source
+        self.warnings = check_choice(self.source, choice)
         self.choice = choice
-        self.kept = [i for i in range(num_layers) if i not in choice.skip]
+        self.kept = kept_layers(len(self.full), choice.skip)
         self.new_index = {old: new for new, old in enumerate(self.kept)}
         # Neurons kept per original layer: the first m, or the chosen ones (--reorder).
         self.neurons = {
             old: runs_of(_chosen(neurons[old][:m], keep_order)) if neurons else [(0, m)]
             for old, m in zip(self.kept, choice.widths)
         }
-        self._check_layer_indices()
+        self._check_layer_tensors()
 
-    def _check_layer_indices(self) -> None:
+    def _layer_tensor_names(self) -> dict[int, set[str]]:
+        """{layer: tensor names relative to the layer}, checking the layer indices."""
+        names: dict[int, set[str]] = {i: set() for i in range(len(self.full))}
         for name in self.folder.tensors:
             split = self.arch.split_layer(name)
             if split and split[0] >= len(self.full):
                 raise MatcliError(f"{name} belongs to layer {split[0]} but config.json says there are {len(self.full)} layers; the checkpoint is inconsistent")
+            if split:
+                names[split[0]].add(split[1])
+        return names
+
+    def _check_layer_tensors(self) -> None:
+        """Every kept layer has the tensors the other kept layers have: transformers would
+        silently initialise a missing one at random (KV-shared layers may lack their k/v)."""
+        names = self._layer_tensor_names()
+        expected = set().union(*(names[layer] for layer in self.kept))
+        kv, first_shared = self.arch.family.kv_sharing, self.source.first_kv_shared
+        optional = set(kv.optional_in_shared_layers) if kv else set()
+        for layer in self.kept:
+            missing = expected - names[layer] - (optional if layer >= first_shared else set())
+            if missing:
+                relative = min(missing)
+                raise MatcliError(
+                    f"{self.arch.layer_name(layer, relative)} is missing but other layers have {relative}; the checkpoint "
+                    "is incomplete (transformers would initialise it at random): re-download or re-save it"
+                )
 
     def tensors(self, chunk_bytes: int) -> list[OutputTensor]:
         out = []
@@ -256,7 +338,7 @@ class Extraction:
         return copy_tensor(self.folder, name)
 
     def config(self, reordered: bool, role: str = "extract") -> dict:
-        config = edited_config(self.arch, self.folder.config, self.full, self.choice, self.kept)
+        config = edited_config(self.source, self.folder.config, self.choice, self.kept)
         config[CONFIG_KEY] = {
             "role": role,
             "source_layers": len(self.full),

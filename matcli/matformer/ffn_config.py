@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -27,11 +28,19 @@ CSV_WIDTHS, CSV_SKIPPED = "FFN Hidden Dims", "Layers Skipped"
 
 @dataclass
 class FfnChoice:
-    """Widths of the kept layers, the skipped original layers, and warnings found on the way."""
+    """Widths of the kept layers and the skipped original layers."""
 
     widths: list[int]
     skip: list[int]
-    warnings: list[str] = field(default_factory=list)
+
+
+def trained_widths(trained: tuple[int, ...] | None, full: int) -> list[int]:
+    """The widths a layer of full width `full` was trained at, ascending: the family's trained
+    widths up to `full` when `full` is one of them (Gemma 3n: 8192, 16384), else MatFormer's
+    granularities 1/8, 1/4, 1/2 and all of the layer's width."""
+    if trained and full in trained:
+        return sorted(w for w in trained if w <= full)
+    return sorted(full // g for g in GRANULARITIES.values())
 
 
 def parse_layer_list(text: str, what: str = "--skip-layers") -> list[int]:
@@ -46,6 +55,17 @@ def parse_layer_list(text: str, what: str = "--skip-layers") -> list[int]:
             raise MatcliError(f"{what} {text!r}: the range {part!r} runs backwards")
         layers.update(range(lo, hi + 1))
     return sorted(layers)
+
+
+def kept_layers(num_layers: int, skip: list[int]) -> list[int]:
+    """The original indices of the layers left after skipping `skip`, checked."""
+    outside = [i for i in skip if i >= num_layers]
+    if outside:
+        raise MatcliError(f"--skip-layers {outside[0]} is not a layer: the model has layers 0..{num_layers - 1}")
+    kept = [i for i in range(num_layers) if i not in skip]
+    if not kept:
+        raise MatcliError("--skip-layers skips every layer; keep at least one")
+    return kept
 
 
 def integer_product(text: str, where: str) -> int:
@@ -90,7 +110,8 @@ def read_csv_row(path: Path, row_name: str) -> tuple[list[int], list[int]]:
 
 
 def _resolve_item(item: object, full: int, where: str) -> int:
-    """One width for a layer of full width `full`: an int, a ratio in (0, 1], or s/m/l/xl."""
+    """One width for a layer of full width `full`: an int (or a whole float above 1), a ratio
+    in (0, 1], or s/m/l/xl. Range checks against `full` come later, with the plan's."""
     if isinstance(item, bool):
         raise MatcliError(f"{where}: {item!r} is not a width")
     if isinstance(item, int):
@@ -103,9 +124,15 @@ def _resolve_item(item: object, full: int, where: str) -> int:
     try:
         value = float(text)
     except ValueError:
-        raise MatcliError(f"{where}: {item!r} is not a width, a ratio like 0.5, or one of s, m, l, xl") from None
-    if not 0 < value <= 1:
-        raise MatcliError(f"{where}: {item!r} is a fractional width; give an integer number of neurons, or a ratio in (0, 1]")
+        value = math.nan
+    if not math.isfinite(value):
+        raise MatcliError(f"{where}: {item!r} is not a width, a ratio like 0.5, or one of s, m, l, xl")
+    if value <= 0:
+        raise MatcliError(f"{where}: {item!r} is not positive; give a number of neurons in 1..{full}, or a ratio in (0, 1]")
+    if value > 1:
+        if not value.is_integer():
+            raise MatcliError(f"{where}: {item!r} is a fractional width; give an integer number of neurons, or a ratio in (0, 1]")
+        return int(value)  # 64.0 (YAML, or a computed 2048 * 3.5): a whole number of neurons
     width = value * full
     if width != int(width):
         raise MatcliError(f"{where}: ratio {item} of {full} is {width:g}, not a whole number of neurons")
@@ -131,10 +158,7 @@ def choose_widths(spec: str, skip_text: str | None, full_widths: list[int]) -> F
     else:
         items = [part for part in (p.strip() for p in spec.split(",")) if part]
     num_layers = len(full_widths)
-    outside = [i for i in skip if i >= num_layers]
-    if outside:
-        raise MatcliError(f"--skip-layers {outside[0]} is not a layer: the model has layers 0..{num_layers - 1}")
-    kept = [i for i in range(num_layers) if i not in skip]
+    kept = kept_layers(num_layers, skip)
     if len(items) == 1:
         items = items * len(kept)
     if len(items) != len(kept):
