@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # Runs the command as its own child and reports its wall time and peak RSS. A process's peak
 # RSS survives exec on Linux: a child forked straight from this benchmark process would start
 # with this process's peak (gigabytes after generating test data). The launcher is a fresh,
-# small interpreter (~10 MB), so that is all the measured command can inherit.
+# small interpreter (~10 MB), so that is all the measured command can inherit. The time runs
+# until the output is on disk (`sync`): matcli fsyncs its output before the atomic rename,
+# and a tool that returns with gigabytes still in the page cache has not finished writing.
 _LAUNCHER = """
 import os, sys, time
 start = time.perf_counter()
@@ -26,6 +28,7 @@ if pid == 0:
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
     os.execvp(sys.argv[1], sys.argv[1:])
 _, status, usage = os.wait4(pid, 0)
+os.sync()
 print(os.waitstatus_to_exitcode(status), time.perf_counter() - start, usage.ru_maxrss * 1024)
 """
 

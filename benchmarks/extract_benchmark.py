@@ -6,7 +6,7 @@ checkpoints whose largest tensor differs by 2x (peak RSS must not depend on it).
 For each of two synthetic Gemma 3n text checkpoints (bf16, 10 layers of hidden 2048 and FFN
 8192 with Gemma 3n's layer types and KV sharing), whose largest tensor is the per-layer
 embedding with 262,144 rows (1.34 GB, E4B's vocabulary) or 524,288 rows (2.68 GB):
-1. generates it (~2.9 GB and ~4.2 GB), in a process of its own;
+1. generates it (~2.9 GB and ~4.2 GB);
 2. extracts FFN width 4096 with layers 1 and 2 skipped, three ways, in interleaved rounds:
    matcli extract; the notebook's approach (benchmarks/naive_extract.py); cp -r;
 3. checks that matcli's and the notebook's tensors are identical, then deletes the
@@ -15,10 +15,8 @@ Both tables go into the extract section of docs/benchmarks.md.
 """
 
 import argparse
-import json
 import shutil
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -119,32 +117,16 @@ def section(m: dict, ple_vocab: int) -> list[str]:
     ]
 
 
-def measure_in_fresh_process(work: Path, ple_vocab: int, runs: int) -> dict:
-    """Generate, then `measure`, each in its own process. A timed command's peak RSS starts
-    at the peak of the process that forked it (the kernel records the forking process's
-    high-water mark), so the process that runs them must not have generated data (~550 MiB)
-    or checked another checkpoint's outputs before."""
-    cmd = [sys.executable, __file__, "--workdir", str(work), "--runs", str(runs)]
-    subprocess.run(cmd + ["--generate", str(ple_vocab)], check=True)
-    done = subprocess.run(cmd + ["--measure", str(ple_vocab)], check=True, stdout=subprocess.PIPE, text=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/matcli-bench-extract"))
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--generate", type=int, help=argparse.SUPPRESS)  # one checkpoint's PLE rows
-    parser.add_argument("--measure", type=int, help=argparse.SUPPRESS)  # ... timed, JSON to stdout
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    if args.generate:
-        generate(checkpoint_path(args.workdir, args.generate), args.generate)
-        return
-    if args.measure:
-        print(json.dumps(measure(args.workdir, args.measure, args.runs)))
-        return
-    measured = {vocab: measure_in_fresh_process(args.workdir, vocab, args.runs) for vocab in PLE_VOCABS}
+    measured = {}
+    for vocab in PLE_VOCABS:  # one checkpoint on disk at a time
+        generate(checkpoint_path(args.workdir, vocab), vocab)
+        measured[vocab] = measure(args.workdir, vocab, args.runs)
     lines = [
         f"Synthetic Gemma 3n text checkpoints (bf16), {LAYERS} layers of hidden {HIDDEN} and FFN {FFN}, that differ only in the "
         f"rows of the per-layer embedding, their largest tensor. Extraction: FFN width {WIDTH}, layers {SKIP} skipped. "
@@ -161,11 +143,6 @@ def main() -> None:
         f"({small['rss']:.0f} MiB with {small['largest'] / 1e9:.2f} GB, {large['rss']:.0f} MiB with {large['largest'] / 1e9:.2f} GB; "
         f"the notebook's grows by {_naive_growth(small, large):.0f} MiB)."
     )
-    lines += [
-        "",
-        "matcli fsyncs every shard before it returns; the notebook's approach and cp return with their output still in "
-        "the page cache (written back later, untimed). On a slow or shared disk the wall-time ratio therefore favours them.",
-    ]
     body = "\n".join(lines)
     print(body)
     replace_section("extract", body)
