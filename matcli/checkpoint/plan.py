@@ -26,8 +26,10 @@ from matcli.checkpoint.writer import (
     write_in_lockstep,
 )
 
-# Measured resident size of a matcli process with torch imported, before any tensor work.
+# Measured resident size of a matcli process before any tensor work: with torch imported
+# (slice, quantize), and without it (extract moves elements as bytes and never imports it).
 PROCESS_BASE_BYTES = 250 * 1024 * 1024
+PROCESS_BASE_BYTES_WITHOUT_TORCH = 80 * 1024 * 1024
 # Bytes of working memory per byte of input chunk: the chunk, its decoded codes and the
 # transformed output (benchmarks/*_benchmark.py measure ~3.5 for slice and extract).
 WORKING_SET_PER_CHUNK_BYTE = 4
@@ -59,6 +61,7 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     # Command-specific facts for the dry run and the final summary (e.g. parameter counts).
     report: dict = field(default_factory=dict)
+    uses_torch: bool = True
 
     def __post_init__(self) -> None:
         self.aux = aux_files(self.source.path)
@@ -74,7 +77,8 @@ class Plan:
 
     def peak_memory_estimate(self) -> int:
         cached = LOCKSTEP_CACHE_ENTRIES if self.lockstep else 0
-        return PROCESS_BASE_BYTES + (WORKING_SET_PER_CHUNK_BYTE + cached) * self.chunk_bytes
+        base = PROCESS_BASE_BYTES if self.uses_torch else PROCESS_BASE_BYTES_WITHOUT_TORCH
+        return base + (WORKING_SET_PER_CHUNK_BYTE + cached) * self.chunk_bytes
 
     def total_bytes(self) -> int:
         return sum(t.nbytes for o in self.outputs for t in o.tensors)

@@ -7,8 +7,9 @@ import os
 from collections import OrderedDict
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from matcli.checkpoint.safetensors_file import (
     DTYPES,
@@ -18,8 +19,12 @@ from matcli.checkpoint.safetensors_file import (
     read_range,
 )
 from matcli.checkpoint.writer import DEFAULT_CHUNK_BYTES, FileRange
+
+if TYPE_CHECKING:  # torch is imported on the first tensor read: byte-level commands never need it
+    import torch
 from matcli.errors import MatcliError
 
+UNSIGNED_OF_SIZE = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -93,17 +98,26 @@ class ModelFolder:
 
     # --- data ------------------------------------------------------------------------------
 
-    def read(self, name: str) -> torch.Tensor:
+    def read(self, name: str) -> "torch.Tensor":
         info = self.tensors[name]
         return self.read_rows(name, 0, info.rows)
 
-    def read_rows(self, name: str, start: int, stop: int, scratch: bool = False) -> torch.Tensor:
+    def read_rows(self, name: str, start: int, stop: int, scratch: bool = False) -> "torch.Tensor":
         """Rows [start, stop) of a tensor (the whole tensor for a scalar); see read_bytes."""
+        import torch
+
         info = self.tensors[name]
         buf = self.read_bytes(name, start * info.row_bytes, stop * info.row_bytes, scratch)
         dtype = getattr(torch, DTYPES[info.dtype][0])
         shape = (stop - start, *info.shape[1:]) if info.shape else ()
         return torch.from_numpy(buf).view(dtype).reshape(shape) if len(buf) else torch.empty(shape, dtype=dtype)
+
+    def read_elements(self, name: str, start: int, stop: int, scratch: bool = False) -> np.ndarray:
+        """Rows [start, stop) as an array of unsigned integers of the element size: for
+        selections, which move elements without reading their values (numpy has no bfloat16)."""
+        info = self.tensors[name]
+        buf = self.read_bytes(name, start * info.row_bytes, stop * info.row_bytes, scratch)
+        return buf.view(UNSIGNED_OF_SIZE[DTYPES[info.dtype][1]]).reshape(stop - start, *info.shape[1:])
 
     def read_bytes(self, name: str, start: int, stop: int, scratch: bool = False) -> np.ndarray:
         """Raw bytes [start, stop) of a tensor's data as uint8 (shared when cached: do not modify).

@@ -70,8 +70,27 @@ def show_warnings(warnings: list[str], quiet: bool) -> None:
             err.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
 
 
+# glibc's M_MMAP_THRESHOLD: blocks at least this large are mmap'd and unmapped when freed.
+MMAP_THRESHOLD = -3
+STREAMING_MMAP_BYTES = 1 << 20
+
+
+def return_freed_chunks() -> None:
+    """Let chunk buffers go back to the OS when freed. glibc raises its mmap threshold each
+    time a large block is freed and then keeps such blocks on its heap, so streaming chunks
+    of several sizes made the heap grow: `slice --format dense` peaked at 566 MB instead of
+    354 MB (and ran 20% slower). Fixing the threshold stops that; elsewhere it is a no-op."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).mallopt(MMAP_THRESHOLD, STREAMING_MMAP_BYTES)
+    except (AttributeError, OSError):  # not glibc
+        pass
+
+
 def run_plan(plan: Plan, output: Path, force: bool, dry_run: bool, json_output: bool, quiet: bool) -> None:
     """Render the plan (dry run) or execute it with a progress bar."""
+    return_freed_chunks()
     from matcli.checkpoint.atomic import check_destination
     from matcli.checkpoint.plan import execute
 

@@ -40,6 +40,7 @@ def truncate_command(
 ) -> None:
     from matcli.recipe import TruncateOptions, build_options
 
+    common.return_freed_chunks()
     options = build_options(
         TruncateOptions,
         input=input,

@@ -13,7 +13,7 @@ import copy
 import math
 from typing import NamedTuple
 
-import torch
+import numpy as np
 
 from matcli.arch import Architecture, resolve
 from matcli.checkpoint.plan import OutputCheckpoint, Plan, copy_tensor
@@ -21,7 +21,6 @@ from matcli.checkpoint.reader import ModelFolder
 from matcli.checkpoint.writer import OutputTensor
 from matcli.errors import MatcliError
 from matcli.matformer.ffn_config import FfnChoice, kept_layers, trained_widths
-from matcli.quant import ct_format
 from matcli.quant.parent import CONFIG_KEY
 
 MAX_COPIED_RUNS = 64
@@ -57,22 +56,23 @@ def select_rows(folder: ModelFolder, name: str, new_name: str, runs: Runs, label
 def select_columns(folder: ModelFolder, name: str, new_name: str, runs: Runs, chunk_bytes: int, label: str) -> OutputTensor:
     """The columns of `runs` (dim 1) of every row, read in row chunks."""
     info = folder.tensors[name]
-    index = torch.tensor([i for a, b in runs for i in range(a, b)], dtype=torch.long)
+    index = np.array([i for a, b in runs for i in range(a, b)], dtype=np.intp)
 
     def chunks():
         # One input and one output buffer serve every chunk: no allocation per chunk, so the
         # allocator never holds on to freed chunks (the writer is done with a chunk before
-        # the next is made).
+        # the next is made). Elements are moved as unsigned integers of their size: a
+        # selection never needs their values.
         out = None
         for start, stop in folder.row_chunks(name, chunk_bytes):
-            rows = folder.read_rows(name, start, stop, scratch=True)
+            rows = folder.read_elements(name, start, stop, scratch=True)
             if out is None:
-                out = torch.empty((len(rows), len(index), *rows.shape[2:]), dtype=rows.dtype)
+                out = np.empty((len(rows), len(index), *rows.shape[2:]), dtype=rows.dtype)
             dest = out[: len(rows)]
             if len(runs) <= MAX_COPIED_RUNS:  # a few contiguous copies beat a gather
-                torch.cat([rows[:, a:b] for a, b in runs], dim=1, out=dest)
+                np.concatenate([rows[:, a:b] for a, b in runs], axis=1, out=dest)
             else:
-                torch.index_select(rows, 1, index, out=dest)
+                np.take(rows, index, axis=1, out=dest)
             yield dest
 
     return OutputTensor(new_name, info.dtype, (info.shape[0], len(index), *info.shape[2:]), chunks, label)
@@ -115,8 +115,10 @@ class Source(NamedTuple):
 
 def model_widths(folder: ModelFolder) -> Source:
     """The family, the language-model config and each layer's full FFN width, checked."""
-    if ct_format.packed_linears(folder):
-        raise MatcliError(f"{folder.path} is quantized; extract from the dense model, then quantize the submodel")
+    quantization = folder.config.get("quantization_config")
+    if quantization:
+        method = quantization.get("quant_method") if isinstance(quantization, dict) else quantization
+        raise MatcliError(f"{folder.path} is quantized ({method}); extract from the dense model, then quantize the submodel")
     arch = resolve(folder.config, list(folder.tensors))
     text_config = folder.text_config(arch.family.text_config)
     source = Source(arch, text_config, full_widths(arch, folder, arch.num_layers(text_config)))
@@ -381,4 +383,5 @@ def plan_extraction(
         chunk_bytes=chunk_bytes,
         warnings=extraction.warnings,
         report=extraction.report(tensors),
+        uses_torch=False,
     )
