@@ -46,3 +46,17 @@ def test_recipe_typo_is_refused(llama, tmp_path):
     recipe.write_text("bitz: 4\n")
     code, _, err = run_matcli("quantize", str(llama), "-o", str(tmp_path / "p"), "--recipe", str(recipe))
     assert code == 2 and "bitz" in err and not (tmp_path / "p").exists()
+
+
+def test_train_bits_flag_resets_the_recipes_loss_weights(llama, text_file, tmp_path):
+    """lambda belong to the widths they weigh: --train-bits on top of a recipe with
+    loss_weights takes the default weights of the new widths (unless --loss-weights is given)."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("method: qat\nseq_len: 32\ntrain_bits: [8, 4, 2]\nloss_weights: [0.1, 0.1, 1.0]\n")
+    base = ["quantize", str(llama), "-o", str(tmp_path / "p"), "--recipe", str(recipe), "--data", str(text_file), "--dry-run", "--json"]
+    code, out, err = run_matcli(*base, "--train-bits", "4,2")
+    assert code == 0, err
+    (change,) = [c for c in json.loads(out)["outputs"][0]["config_changes"] if c["key"] == "matcli"]
+    assert change["after"]["trained_bits"] == [4, 2] and change["after"]["loss_weights"] == [1.0, 1.0]
+    code, _, err = run_matcli(*base, "--train-bits", "2", "--loss-weights", "0.5,1")
+    assert code == 2 and "2 weights for 1" in err

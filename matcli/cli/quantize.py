@@ -67,7 +67,11 @@ def quantize(
         train_bits=common.parse_int_list(train_bits, "--train-bits") if train_bits is not None else None,
         loss_weights=_floats(loss_weights) if loss_weights is not None else None,
     )
-    options = build_options(QuantizeOptions, **merge_recipe(recipe, flags, common.given_flags(ctx)))
+    given = common.given_flags(ctx)
+    values = merge_recipe(recipe, flags, given)
+    if "train_bits" in given and "loss_weights" not in given:
+        values["loss_weights"] = None  # a recipe's lambda belong to its own widths: use the defaults of the new ones
+    options = build_options(QuantizeOptions, **values)
     with common.training_progress(options, quiet or json_output) as progress:
         from matcli.quant.methods import finish, plan_quantize
 
