@@ -35,9 +35,10 @@ print(os.waitstatus_to_exitcode(status), time.perf_counter() - start, usage.ru_m
 
 def run(cmd: list[str]) -> tuple[float, int]:
     """Wall seconds and peak RSS bytes of one child process (rusage from wait4)."""
-    out = subprocess.run([sys.executable, "-c", _LAUNCHER, *cmd], capture_output=True, text=True).stdout.split()
+    proc = subprocess.run([sys.executable, "-c", _LAUNCHER, *cmd], capture_output=True, text=True)
+    out = proc.stdout.split()
     if len(out) != 3 or out[0] != "0":
-        sys.exit(f"benchmark command failed: {' '.join(cmd)}")
+        sys.exit(f"benchmark command failed: {' '.join(cmd)}\n{proc.stderr[-2000:]}")
     return float(out[1]), int(out[2])
 
 

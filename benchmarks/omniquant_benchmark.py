@@ -13,6 +13,7 @@ omniquant section of docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -37,7 +38,10 @@ def main() -> None:
         "MatQuant OmniQuant, R = {8, 4, 2}": lambda: fresh_run(work / "matquant", base + ["-o", str(work / "matquant")]),
         "OmniQuant for int2 only (c = 2)": lambda: fresh_run(work / "int2", base + ["--bits", "2", "--train-bits", "2", "-o", str(work / "int2")]),
     }
-    results = interleaved(approaches, args.runs)
+    try:
+        results = interleaved(approaches, args.runs)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     matquant, single = (statistics.median(w for w, _ in runs) for runs in results.values())
     lines = [
         f"{args.model.name}, `{args.recipe.relative_to(ROOT) if args.recipe.is_relative_to(ROOT) else args.recipe}` "

@@ -10,7 +10,7 @@ HELD=assets/text/wiki_heldout.txt
 W=assets/work
 R=assets/results
 mkdir -p "$W" "$R"
-# Perplexity: 32,768 held-out tokens in windows of 512 (eval's defaults, as everywhere in results.md).
+# Perplexity: 32,768 held-out tokens in windows of 512 (eval's defaults, as in results.md sections 1 and 2).
 EVAL="--data $HELD --json"
 
 run() { echo "== $(date +%T) $*" >&2; "$@"; }
@@ -36,7 +36,7 @@ ppl = lambda name: json.loads((R / f"f-{name}.json").read_text())["results"][0][
 print(f"| 1536 (full) | 100% | {ppl('dense'):,.2f} | {ppl('reordered-full'):,.2f} |")
 for ratio in ("0.75", "0.5", "0.25"):
     plain, reordered = ppl(f"plain-{ratio}"), ppl(f"reordered-{ratio}")
-    print(f"| {int(1536 * float(ratio))} | {float(ratio):.0%} | {plain:,.2f} | {reordered:,.2f} | reordering: {plain / reordered:,.0f}x lower |")
+    print(f"| {int(1536 * float(ratio))} | {float(ratio):.0%} | {plain:,.2f} | **{reordered:,.2f}** ({plain / reordered:,.0f}x lower) |")
 print(f"extract --reorder 0.5, written and evaluated from disk: {ppl('half-reordered-written'):,.2f} (= the 1/2 --reorder row)")
 PY
 echo "== $(date +%T) done" >&2

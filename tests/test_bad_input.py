@@ -200,3 +200,25 @@ def test_interrupted_write_leaves_no_destination(llama_parent, tmp_path, sig):
     # A later run cleans a killed run's staging folder and succeeds.
     assert run_matcli("slice", str(llama_parent), "--bits", "2", "-o", str(out), "-q")[0] == 0
     assert not list(tmp_path.glob(".out.matcli-*"))
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (OSError(28, "No space left on device", "/out/model.safetensors"), "error: /out/model.safetensors: No space left on device; check the path"),
+        (OSError("Can't load tokenizer for 'x'.\nIf you were trying to load it from the Hub..."), "error: Can't load tokenizer for 'x'."),
+    ],
+)
+def test_os_errors_are_one_line(monkeypatch, capsys, error, expected):
+    """A full disk gets the disk hint; other OSErrors (transformers raises them) their first line."""
+    import matcli.cli as cli
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(cli, "app", fail)
+    monkeypatch.setattr(sys, "argv", ["matcli", "slice"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and err.startswith(expected) and err.count("\n") == 1, err

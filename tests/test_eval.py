@@ -56,7 +56,7 @@ def test_eval_refusals(llama, text_file, tmp_path):
     assert code == 2 and "does not exist" in err
 
 
-@pytest.mark.parametrize(("device", "message"), [("tpu", "not a device"), ("cuda:7", "CUDA device")])
+@pytest.mark.parametrize(("device", "message"), [("tpu", "not a device"), ("cuda:99", "CUDA device")])
 def test_eval_refuses_a_device_it_does_not_have(llama, text_file, device, message):
     code, _, err = run_matcli("eval", str(llama), "--data", str(text_file), "--device", device)
     assert code == 2 and message in err and "Traceback" not in err, err

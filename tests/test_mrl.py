@@ -421,10 +421,10 @@ def test_options_a_file_input_would_ignore_are_refused(npy, tmp_path, args, mess
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--dtype", "float16"], "--dtype apply to embeddings files, not to a model folder"),
+        (["--dtype", "float16"], "--dtype applies to embeddings files, not to a model folder"),
         (["--format", "npy", "--key", "e"], "--key, --format apply to embeddings files"),
-        (["--skip-bad-rows"], "--skip-bad-rows apply to embeddings files"),
-        (["--quantize", "int8"], "--quantize apply to embeddings files"),
+        (["--skip-bad-rows"], "--skip-bad-rows applies to embeddings files"),
+        (["--quantize", "int8"], "--quantize applies to embeddings files"),
     ],
 )
 def test_file_options_on_a_model_are_refused(sentence_model, tmp_path, args, message):

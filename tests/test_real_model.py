@@ -87,3 +87,21 @@ def test_minilm_truncated_model_equals_rotated_truncated_outputs(tmp_path):
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
     assert small.shape == (100, 64) and np.allclose(small, expected, atol=1e-5)
     assert np.allclose(load_file(tmp_path / "c.safetensors")["embeddings"], expected, atol=1e-5)
+
+
+def test_smollm2_matquant_qat_rescues_the_int2_slice(assets, tmp_path):
+    """A few MatQuant QAT steps on real text (the CPU recipe, shortened) make the int2 slice of
+    the int8 parent far better than the int2 slice of the RTN parent, and keep int8 near dense."""
+    dense = assets / "smollm2-135m"
+    train, held = assets / "text" / "wiki_train.txt", assets / "text" / "wiki_heldout.txt"
+    recipe = ROOT / "recipes" / "smollm2-135m-qat-cpu.yaml"
+    rtn, qat = tmp_path / "rtn", tmp_path / "qat"
+    assert run_matcli("quantize", str(dense), "-o", str(rtn), "--group-size", "64", "-q")[0] == 0
+    code, _, err = run_matcli("quantize", str(dense), "-o", str(qat), "--recipe", str(recipe), "--data", str(train), "--steps", "30", "--warmup-steps", "5", "-q")
+    assert code == 0, err
+    args = ("--data", str(held), "--max-tokens", "4096", "--seq-len", "512", "--bits", "8,2", "--json")
+    ppl = {}
+    for name, parent in (("rtn", rtn), ("qat", qat)):
+        ppl[name] = {r["bits"]: r["perplexity"] for r in json.loads(run_matcli("eval", str(parent), *args)[1])["results"]}
+    assert ppl["qat"][2] < ppl["rtn"][2] / 10, ppl
+    assert ppl["qat"][8] < ppl["rtn"][8] * 1.05, ppl

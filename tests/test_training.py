@@ -121,7 +121,12 @@ def test_resume_after_an_interrupt_gives_the_same_weights(llama, corpus, tmp_pat
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "--resume" in err and not out.exists()
-    code, _, err = run_matcli(*qat_args(llama, out, corpus, "--steps", "8", "--save-every", "1", "--resume"))
+    resume = ("--steps", "8", "--save-every", "1", "--resume")
+    code, _, err = run_matcli(*qat_args(llama, out, corpus, *resume, "--lr", "0.5"))
+    assert code == 2 and "options differ" in err and "lr" in err and state.exists()
+    code, _, err = run_matcli(*qat_args(llama, out, corpus, *resume, "--grad-accum", "2"))
+    assert code == 2 and "global batch" in err and state.exists()
+    code, _, err = run_matcli(*qat_args(llama, out, corpus, *resume))
     assert code == 0, err
     assert not state.exists()
     a, b = parent_tensors(reference), parent_tensors(out)
@@ -130,7 +135,7 @@ def test_resume_after_an_interrupt_gives_the_same_weights(llama, corpus, tmp_pat
         assert torch.equal(a[name], b[name]), name
 
 
-def test_resume_refuses_changed_options(llama, corpus, tmp_path):
+def test_resume_without_a_saved_state_is_refused(llama, corpus, tmp_path):
     state = tmp_path / "o.train-state"
     code, _, err = run_matcli(*qat_args(llama, tmp_path / "o", corpus, "--resume"))
     assert code == 2 and "no saved training state" in err and not state.exists()

@@ -6,6 +6,7 @@ Command modules import torch and transformers inside their functions, so that
 
 from __future__ import annotations
 
+import errno
 import signal
 import sys
 import traceback
@@ -48,6 +49,10 @@ def root(
     """Global options."""
 
 
+# The disk, not the input: a full disk, a read-only or missing location, permissions.
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EIO}
+
+
 def _terminate(signum, frame):
     # SIGTERM unwinds like Ctrl-C, so staging folders are removed and nothing partial stays.
     raise KeyboardInterrupt
@@ -67,11 +72,13 @@ def main() -> None:
         print("error: interrupted; no output was written", file=sys.stderr)
         sys.exit(130)
     except OSError as e:
-        # The disk, not the input: a full disk, a read-only or missing location, permissions.
         if debug:
             traceback.print_exc()
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"error: {where}{e.strerror or e}; check the path, its permissions and the free disk space", file=sys.stderr)
+        if e.errno in DISK_ERRNOS:
+            where = f"{e.filename}: " if e.filename else ""
+            print(f"error: {where}{e.strerror}; check the path, its permissions and the free disk space", file=sys.stderr)
+        else:  # other OSErrors (transformers raises them for unloadable tokenizers): their first line
+            print(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", file=sys.stderr)
         sys.exit(RUNTIME)
     except MemoryError:
         if debug:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 from typing import NamedTuple
 
 import numpy as np
@@ -383,5 +384,5 @@ def plan_extraction(
         chunk_bytes=chunk_bytes,
         warnings=extraction.warnings,
         report=extraction.report(tensors),
-        uses_torch=False,
+        uses_torch="torch" in sys.modules,  # --reorder and --rank-by-loss ran a model in this process
     )

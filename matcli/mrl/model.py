@@ -86,7 +86,7 @@ def truncate_model(options: TruncateOptions) -> dict:
     folder = options.input
     given = [flag for name, flag in FILE_ONLY_OPTIONS.items() if getattr(options, name)]
     if given:
-        raise MatcliError(f"{', '.join(given)} apply to embeddings files, not to a model folder (its outputs are float vectors); drop {'them' if len(given) > 1 else 'it'}")
+        raise MatcliError(f"{', '.join(given)} {'apply' if len(given) > 1 else 'applies'} to embeddings files, not to a model folder (its outputs are float vectors); drop {'them' if len(given) > 1 else 'it'}")
     modules = read_modules(folder)
     dim = embedding_dim(folder, modules)
     for d in options.dims:

@@ -136,10 +136,10 @@ def train_qat(options: QuantizeOptions, on_step: Callable[[int, dict[int, float]
     warmup = options.warmup_steps if options.warmup_steps is not None else min(PAPER_WARMUP, options.steps // 5)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(options, warmup))
     objective = MultiWidthLoss(qm, options, model)
-    start = _restore(options, qm, optimizer, scheduler) if options.resume else 0
+    global_batch = options.batch_size * options.grad_accum * world
+    start = _restore(options, qm, optimizer, scheduler, global_batch) if options.resume else 0
     if not options.resume and state_dir(options).exists() and rank == 0:
         shutil.rmtree(state_dir(options))
-    global_batch = options.batch_size * options.grad_accum * world
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if options.precision == "bf16" else contextlib.nullcontext()
     history: dict[int, float] = {}
     with _stop_requests() as stop:
@@ -168,9 +168,10 @@ def train_qat(options: QuantizeOptions, on_step: Callable[[int, dict[int, float]
             history = sums
             on_step(step + 1, sums)
             done = step + 1
-            if stop.requested or (options.save_every and done % options.save_every == 0):
-                _save(options, qm, optimizer, scheduler, done, rank)
-            if stop.requested:
+            stopping = _any_rank(stop.requested, world, device)
+            if stopping or (options.save_every and done % options.save_every == 0):
+                _save(options, qm, optimizer, scheduler, done, rank, global_batch)
+            if stopping:
                 raise MatcliError(
                     f"interrupted after step {done} of {options.steps}; the training state is in {state_dir(options)}: "
                     "run the same command with --resume to continue",
@@ -191,6 +192,16 @@ def train_qat(options: QuantizeOptions, on_step: Callable[[int, dict[int, float]
         "final_losses": {f"int{b}": round(v, 5) for b, v in history.items()},
     }
     return qm, history, report
+
+
+def _any_rank(flag: bool, world: int, device: torch.device) -> bool:
+    """True if any rank has the flag. A Ctrl-C reaches the ranks at slightly different moments;
+    saving is a collective under FSDP, so every rank must decide to stop at the same step."""
+    if world == 1:
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def _distribute(qm: QuantModel, options: QuantizeOptions, device: torch.device, world: int) -> nn.Module:
@@ -240,10 +251,10 @@ def _stop_requests():
             signal.signal(sig, handler)
 
 
-def _save(options: QuantizeOptions, qm: QuantModel, optimizer, scheduler, step: int, rank: int) -> None:
+def _save(options: QuantizeOptions, qm: QuantModel, optimizer, scheduler, step: int, rank: int, global_batch: int) -> None:
     """Trainable weights, optimizer and scheduler state and the step, written atomically by
     rank 0. torch's distributed state-dict API gathers them whole, however they are sharded,
-    so a run can resume with any number of processes."""
+    so a run can resume with any number of processes and either --parallel."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
     weights, optimizer_state = get_state_dict(qm.model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -260,26 +271,35 @@ def _save(options: QuantizeOptions, qm: QuantModel, optimizer, scheduler, step: 
         "optimizer": optimizer_state,
         "scheduler": scheduler.state_dict(),
         "options": options.model_dump(mode="json"),
+        "global_batch": global_batch,
     }
     torch.save(state, tmp / "state.pt")
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
 
 
-def _restore(options: QuantizeOptions, qm: QuantModel, optimizer, scheduler) -> int:
+def _restore(options: QuantizeOptions, qm: QuantModel, optimizer, scheduler, global_batch: int) -> int:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
     path = state_dir(options) / "state.pt"
     if not path.exists():
         raise MatcliError(f"--resume: no saved training state at {path}; start without --resume")
     state = torch.load(path, map_location="cpu", weights_only=True)
+    # How the global batch is split (processes, --batch-size, --grad-accum, --parallel) may
+    # change; the global batch itself fixes the data order, so it may not.
+    free = ("resume", "force", "dry_run", "batch_size", "grad_accum", "parallel")
     saved, now = dict(state["options"]), options.model_dump(mode="json")
-    for key in ("resume", "force", "dry_run"):
+    for key in free:
         saved.pop(key, None)
         now.pop(key, None)
     if saved != now:
         changed = sorted(k for k in now if saved.get(k) != now[k])
         raise MatcliError(f"--resume: options differ from the interrupted run ({', '.join(changed)}); use the same command")
+    if state["global_batch"] != global_batch:
+        raise MatcliError(
+            f"--resume: the interrupted run's global batch was {state['global_batch']} sequences, now it is {global_batch} "
+            "(--batch-size x --grad-accum x processes); keep it the same"
+        )
     set_state_dict(
         qm.model,
         optimizer,

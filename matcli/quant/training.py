@@ -21,7 +21,7 @@ from matcli.recipe import QuantizeOptions
 def pick_device(name: str) -> torch.device:
     """`auto` takes the local GPU under torchrun (LOCAL_RANK), else the first, else the CPU."""
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", name):
-        raise MatcliError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N")
+        raise MatcliError(f"--device {name!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
