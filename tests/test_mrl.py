@@ -449,6 +449,20 @@ def test_output_over_the_input_is_refused(npy):
     assert code == 2 and "is the input file" in err and npy.read_bytes() == before
 
 
+def test_an_existing_output_is_refused_before_work_and_reported_by_a_dry_run(npy, tmp_path):
+    taken = tmp_path / "taken.safetensors"
+    taken.write_bytes(b"keep")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "other").write_text("keep")
+    for out, dims in ((taken, "8"), (folder, "8,16")):
+        code, _, err = run_matcli("truncate-embeddings", str(npy), "-o", str(out), "--dims", dims)
+        assert code == 2 and "--force" in err and err.count("\n") == 1, err
+        code, _, err = run_matcli("truncate-embeddings", str(npy), "-o", str(out), "--dims", dims, "--dry-run")
+        assert code == 0 and "a real run would stop here" in err, err
+    assert taken.read_bytes() == b"keep" and [p.name for p in folder.iterdir()] == ["other"]
+
+
 def test_missing_key_unknown_type_and_truncated_npy(tmp_path, npy):
     save_file({"a": embeddings(), "b": embeddings()}, tmp_path / "two.safetensors")
     refused([str(tmp_path / "two.safetensors"), "-o", str(tmp_path / "o.safetensors"), "--dims", "8"], "--key", tmp_path / "o.safetensors")

@@ -101,8 +101,12 @@ def truncate_model(options: TruncateOptions) -> dict:
     }
     if options.pca:  # stored embeddings of the original model need the same transform
         report["rotation"] = str(options.output / "rotation.safetensors")
-    if not options.dry_run:
+    try:
         check_destination(options.output, options.force, [folder])
+    except MatcliError as e:
+        if not options.dry_run:
+            raise
+        report["warnings"].append(f"a real run would stop here: {e}")
     rotation = _rotation(options, dim)
     if options.dry_run:
         return report

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from matcli import __version__
-from matcli.checkpoint.atomic import staged_file, staged_folder
+from matcli.checkpoint.atomic import check_destination, staged_file, staged_folder
 from matcli.errors import MatcliError
 from matcli.mrl import transform
 from matcli.mrl.sources import EmbeddingSource, ParquetSource, SafetensorsSource, bad_rows_message, open_source, rows_per_chunk
@@ -159,7 +159,12 @@ def truncate_embeddings(options: TruncateOptions) -> dict:
         "outputs": [{"dim": t.dim, "path": str(t.path), "format": t.format} for t in targets],
         "warnings": warnings,
     }
+    problem = _destination_problem(options, targets)
+    if problem and not options.dry_run:
+        raise MatcliError(problem)
     if options.dry_run:
+        if problem:
+            warnings.append(f"a real run would stop here: {problem}")
         return report
     fitted, bad = _statistics_pass(options, source, chunk_rows)
     pipeline = Pipeline(options, source, fitted or rotation, ranges)
@@ -251,13 +256,27 @@ def _passthrough_batches(source: EmbeddingSource, chunk_rows: int):
         yield None
 
 
+def _destination_problem(options: TruncateOptions, targets: list[Target]) -> str | None:
+    """Why writing the outputs would fail or lose data, checked before the passes over the input."""
+    if len(targets) > 1:
+        try:
+            check_destination(options.output, options.force, [options.input])
+        except MatcliError as e:
+            return str(e)
+        return None
+    path = targets[0].path.absolute()
+    if path.is_dir():
+        return f"output {path} is a folder; give a file path for one dimension"
+    if path.exists() and not options.force:
+        return f"output file {path} exists; choose another -o, or pass --force to replace it"
+    return None
+
+
 def _stage_outputs(stack: contextlib.ExitStack, options: TruncateOptions, targets: list[Target], rotation_path: Path | None) -> dict[Path, Path]:
     """Temporary paths for every final path; all appear together, or none."""
     paths = [t.path for t in targets] + ([rotation_path] if rotation_path else [])
     if len(targets) == 1:
         return {p: stack.enter_context(staged_file(p, options.force)) for p in paths}
-    from matcli.checkpoint.atomic import check_destination
-
     check_destination(options.output, options.force, [options.input])
     folder = stack.enter_context(staged_folder(options.output, options.force))
     return {p: folder / p.name for p in paths}
