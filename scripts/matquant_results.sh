@@ -26,8 +26,9 @@ trap 'for lock in $held; do rmdir "$lock" 2>/dev/null || true; done' EXIT
 job() {
   local name=$1 flags=$2 lock=$R/$1.lock; shift 2
   [ -s "$R/$name.json" ] && return 0
-  mkdir "$lock" 2>/dev/null || return 0
+  if ! mkdir "$lock" 2>/dev/null; then echo "== $name: locked by another copy (a stale $lock after a kill: rmdir it)"; return 0; fi
   held="$held $lock"
+  if [ -s "$R/$name.json" ]; then rmdir "$lock"; return 0; fi  # finished while we looked
   if [ -n "$*" ] && [ ! -f "$W/$name/config.json" ]; then echo "== $(date +%T) $name: $*"; "$@"; fi
   echo "== $(date +%T) eval $name"
   local model=$W/$name; [ -z "$*" ] && model=$M
