@@ -44,6 +44,7 @@ job q-matquant "$ALL" matcli quantize $M -o $W/q-matquant $QAT
 job q-int2-only "" matcli quantize $M -o $W/q-int2-only $QAT --bits 2 --train-bits 2
 job q-int4-only "" matcli quantize $M -o $W/q-int4-only $QAT --bits 4 --train-bits 4
 job q-omniquant "$ALL" matcli quantize $M -o $W/q-omniquant --recipe recipes/smollm2-135m-omniquant-cpu.yaml --data $TRAIN -q --force
+job q-omniquant-lr5e-2 "$ALL" matcli quantize $M -o $W/q-omniquant-lr5e-2 --recipe recipes/smollm2-135m-omniquant-cpu.yaml --data $TRAIN --lr 5e-2 -q --force
 job q-dense-ft "" python scripts/finetune_dense.py $M $W/q-dense-ft --data $TRAIN --steps 100 --seq-len 128 --batch-size 4 --lr 1e-4 --warmup-steps 20
 job q-single-precision "$ALL" matcli quantize $M -o $W/q-single-precision $QAT --train-bits 2
 job q-extra-precision "$ALL --extra-precision" matcli quantize $M -o $W/q-extra-precision $QAT --extra-precision --loss-weights 1,1,1

@@ -24,6 +24,7 @@ ROWS = [  # (result file, row label)
     ("q-int4-only", "QAT baseline trained for int4 only (c = 4)"),
     ("q-matquant", "**MatQuant QAT** (R = {8, 4, 2}, lambda = 0.1, 0.1, 1), sliced"),
     ("q-omniquant", "MatQuant OmniQuant (LWC + LET, weights frozen), sliced"),
+    ("q-omniquant-lr5e-2", "MatQuant OmniQuant, clipping lr 5e-2 instead of 1e-2, sliced"),
     ("q-single-precision", "single-precision MatQuant (R = {2}, int8 parent), sliced"),
     ("q-extra-precision", "extra-precision MatQuant (no clamp, lambda = 1, 1, 1), sliced"),
 ]
@@ -96,10 +97,10 @@ def main() -> None:
     if args.write:
         doc = ROOT / "docs" / "results.md"
         text = doc.read_text()
-        pattern = re.compile(r"(<!-- matquant:begin -->\n).*?(\n<!-- matquant:end -->)", re.S)
+        pattern = re.compile(r"(<!-- matquant:begin -->\n).*?(<!-- matquant:end -->)", re.S)
         if not pattern.search(text):
             raise SystemExit("docs/results.md has no <!-- matquant:begin --> ... <!-- matquant:end --> markers")
-        doc.write_text(pattern.sub(lambda m: m.group(1) + body + m.group(2), text))
+        doc.write_text(pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text))
 
 
 if __name__ == "__main__":

@@ -54,7 +54,10 @@ def test_smollm2_parent_and_slices(assets, tmp_path):
     with ModelFolder(tmp_path / "s" / "int4") as f:
         assert set(dequantized_state_dict(f)) >= {"model.layers.0.mlp.up_proj.weight"}
     with torch.no_grad():
-        assert torch.equal(loaded(tokens).logits, reference(tokens).logits)
+        # Not bit-equal on this bf16 model (the tiny fp32 models of test_slice_loads are): the
+        # compressed-tensors forward of transformers 5.x differs by up to ~0.6 in a logit of
+        # std 4, yet the perplexities below agree within 0.5%.
+        assert torch.allclose(loaded(tokens).logits, reference(tokens).logits, atol=1.0)
 
     # Real text: int8 is within 1% of dense; quality falls as bits fall.
     args = ("--data", str(assets / "text" / "wiki_heldout.txt"), "--max-tokens", "4096", "--seq-len", "512", "--json")
@@ -63,6 +66,8 @@ def test_smollm2_parent_and_slices(assets, tmp_path):
     ppl = {r["bits"]: r["perplexity"] for r in results}
     assert ppl[8] / dense_ppl < 1.01
     assert ppl[8] < ppl[4] < ppl[2]
+    written = json.loads(run_matcli("eval", str(tmp_path / "s" / "int4"), *args)[1])["results"][0]["perplexity"]
+    assert abs(written / ppl[4] - 1) < 0.005, (written, ppl[4])
 
 
 def test_minilm_truncated_model_equals_rotated_truncated_outputs(tmp_path):
