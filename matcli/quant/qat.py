@@ -199,6 +199,8 @@ def _any_rank(flag: bool, world: int, device: torch.device) -> bool:
     saving is a collective under FSDP, so every rank must decide to stop at the same step."""
     if world == 1:
         return flag
+    import torch.distributed as dist
+
     value = torch.tensor([float(flag)], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
