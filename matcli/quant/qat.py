@@ -297,9 +297,10 @@ def _restore(options: QuantizeOptions, qm: QuantModel, optimizer, scheduler, glo
     if saved != now:
         changed = sorted(k for k in now if saved.get(k) != now[k])
         raise MatcliError(f"--resume: options differ from the interrupted run ({', '.join(changed)}); use the same command")
-    if state["global_batch"] != global_batch:
+    saved_batch = state.get("global_batch", global_batch)  # states saved before it was recorded
+    if saved_batch != global_batch:
         raise MatcliError(
-            f"--resume: the interrupted run's global batch was {state['global_batch']} sequences, now it is {global_batch} "
+            f"--resume: the interrupted run's global batch was {saved_batch} sequences, now it is {global_batch} "
             "(--batch-size x --grad-accum x processes); keep it the same"
         )
     set_state_dict(
