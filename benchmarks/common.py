@@ -8,7 +8,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,7 +58,11 @@ def copy_tree(src: Path, dst: Path) -> tuple[float, int]:
 
 def warm(folder: Path) -> None:
     """Read every file once so that all approaches start from a warm page cache."""
-    subprocess.run(["cat", *map(str, sorted(folder.glob("*.safetensors")))], stdout=subprocess.DEVNULL, check=True)
+    subprocess.run(
+        ["cat", *map(str, sorted(folder.glob("*.safetensors")))],
+        stdout=subprocess.DEVNULL,
+        check=True,
+    )
 
 
 def tensors_equal(a: Path, b: Path) -> bool:
@@ -76,7 +79,9 @@ def tensors_equal(a: Path, b: Path) -> bool:
                 return False
             for start in range(0, info.nbytes, 64 << 20):
                 stop = min(start + (64 << 20), info.nbytes)
-                if not np.array_equal(fa.read_bytes(name, start, stop), fb.read_bytes(name, start, stop)):
+                if not np.array_equal(
+                    fa.read_bytes(name, start, stop), fb.read_bytes(name, start, stop)
+                ):
                     return False
     return True
 
@@ -99,7 +104,9 @@ def table(results: dict[str, list[tuple[float, int]]], baseline: str) -> list[st
     for name, runs in results.items():
         wall = statistics.median(w for w, _ in runs)
         rss = [r for _, r in runs]
-        lines.append(f"| {name} | {wall:.1f} s | {wall / base:.2f}x | {statistics.median(rss) / 2**20:.0f} MiB | {max(rss) / 2**20:.0f} MiB |")
+        lines.append(
+            f"| {name} | {wall:.1f} s | {wall / base:.2f}x | {statistics.median(rss) / 2**20:.0f} MiB | {max(rss) / 2**20:.0f} MiB |"
+        )
     return lines
 
 
@@ -120,7 +127,13 @@ def replace_section(name: str, body: str) -> None:
     path.write_text(text)
 
 
-def write_random_checkpoint(path: Path, specs: dict[str, tuple[str, tuple[int, ...]]], config: dict, shard_bytes: int, fixed: dict | None = None) -> None:
+def write_random_checkpoint(
+    path: Path,
+    specs: dict[str, tuple[str, tuple[int, ...]]],
+    config: dict,
+    shard_bytes: int,
+    fixed: dict | None = None,
+) -> None:
     """A synthetic checkpoint with random values, written with matcli's streaming writer.
 
     `specs` maps tensor names to (safetensors dtype, shape); `fixed` maps names to tensors
@@ -143,18 +156,28 @@ def write_random_checkpoint(path: Path, specs: dict[str, tuple[str, tuple[int, .
         for start in range(0, shape[0], rows):
             n = min(rows, shape[0] - start)
             if dtype == "I32":
-                yield torch.from_numpy(rng.integers(-(2**31), 2**31 - 1, size=(n, *shape[1:]), dtype=np.int32))
+                yield torch.from_numpy(
+                    rng.integers(-(2**31), 2**31 - 1, size=(n, *shape[1:]), dtype=np.int32)
+                )
             else:
-                yield (torch.from_numpy(rng.standard_normal((n, *shape[1:]), dtype=np.float32)) * 0.02).to(torch.bfloat16)
+                yield (
+                    torch.from_numpy(rng.standard_normal((n, *shape[1:]), dtype=np.float32)) * 0.02
+                ).to(torch.bfloat16)
 
     tensors = []
     for name in sorted({**specs, **fixed}):
         if name in fixed:
             t = fixed[name]
-            tensors.append(OutputTensor(name, {torch.int64: "I64"}[t.dtype], tuple(t.shape), lambda t=t: iter([t])))
+            tensors.append(
+                OutputTensor(
+                    name, {torch.int64: "I64"}[t.dtype], tuple(t.shape), lambda t=t: iter([t])
+                )
+            )
         else:
             dtype, shape = specs[name]
-            tensors.append(OutputTensor(name, dtype, shape, lambda d=dtype, s=shape: random_chunks(d, s)))
+            tensors.append(
+                OutputTensor(name, dtype, shape, lambda d=dtype, s=shape: random_chunks(d, s))
+            )
     staging = path.with_name(path.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

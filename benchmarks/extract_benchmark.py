@@ -21,14 +21,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from common import (
     ROOT,
     copy_tree,
+    fresh_run,
     interleaved,
     largest_tensor,
     machine,
     replace_section,
-    fresh_run,
     table,
     tensors_equal,
     warm,
@@ -56,7 +56,12 @@ def generate(path: Path, ple_vocab: int) -> None:
         specs[p + "mlp.down_proj.weight"] = ("BF16", (HIDDEN, FFN))
         for proj, out in {"q_proj": HIDDEN, "k_proj": KV, "v_proj": KV, "o_proj": HIDDEN}.items():
             specs[f"{p}self_attn.{proj}.weight"] = ("BF16", (out, HIDDEN))
-        for norm in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm"):
+        for norm in (
+            "input_layernorm",
+            "post_attention_layernorm",
+            "pre_feedforward_layernorm",
+            "post_feedforward_layernorm",
+        ):
             specs[f"{p}{norm}.weight"] = ("BF16", (HIDDEN,))
         specs[p + "per_layer_input_gate.weight"] = ("BF16", (PLE, HIDDEN))
         specs[p + "per_layer_projection.weight"] = ("BF16", (HIDDEN, PLE))
@@ -85,8 +90,28 @@ def measure(work: Path, ple_vocab: int, runs: int) -> dict:
     """Time the three approaches on one generated checkpoint, then delete it and the outputs."""
     model = checkpoint_path(work, ple_vocab)
     outputs = {name: work / f"extract-{name}" for name in ("matcli", "naive", "cp")}
-    matcli = [sys.executable, "-m", "matcli", "extract", str(model), "--ffn-config", str(WIDTH), "--skip-layers", SKIP, "-q", "-o", str(outputs["matcli"])]
-    naive = [sys.executable, str(ROOT / "benchmarks" / "naive_extract.py"), str(model), str(outputs["naive"]), str(WIDTH), SKIP]
+    matcli = [
+        sys.executable,
+        "-m",
+        "matcli",
+        "extract",
+        str(model),
+        "--ffn-config",
+        str(WIDTH),
+        "--skip-layers",
+        SKIP,
+        "-q",
+        "-o",
+        str(outputs["matcli"]),
+    ]
+    naive = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "naive_extract.py"),
+        str(model),
+        str(outputs["naive"]),
+        str(WIDTH),
+        SKIP,
+    ]
     approaches = {
         "matcli extract": lambda: fresh_run(outputs["matcli"], matcli),
         NAIVE: lambda: fresh_run(outputs["naive"], naive),
@@ -99,7 +124,8 @@ def measure(work: Path, ple_vocab: int, runs: int) -> dict:
         "largest": largest_tensor(model),
         "same": tensors_equal(outputs["matcli"], outputs["naive"]),
         "results": results,
-        "ratio": statistics.median(w for w, _ in results["matcli extract"]) / statistics.median(w for w, _ in results[NAIVE]),
+        "ratio": statistics.median(w for w, _ in results["matcli extract"])
+        / statistics.median(w for w, _ in results[NAIVE]),
         "rss": max(r for _, r in results["matcli extract"]) / 2**20,
     }
     for folder in (model, *outputs.values()):
@@ -149,7 +175,9 @@ def main() -> None:
 
 
 def _naive_growth(small: dict, large: dict) -> float:
-    return (max(r for _, r in large["results"][NAIVE]) - max(r for _, r in small["results"][NAIVE])) / 2**20
+    return (
+        max(r for _, r in large["results"][NAIVE]) - max(r for _, r in small["results"][NAIVE])
+    ) / 2**20
 
 
 if __name__ == "__main__":

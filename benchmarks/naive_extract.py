@@ -49,16 +49,22 @@ def main() -> None:
                     continue
                 tensor = f.get_tensor(name)
                 if m:
-                    name = name.replace(f".layers.{m.group(1)}.", f".layers.{new_index[int(m.group(1))]}.")
+                    name = name.replace(
+                        f".layers.{m.group(1)}.", f".layers.{new_index[int(m.group(1))]}."
+                    )
                     if "mlp.gate_proj" in name or "mlp.up_proj" in name:
                         tensor = tensor[:width, :].contiguous()
                     elif "mlp.down_proj" in name:
                         tensor = tensor[:, :width].contiguous()
                 elif name.endswith("embed_tokens_per_layer.weight"):
                     rows = tensor.shape[0]
-                    tensor = tensor.reshape(rows, num_layers, per_layer)[:, kept, :].reshape(rows, -1)
+                    tensor = tensor.reshape(rows, num_layers, per_layer)[:, kept, :].reshape(
+                        rows, -1
+                    )
                 elif name.endswith("per_layer_model_projection.weight"):
-                    tensor = tensor.reshape(num_layers, per_layer, -1)[kept].reshape(-1, tensor.shape[-1])
+                    tensor = tensor.reshape(num_layers, per_layer, -1)[kept].reshape(
+                        -1, tensor.shape[-1]
+                    )
                 pending[name] = tensor
                 pending_bytes += tensor.numel() * tensor.element_size()
                 if pending_bytes > SHARD_LIMIT:
@@ -69,7 +75,9 @@ def main() -> None:
         final = f"model-{i + 1:05d}-of-{len(written):05d}.safetensors"
         (out / name).rename(out / final)
         weight_map.update({n: final for n in names})
-    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (out / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
     config["num_hidden_layers"] = len(kept)
     config["intermediate_size"] = [width] * len(kept)
     (out / "config.json").write_text(json.dumps(config, indent=2))

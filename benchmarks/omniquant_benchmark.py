@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, fresh_run, interleaved, machine, replace_section  # noqa: E402
+from common import ROOT, fresh_run, interleaved, machine, replace_section
 
 TARGET_SECONDS = 30 * 60
 
@@ -29,14 +29,31 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("model", type=Path)
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "smollm2-135m-omniquant-cpu.yaml")
+    parser.add_argument(
+        "--recipe", type=Path, default=ROOT / "recipes" / "smollm2-135m-omniquant-cpu.yaml"
+    )
     parser.add_argument("--runs", type=int, default=1)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="matcli-omniquant-bench-"))
-    base = [sys.executable, "-m", "matcli", "quantize", str(args.model), "--recipe", str(args.recipe), "--data", str(args.data), "-q"]
+    base = [
+        sys.executable,
+        "-m",
+        "matcli",
+        "quantize",
+        str(args.model),
+        "--recipe",
+        str(args.recipe),
+        "--data",
+        str(args.data),
+        "-q",
+    ]
     approaches = {
-        "MatQuant OmniQuant, R = {8, 4, 2}": lambda: fresh_run(work / "matquant", base + ["-o", str(work / "matquant")]),
-        "OmniQuant for int2 only (c = 2)": lambda: fresh_run(work / "int2", base + ["--bits", "2", "--train-bits", "2", "-o", str(work / "int2")]),
+        "MatQuant OmniQuant, R = {8, 4, 2}": lambda: fresh_run(
+            work / "matquant", base + ["-o", str(work / "matquant")]
+        ),
+        "OmniQuant for int2 only (c = 2)": lambda: fresh_run(
+            work / "int2", base + ["--bits", "2", "--train-bits", "2", "-o", str(work / "int2")]
+        ),
     }
     try:
         results = interleaved(approaches, args.runs)
@@ -53,7 +70,9 @@ def main() -> None:
     ]
     for name, runs in results.items():
         wall = statistics.median(w for w, _ in runs)
-        lines.append(f"| {name} | {wall / 60:.1f} min | {wall / single:.2f}x | {max(r for _, r in runs) / 2**20:.0f} MiB |")
+        lines.append(
+            f"| {name} | {wall / 60:.1f} min | {wall / single:.2f}x | {max(r for _, r in runs) / 2**20:.0f} MiB |"
+        )
     lines += [
         "",
         f"Target: MatQuant OmniQuant end to end <= 30 minutes on 2 CPU cores: "

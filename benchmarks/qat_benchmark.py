@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, replace_section  # noqa: E402
+from common import machine, replace_section
 
 
 def child(kind: str, args) -> None:
@@ -34,7 +34,15 @@ def child(kind: str, args) -> None:
     from matcli.recipe import QuantizeOptions
 
     torch.manual_seed(0)
-    options = QuantizeOptions(model=args.model, output=Path("/unused"), method="qat", data=args.data, seq_len=args.seq_len, batch_size=args.batch_size, device="cpu")
+    options = QuantizeOptions(
+        model=args.model,
+        output=Path("/unused"),
+        method="qat",
+        data=args.data,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        device="cpu",
+    )
     windows = training_windows(options, options.model)
     qm = load_quant_model(options, torch.device("cpu"))
     objective = MultiWidthLoss(qm, options, qm.model)
@@ -48,7 +56,9 @@ def child(kind: str, args) -> None:
             objective.backward(batch, 1.0, lambda last: contextlib.nullcontext())
         else:
             logits = qm.model(input_ids=batch).logits[:, :-1].float()
-            F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)).backward()
+            F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)
+            ).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)
@@ -70,8 +80,24 @@ def main() -> None:
         return
     results = {}
     for kind in ("plain", "qat"):
-        cmd = [sys.executable, __file__, str(args.model), "--data", str(args.data), "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--child", kind]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "TQDM_DISABLE": "1"}).stdout
+        cmd = [
+            sys.executable,
+            __file__,
+            str(args.model),
+            "--data",
+            str(args.data),
+            "--seq-len",
+            str(args.seq_len),
+            "--batch-size",
+            str(args.batch_size),
+            "--steps",
+            str(args.steps),
+            "--child",
+            kind,
+        ]
+        out = subprocess.run(
+            cmd, capture_output=True, text=True, check=True, env={**os.environ, "TQDM_DISABLE": "1"}
+        ).stdout
         results[kind] = json.loads(out.strip().splitlines()[-1])
     ratio = results["qat"]["step_seconds"] / results["plain"]["step_seconds"]
     body = "\n".join(

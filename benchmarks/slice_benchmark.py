@@ -23,16 +23,15 @@ import statistics
 import sys
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from common import (
     ROOT,
     copy_tree,
+    fresh_run,
     interleaved,
     largest_tensor,
     machine,
     replace_section,
-    fresh_run,
     table,
     tensors_equal,
     warm,
@@ -56,7 +55,11 @@ def generate_parent(path: Path, layers: int) -> None:
     shapes = {}
     for i in range(layers):
         p = f"model.layers.{i}."
-        for proj, (out, inp) in {"gate_proj": (FFN, HIDDEN), "up_proj": (FFN, HIDDEN), "down_proj": (HIDDEN, FFN)}.items():
+        for proj, (out, inp) in {
+            "gate_proj": (FFN, HIDDEN),
+            "up_proj": (FFN, HIDDEN),
+            "down_proj": (HIDDEN, FFN),
+        }.items():
             specs[f"{p}mlp.{proj}.weight_packed"] = ("I32", (out, inp // 4))
             specs[f"{p}mlp.{proj}.weight_scale"] = ("BF16", (out, 1))
             shapes[f"{p}mlp.{proj}.weight_shape"] = torch.tensor([out, inp])
@@ -81,12 +84,26 @@ def generate_parent(path: Path, layers: int) -> None:
             "config_groups": {
                 "group_0": {
                     "targets": ["re:.*mlp\\.(gate|up|down)_proj$"],
-                    "weights": {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "channel", "group_size": None},
+                    "weights": {
+                        "num_bits": 8,
+                        "type": "int",
+                        "symmetric": True,
+                        "strategy": "channel",
+                        "group_size": None,
+                    },
                 }
             },
             "ignore": ["lm_head"],
         },
-        "matcli": {"role": "parent", "parent_bits": 8, "scheme": "symmetric", "group_size": None, "trained_bits": [8, 4, 2], "method": "synthetic", "layers": "ffn"},
+        "matcli": {
+            "role": "parent",
+            "parent_bits": 8,
+            "scheme": "symmetric",
+            "group_size": None,
+            "trained_bits": [8, 4, 2],
+            "method": "synthetic",
+            "layers": "ffn",
+        },
     }
     write_random_checkpoint(path, specs, config, SHARD_BYTES, fixed=shapes)
 
@@ -109,7 +126,10 @@ def main() -> None:
         "matcli slice": lambda: fresh_run(work / "out-matcli", matcli + [str(work / "out-matcli")]),
         NAIVE: lambda: fresh_run(work / "out-naive", naive + [str(work / "out-naive")]),
         "cp -r": lambda: copy_tree(parent, work / "out-cp"),
-        DENSE: lambda: fresh_run(work / "out-dense", matcli[:-2] + ["--format", "dense", "-q", "-o", str(work / "out-dense")]),
+        DENSE: lambda: fresh_run(
+            work / "out-dense",
+            matcli[:-2] + ["--format", "dense", "-q", "-o", str(work / "out-dense")],
+        ),
     }
     warm(parent)
     results = interleaved(approaches, args.runs)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import fresh_run, interleaved, machine, replace_section, table  # noqa: E402
+from common import fresh_run, interleaved, machine, replace_section, table
 
 ROWS, DIM, KEEP = 2_604_167, 768, 256
 NAIVE = "numpy (load, slice, normalize, save)"
@@ -43,7 +43,9 @@ def generate(path: Path) -> None:
     rng = np.random.default_rng(0)
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as f:
-        np.lib.format.write_array_header_2_0(f, {"descr": "<f4", "fortran_order": False, "shape": (ROWS, DIM)})
+        np.lib.format.write_array_header_2_0(
+            f, {"descr": "<f4", "fortran_order": False, "shape": (ROWS, DIM)}
+        )
         for start in range(0, ROWS, 100_000):
             n = min(100_000, ROWS - start)
             f.write(rng.standard_normal((n, DIM), dtype=np.float32).tobytes())
@@ -65,9 +67,23 @@ def funnel_benchmark() -> list[str]:
     from matcli.mrl.retrieval import TIMING_REPEATS, evaluate, parse_funnel
 
     rng = np.random.default_rng(1)
-    corpus = (rng.standard_normal((1_000_000, 384), dtype=np.float32) * np.geomspace(1, 0.05, 384).astype(np.float32))
-    queries = corpus[rng.choice(len(corpus), 1000, replace=False)] + 0.3 * rng.standard_normal((1000, 384), dtype=np.float32) * np.geomspace(1, 0.05, 384).astype(np.float32)
-    report = evaluate(corpus, queries, [384, 32], 10, funnels=[parse_funnel("32:200,384:10"), parse_funnel("64:200,384:10"), parse_funnel("128:200,384:10")])
+    corpus = rng.standard_normal((1_000_000, 384), dtype=np.float32) * np.geomspace(
+        1, 0.05, 384
+    ).astype(np.float32)
+    queries = corpus[rng.choice(len(corpus), 1000, replace=False)] + 0.3 * rng.standard_normal(
+        (1000, 384), dtype=np.float32
+    ) * np.geomspace(1, 0.05, 384).astype(np.float32)
+    report = evaluate(
+        corpus,
+        queries,
+        [384, 32],
+        10,
+        funnels=[
+            parse_funnel("32:200,384:10"),
+            parse_funnel("64:200,384:10"),
+            parse_funnel("128:200,384:10"),
+        ],
+    )
     funnels = report["funnels"]
     lines = [
         "",
@@ -83,7 +99,9 @@ def funnel_benchmark() -> list[str]:
         f"| exact, 32 dims only | {report['dims'][1]['recall@10_vs_full']:.3f} | {1_000_000 * 32:,} | - | - |",
     ]
     for f in funnels:
-        lines.append(f"| funnel {f['funnel']} | {f['recall@10_vs_full']:.3f} | {f['flops_per_query']:,} | {f['ms_per_query']:.2f} | {f['speedup_vs_full']:.1f}x |")
+        lines.append(
+            f"| funnel {f['funnel']} | {f['recall@10_vs_full']:.3f} | {f['flops_per_query']:,} | {f['ms_per_query']:.2f} | {f['speedup_vs_full']:.1f}x |"
+        )
     flops = [f["flops_vs_full"] for f in funnels]
     speed = [f["speedup_vs_full"] for f in funnels]
     lines += [
@@ -106,17 +124,36 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     big = work / "embeddings-8gb.npy"
     generate_in_child(big)
-    matcli = [sys.executable, "-m", "matcli", "truncate-embeddings", str(big), "--dims", str(KEEP), "-q", "-o", str(work / "t-matcli.npy")]
+    matcli = [
+        sys.executable,
+        "-m",
+        "matcli",
+        "truncate-embeddings",
+        str(big),
+        "--dims",
+        str(KEEP),
+        "-q",
+        "-o",
+        str(work / "t-matcli.npy"),
+    ]
     naive = [sys.executable, "-c", NAIVE_SCRIPT, str(big), str(work / "t-numpy.npy"), str(KEEP)]
     results = interleaved(
-        {"matcli truncate-embeddings": lambda: fresh_run(work / "t-matcli.npy", matcli), NAIVE: lambda: fresh_run(work / "t-numpy.npy", naive)},
+        {
+            "matcli truncate-embeddings": lambda: fresh_run(work / "t-matcli.npy", matcli),
+            NAIVE: lambda: fresh_run(work / "t-numpy.npy", naive),
+        },
         args.runs,
     )
     a = np.load(work / "t-matcli.npy", mmap_mode="r")
     b = np.load(work / "t-numpy.npy", mmap_mode="r")
-    same = max(float(np.abs(a[i : i + 100_000] - b[i : i + 100_000]).max()) for i in range(0, ROWS, 100_000))
+    same = max(
+        float(np.abs(a[i : i + 100_000] - b[i : i + 100_000]).max())
+        for i in range(0, ROWS, 100_000)
+    )
     rss = max(r for _, r in results["matcli truncate-embeddings"]) / 2**20
-    ratio = statistics.median(w for w, _ in results["matcli truncate-embeddings"]) / statistics.median(w for w, _ in results[NAIVE])
+    ratio = statistics.median(
+        w for w, _ in results["matcli truncate-embeddings"]
+    ) / statistics.median(w for w, _ in results[NAIVE])
     lines = [
         f"An {big.stat().st_size / 1e9:.2f} GB float32 .npy ({ROWS:,} x {DIM}) truncated to {KEEP} dims with renormalization, "
         f"medians of {args.runs} interleaved runs on {machine()}; the outputs differ by at most {same:.1e}.",

@@ -25,7 +25,9 @@ def read_texts(path: Path | str, text_field: str = "text") -> list[str]:
     if path.suffix in (".txt", ".jsonl", ".parquet"):
         raise MatcliError(f"--data {path} does not exist; give a .txt, .jsonl or .parquet file")
     if path.exists():
-        raise MatcliError(f"--data {path}: unknown file type {path.suffix!r}; use .txt, .jsonl or .parquet")
+        raise MatcliError(
+            f"--data {path}: unknown file type {path.suffix!r}; use .txt, .jsonl or .parquet"
+        )
     return _cached_dataset_texts(str(path), text_field)
 
 
@@ -51,7 +53,9 @@ def _parquet_texts(path: Path, text_field: str) -> list[str]:
         raise MatcliError("reading .parquet needs pyarrow: pip install 'matcli[parquet]'") from e
     table = pq.read_table(path)
     if text_field not in table.column_names:
-        raise MatcliError(f"--data {path} has no column {text_field!r} (columns: {', '.join(table.column_names)})")
+        raise MatcliError(
+            f"--data {path} has no column {text_field!r} (columns: {', '.join(table.column_names)})"
+        )
     return [t for t in table.column(text_field).to_pylist() if isinstance(t, str)]
 
 
@@ -61,7 +65,9 @@ def _cached_dataset_texts(name: str, text_field: str) -> list[str]:
     import os
 
     if importlib.util.find_spec("datasets") is None:
-        raise MatcliError(f"--data {name} is not a file; for Hugging Face dataset names install `datasets` (only the local cache is used)")
+        raise MatcliError(
+            f"--data {name} is not a file; for Hugging Face dataset names install `datasets` (only the local cache is used)"
+        )
     os.environ["HF_DATASETS_OFFLINE"] = "1"
     from datasets import load_dataset
 
@@ -70,7 +76,9 @@ def _cached_dataset_texts(name: str, text_field: str) -> list[str]:
     try:
         data = load_dataset(dataset, config or None, split=split or "train")
     except Exception as e:  # datasets raises many types for a cache miss
-        raise MatcliError(f"--data {name}: not a file and not in the local Hugging Face cache ({type(e).__name__}); give a local file") from e
+        raise MatcliError(
+            f"--data {name}: not a file and not in the local Hugging Face cache ({type(e).__name__}); give a local file"
+        ) from e
     if text_field not in data.column_names:
         raise MatcliError(f"--data {name} has no column {text_field!r}")
     return [t for t in data[text_field] if isinstance(t, str)]
@@ -91,7 +99,9 @@ def data_digest(path: Path | str) -> str:
     return h.hexdigest()
 
 
-def token_windows(tokenizer, texts: list[str], seq_len: int, max_tokens: int | None) -> torch.Tensor:
+def token_windows(
+    tokenizer, texts: list[str], seq_len: int, max_tokens: int | None
+) -> torch.Tensor:
     """Documents tokenized, joined with EOS, cut into [n, seq_len] non-overlapping windows."""
     eos = tokenizer.eos_token_id
     ids: list[int] = []
@@ -105,5 +115,7 @@ def token_windows(tokenizer, texts: list[str], seq_len: int, max_tokens: int | N
         ids = ids[:max_tokens]
     n = len(ids) // seq_len
     if n == 0:
-        raise MatcliError(f"the data holds {len(ids)} tokens, fewer than one --seq-len window of {seq_len}; give more text or a shorter --seq-len")
+        raise MatcliError(
+            f"the data holds {len(ids)} tokens, fewer than one --seq-len window of {seq_len}; give more text or a shorter --seq-len"
+        )
     return torch.tensor(ids[: n * seq_len]).reshape(n, seq_len)

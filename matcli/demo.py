@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 
 
-
 def build_tiny_llama(path: Path, seed: int = 0) -> None:
     from transformers import AutoModelForCausalLM, LlamaConfig
 

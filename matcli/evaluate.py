@@ -22,10 +22,14 @@ def load_model(path: Path, bits: int | None = None, extra_precision: bool = Fals
     with ModelFolder(path) as folder:
         linears = ct_format.packed_linears(folder)
         if not linears:
-            raise MatcliError(f"--bits needs a quantized parent; {path} is dense (evaluate it without --bits)")
+            raise MatcliError(
+                f"--bits needs a quantized parent; {path} is dense (evaluate it without --bits)"
+            )
         parent_bits = next(iter(linears.values())).scheme.bits
         if bits > parent_bits:
-            raise MatcliError(f"--bits {bits}: cannot slice int{bits} out of an int{parent_bits} parent")
+            raise MatcliError(
+                f"--bits {bits}: cannot slice int{bits} out of an int{parent_bits} parent"
+            )
         config = {k: v for k, v in folder.config.items() if k != "quantization_config"}
         state = dequantized_state_dict(folder, bits, extra_precision)
     return model_from_state(config, state, str(path))
@@ -36,16 +40,22 @@ def model_from_state(config: dict, state: dict[str, torch.Tensor], what: str):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config), dtype=torch.float32)
-    missing, unexpected = model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=False)
+    missing, unexpected = model.load_state_dict(
+        {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=False
+    )
     tied = {k for k in missing if "lm_head" in k}
     if unexpected or set(missing) - tied:
-        raise MatcliError(f"{what}: weights do not fit the config (missing {sorted(set(missing) - tied)[:3]}, unexpected {unexpected[:3]})")
+        raise MatcliError(
+            f"{what}: weights do not fit the config (missing {sorted(set(missing) - tied)[:3]}, unexpected {unexpected[:3]})"
+        )
     model.tie_weights()
     return model.eval()
 
 
 @torch.no_grad()
-def perplexity(model, windows: torch.Tensor, batch_size: int = 4, device: torch.device | None = None) -> float:
+def perplexity(
+    model, windows: torch.Tensor, batch_size: int = 4, device: torch.device | None = None
+) -> float:
     """exp(mean next-token negative log-likelihood) over every predicted token of the windows."""
     if device is not None:
         model = model.to(device)
@@ -54,7 +64,9 @@ def perplexity(model, windows: torch.Tensor, batch_size: int = 4, device: torch.
     for batch in windows.split(batch_size):
         logits = model(batch).logits[:, :-1].float()
         targets = batch[:, 1:]
-        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
+        nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"
+        )
         total_nll += nll.item()
         total_tokens += targets.numel()
     return math.exp(total_nll / total_tokens)

@@ -21,12 +21,16 @@ def inspect_model(path: Path) -> dict:
         except MatcliError:
             arch, family, num_layers = None, None, None
         linears = ct_format.packed_linears(folder)
-        groups: dict[tuple, dict] = defaultdict(lambda: {"modules": [], "weights": 0, "stored_bytes": 0})
+        groups: dict[tuple, dict] = defaultdict(
+            lambda: {"modules": [], "weights": 0, "stored_bytes": 0}
+        )
         for lin in linears.values():
             g = groups[(lin.scheme.bits, lin.scheme.name, lin.scheme.group_size)]
             g["modules"].append(lin.module)
             g["weights"] += lin.weights
-            g["stored_bytes"] += sum(folder.tensors[n].nbytes for n in lin.tensor_names() if n in folder.tensors)
+            g["stored_bytes"] += sum(
+                folder.tensors[n].nbytes for n in lin.tensor_names() if n in folder.tensors
+            )
         quantized = [
             {
                 "bits": bits,
@@ -49,14 +53,20 @@ def inspect_model(path: Path) -> dict:
             "family": family,
             "num_layers": num_layers,
             "role": info.get("role") or ("quantized" if linears else "dense"),
-            "trained_bits": info.get("trained_bits") or (info.get("parent") or {}).get("trained_bits"),
+            "trained_bits": info.get("trained_bits")
+            or (info.get("parent") or {}).get("trained_bits"),
             "matcli": info or None,
             "tensors": len(folder.tensors),
             # A quantized Linear is out x in parameters, whatever tensors store it.
-            "parameters": sum(t.numel for t in folder.tensors.values() if t.name not in storage) + total_weights,
+            "parameters": sum(t.numel for t in folder.tensors.values() if t.name not in storage)
+            + total_weights,
             "quantized": quantized,
             "quantized_weights": total_weights,
-            "effective_bits": round(8 * sum(g["stored_bytes"] for g in quantized) / total_weights, 4) if total_weights else None,
+            "effective_bits": round(
+                8 * sum(g["stored_bytes"] for g in quantized) / total_weights, 4
+            )
+            if total_weights
+            else None,
             "size_on_disk": sum(p.stat().st_size for p in folder.path.rglob("*") if p.is_file()),
         }
 
@@ -76,7 +86,10 @@ def _which(arch: Architecture | None, modules: list[str]) -> list[str]:
     by_layers: dict[str, list[str]] = defaultdict(list)
     for relative, layers in layers_of.items():
         by_layers[_ranges(sorted(layers))].append(relative)
-    return [f"layers {layers}: {', '.join(sorted(names))}" for layers, names in sorted(by_layers.items())] + sorted(outside)
+    return [
+        f"layers {layers}: {', '.join(sorted(names))}"
+        for layers, names in sorted(by_layers.items())
+    ] + sorted(outside)
 
 
 def _ranges(numbers: list[int]) -> str:

@@ -14,7 +14,18 @@ from matcli.errors import MatcliError
 
 MIX_N_MATCH_STRATEGIES = ("pyramid", "reverse-pyramid", "increasing", "decreasing")
 
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
 
 
 def parse_size(text: str | int) -> int:
@@ -99,10 +110,14 @@ class QuantizeOptions(WriteOptions):
     @model_validator(mode="after")
     def _objective(self) -> QuantizeOptions:
         if self.train_bits is None:
-            self.train_bits = sorted({self.bits} | {w for w in (8, 4, 2) if w < self.bits}, reverse=True)
+            self.train_bits = sorted(
+                {self.bits} | {w for w in (8, 4, 2) if w < self.bits}, reverse=True
+            )
         for r in self.train_bits:
             if not 1 <= r <= self.bits:
-                raise ValueError(f"--train-bits {r} is not a width of an int{self.bits} parent (1..{self.bits})")
+                raise ValueError(
+                    f"--train-bits {r} is not a width of an int{self.bits} parent (1..{self.bits})"
+                )
         if len(set(self.train_bits)) != len(self.train_bits):
             raise ValueError("--train-bits repeats a width")
         if self.loss_weights is None:
@@ -115,13 +130,19 @@ class QuantizeOptions(WriteOptions):
                     weights[i] = self.loss_weights[rank]
                 self.loss_weights = weights
         if len(self.loss_weights) != len(self.train_bits):
-            raise ValueError(f"--loss-weights gives {len(self.loss_weights)} weights for {len(self.train_bits)} --train-bits widths")
+            raise ValueError(
+                f"--loss-weights gives {len(self.loss_weights)} weights for {len(self.train_bits)} --train-bits widths"
+            )
         if self.method in TRAINING_METHODS and self.data is None:
-            raise ValueError(f"--method {self.method} trains on text: add --data FILE (.txt, .jsonl or .parquet)")
+            raise ValueError(
+                f"--method {self.method} trains on text: add --data FILE (.txt, .jsonl or .parquet)"
+            )
         if self.distill is not None:
             teacher, students = parse_distill(self.distill)
             if teacher > self.bits or any(s not in self.train_bits for s in students):
-                raise ValueError(f"--distill {self.distill}: the teacher must be a width up to {self.bits} and every student one of --train-bits")
+                raise ValueError(
+                    f"--distill {self.distill}: the teacher must be a width up to {self.bits} and every student one of --train-bits"
+                )
         return self
 
 
@@ -129,7 +150,9 @@ def parse_distill(spec: str) -> tuple[int, list[int]]:
     """`8->2` -> (8, [2]); `8->4;2` -> (8, [4, 2])."""
     m = re.fullmatch(r"\s*(\d)\s*->\s*(\d(?:\s*;\s*\d)*)\s*", spec)
     if not m:
-        raise ValueError(f"--distill {spec!r} is not TEACHER->STUDENT[;STUDENT], e.g. 8->2 or 8->4;2")
+        raise ValueError(
+            f"--distill {spec!r} is not TEACHER->STUDENT[;STUDENT], e.g. 8->2 or 8->4;2"
+        )
     teacher = int(m.group(1))
     students = [int(x) for x in m.group(2).split(";")]
     if any(s >= teacher for s in students):
@@ -162,9 +185,15 @@ class SliceOptions(WriteOptions):
     @model_validator(mode="after")
     def _one_way_to_choose_widths(self) -> SliceOptions:
         if (self.bits is None) == (self.bits_config is None):
-            raise ValueError("give either --bits (e.g. 4,2) or --bits-config (a file or one of " + ", ".join(MIX_N_MATCH_STRATEGIES) + ")")
+            raise ValueError(
+                "give either --bits (e.g. 4,2) or --bits-config (a file or one of "
+                + ", ".join(MIX_N_MATCH_STRATEGIES)
+                + ")"
+            )
         if self.target_bits is not None and self.bits_config not in MIX_N_MATCH_STRATEGIES:
-            raise ValueError("--target-bits needs --bits-config " + "|".join(MIX_N_MATCH_STRATEGIES))
+            raise ValueError(
+                "--target-bits needs --bits-config " + "|".join(MIX_N_MATCH_STRATEGIES)
+            )
         if self.dtype is not None and self.format != "dense":
             raise ValueError("--dtype applies to --format dense only")
         return self
@@ -189,7 +218,9 @@ class ExtractOptions(WriteOptions):
         if self.budget_of is not None and self.budget is None:
             raise ValueError("--budget-of says what --budget counts: add --budget N")
         if (self.reorder or self.rank_by_loss) and self.data is None:
-            raise ValueError("--reorder and --rank-by-loss measure on calibration text: add --data FILE")
+            raise ValueError(
+                "--reorder and --rank-by-loss measure on calibration text: add --data FILE"
+            )
         return self
 
 
@@ -240,18 +271,28 @@ class TruncateOptions(Options):
     @model_validator(mode="after")
     def _consistent(self) -> TruncateOptions:
         if self.pca and self.rotation is not None:
-            raise ValueError("--pca fits a new rotation and --rotation applies a stored one; give one of them")
+            raise ValueError(
+                "--pca fits a new rotation and --rotation applies a stored one; give one of them"
+            )
         if self.quantize and self.dtype:
             raise ValueError("--dtype does not apply to quantized output (--quantize)")
         # Options that would otherwise be silently ignored.
         if self.pca_center and not self.pca:
-            raise ValueError("--pca-center only changes how --pca fits its rotation; add --pca or drop --pca-center")
+            raise ValueError(
+                "--pca-center only changes how --pca fits its rotation; add --pca or drop --pca-center"
+            )
         if self.data is not None and not self.pca:
-            raise ValueError("--data gives the texts a model's --pca rotation is fitted on; add --pca or drop --data")
+            raise ValueError(
+                "--data gives the texts a model's --pca rotation is fitted on; add --pca or drop --data"
+            )
         if self.ranges is not None and self.quantize != "int8":
-            raise ValueError("--ranges gives the ranges of --quantize int8; add --quantize int8 or drop --ranges")
+            raise ValueError(
+                "--ranges gives the ranges of --quantize int8; add --quantize int8 or drop --ranges"
+            )
         if self.ranges is not None and len(self.dims) != 1:
-            raise ValueError("--ranges holds the int8 ranges of one dimension; give a single --dims")
+            raise ValueError(
+                "--ranges holds the int8 ranges of one dimension; give a single --dims"
+            )
         return self
 
 
@@ -278,7 +319,9 @@ def read_recipe(path: Path) -> dict:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-def merge_recipe(recipe: Path | None, flags: dict[str, object], given: set[str]) -> dict[str, object]:
+def merge_recipe(
+    recipe: Path | None, flags: dict[str, object], given: set[str]
+) -> dict[str, object]:
     """Recipe values, overridden by the flags given on the command line (not by defaults)."""
     if recipe is None:
         return flags

@@ -38,13 +38,28 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    options = QuantizeOptions(model=args.model, output=args.output, method="qat", data=args.data, steps=args.steps, seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr, seed=args.seed, warmup_steps=args.warmup_steps)
+    options = QuantizeOptions(
+        model=args.model,
+        output=args.output,
+        method="qat",
+        data=args.data,
+        steps=args.steps,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        warmup_steps=args.warmup_steps,
+    )
     torch.manual_seed(options.seed)
     windows = training_windows(options, options.model)
     model = AutoModelForCausalLM.from_pretrained(options.model, dtype=torch.float32)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=options.weight_decay)
-    warmup = options.warmup_steps if options.warmup_steps is not None else min(PAPER_WARMUP, options.steps // 5)
+    warmup = (
+        options.warmup_steps
+        if options.warmup_steps is not None
+        else min(PAPER_WARMUP, options.steps // 5)
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(options, warmup))
     for step in range(options.steps):
         batch = windows[_batch_indices(len(windows), step, options.batch_size, options.seed)]
@@ -56,10 +71,17 @@ def main() -> None:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         print(f"step {step + 1}/{options.steps} loss {loss.item():.4f}", flush=True)
-    staging = args.output.with_name(args.output.name + ".tmp")  # the folder appears complete or not at all
+    staging = args.output.with_name(
+        args.output.name + ".tmp"
+    )  # the folder appears complete or not at all
     shutil.rmtree(staging, ignore_errors=True)
     model.to(torch.bfloat16).save_pretrained(staging)
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+    for name in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "generation_config.json",
+    ):
         if (args.model / name).exists():
             shutil.copyfile(args.model / name, staging / name)
     shutil.rmtree(args.output, ignore_errors=True)

@@ -37,7 +37,9 @@ def load(folder: Path) -> dict[str, dict]:
         path = folder / f"{name}.json"
         if path.is_file() and path.stat().st_size:
             results = json.loads(path.read_text())["results"]
-            found[name] = {r["bits"] if r["bits"] is not None else "dense": r["perplexity"] for r in results}
+            found[name] = {
+                r["bits"] if r["bits"] is not None else "dense": r["perplexity"] for r in results
+            }
     return found
 
 
@@ -48,7 +50,10 @@ def cell(value: float | None) -> str:
 
 
 def table(results: dict[str, dict]) -> list[str]:
-    lines = ["| model | " + " | ".join(f"int{w}" for w in WIDTHS) + " |", "|---" * (len(WIDTHS) + 1) + "|"]
+    lines = [
+        "| model | " + " | ".join(f"int{w}" for w in WIDTHS) + " |",
+        "|---" * (len(WIDTHS) + 1) + "|",
+    ]
     for name, label in ROWS:
         if name not in results:
             continue
@@ -75,9 +80,23 @@ def targets(results: dict[str, dict]) -> list[str]:
             checks.append(_check(f"MatQuant int2 <= 2x {ref_name} ({cell(2 * ref)})", mq2, 2 * ref))
     for ref_name, ref in (("dense", dense), ("dense fine-tuned", dense_ft)):
         if None not in (mq8, ref):
-            checks.append(_check(f"MatQuant int8 within 1% of {ref_name}", mq8, 1.01 * ref, f"{mq8 / ref - 1:+.1%}"))
+            checks.append(
+                _check(
+                    f"MatQuant int8 within 1% of {ref_name}",
+                    mq8,
+                    1.01 * ref,
+                    f"{mq8 / ref - 1:+.1%}",
+                )
+            )
     if None not in (mq4, base4):
-        checks.append(_check("MatQuant int4 within 5% of the int4-only baseline", mq4, 1.05 * base4, f"{mq4 / base4 - 1:+.1%}"))
+        checks.append(
+            _check(
+                "MatQuant int4 within 5% of the int4-only baseline",
+                mq4,
+                1.05 * base4,
+                f"{mq4 / base4 - 1:+.1%}",
+            )
+        )
     return checks
 
 
@@ -99,7 +118,9 @@ def main() -> None:
         text = doc.read_text()
         pattern = re.compile(r"(<!-- matquant:begin -->\n).*?(<!-- matquant:end -->)", re.S)
         if not pattern.search(text):
-            raise SystemExit("docs/results.md has no <!-- matquant:begin --> ... <!-- matquant:end --> markers")
+            raise SystemExit(
+                "docs/results.md has no <!-- matquant:begin --> ... <!-- matquant:end --> markers"
+            )
         doc.write_text(pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text))
 
 

@@ -48,7 +48,9 @@ def smollm2(out: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf, dtype=torch.float32)
     config = model.config.to_dict()
     config.pop("quantization_config", None)
-    plain = AutoModelForCausalLM.from_config(type(model.config).from_dict(config), dtype=torch.float32)
+    plain = AutoModelForCausalLM.from_config(
+        type(model.config).from_dict(config), dtype=torch.float32
+    )
     plain.load_state_dict(model.state_dict())
     plain.to(torch.bfloat16).save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -59,7 +61,12 @@ def wikipedia(out: Path) -> None:
         return
     from gensim.corpora.wikicorpus import extract_pages, filter_wiki
 
-    dump = package_dir("gensim") / "test" / "test_data" / "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+    dump = (
+        package_dir("gensim")
+        / "test"
+        / "test_data"
+        / "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+    )
     articles = []
     with bz2.open(dump) as f:
         for title, text, _ in extract_pages(f):
@@ -105,8 +112,14 @@ def news(out: Path) -> None:
             texts.append(text)
     model = SentenceTransformer(str(minilm_dir()), device="cpu")
     out.mkdir(parents=True, exist_ok=True)
-    np.save(out / "corpus.npy", model.encode(texts, batch_size=32, convert_to_numpy=True).astype(np.float32))
-    np.save(out / "queries.npy", model.encode(titles, batch_size=64, convert_to_numpy=True).astype(np.float32))
+    np.save(
+        out / "corpus.npy",
+        model.encode(texts, batch_size=32, convert_to_numpy=True).astype(np.float32),
+    )
+    np.save(
+        out / "queries.npy",
+        model.encode(titles, batch_size=64, convert_to_numpy=True).astype(np.float32),
+    )
     (out / "qrels.tsv").write_text("".join(f"{i}\t{i}\t1\n" for i in range(len(titles))))
     (out / "titles.txt").write_text("\n".join(titles) + "\n")
     print(f"news: {len(titles)} titles and articles embedded")

@@ -28,7 +28,9 @@ def build_llama(path: Path, seed: int = 0, **overrides) -> Path:
     )
     settings.update(overrides)
     torch.manual_seed(seed)
-    AutoModelForCausalLM.from_config(LlamaConfig(**settings), dtype=torch.float32).save_pretrained(path)
+    AutoModelForCausalLM.from_config(LlamaConfig(**settings), dtype=torch.float32).save_pretrained(
+        path
+    )
     char_tokenizer().save_pretrained(path)
     (path / "chat_template.jinja").write_text("{{ messages }}\n")
     return path
@@ -44,7 +46,9 @@ def char_tokenizer():
         vocab[chr(code)] = len(vocab)
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(".|\n"), "isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", eos_token="<eos>", pad_token="<pad>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="<unk>", eos_token="<eos>", pad_token="<pad>"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -118,7 +122,9 @@ def run_matcli(*args: str) -> tuple[int, str, str]:
     return code, stdout.getvalue(), stderr.getvalue()
 
 
-def logits_of(model_path: Path, tokens: torch.Tensor, state_dict: dict | None = None, base: Path | None = None) -> torch.Tensor:
+def logits_of(
+    model_path: Path, tokens: torch.Tensor, state_dict: dict | None = None, base: Path | None = None
+) -> torch.Tensor:
     """Logits of a folder loaded by stock transformers, or of `base` carrying `state_dict`."""
     from transformers import AutoModelForCausalLM
 
@@ -170,11 +176,20 @@ def build_sentence_transformer(path: Path, seed: int = 0) -> Path:
 
     bert = path.parent / (path.name + "-bert")
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=99, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=99,
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=96,
+        max_position_embeddings=128,
+    )
     BertModel(config).save_pretrained(bert)
     char_tokenizer().save_pretrained(bert)
     transformer = Transformer(str(bert), max_seq_length=64)
-    model = SentenceTransformer(modules=[transformer, Pooling(48, pooling_mode="mean"), Normalize()], device="cpu")
+    model = SentenceTransformer(
+        modules=[transformer, Pooling(48, pooling_mode="mean"), Normalize()], device="cpu"
+    )
     model.save(str(path))
     return path
 

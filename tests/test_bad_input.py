@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import run_matcli
 
 
@@ -25,7 +24,9 @@ def tree_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def assert_refused(args: list[str], output: Path, match: str, code: int = 2, inputs: list[Path] = ()):
+def assert_refused(
+    args: list[str], output: Path, match: str, code: int = 2, inputs: list[Path] = ()
+):
     before = [tree_digest(p) for p in inputs]
     exit_code, stdout, stderr = run_matcli(*args)
     lines = [line for line in stderr.splitlines() if line.strip()]
@@ -44,13 +45,21 @@ def parent_copy(llama_parent, tmp_path) -> Path:
 
 
 def test_missing_folder(tmp_path):
-    assert_refused(["slice", str(tmp_path / "nope"), "--bits", "2", "-o", str(tmp_path / "out")], tmp_path / "out", "does not exist")
+    assert_refused(
+        ["slice", str(tmp_path / "nope"), "--bits", "2", "-o", str(tmp_path / "out")],
+        tmp_path / "out",
+        "does not exist",
+    )
 
 
 def test_folder_without_safetensors(tmp_path):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text('{"model_type": "llama"}')
-    assert_refused(["slice", str(tmp_path / "m"), "--bits", "2", "-o", str(tmp_path / "out")], tmp_path / "out", "no model.safetensors")
+    assert_refused(
+        ["slice", str(tmp_path / "m"), "--bits", "2", "-o", str(tmp_path / "out")],
+        tmp_path / "out",
+        "no model.safetensors",
+    )
 
 
 def test_pickle_checkpoint_is_refused(tmp_path):
@@ -58,13 +67,20 @@ def test_pickle_checkpoint_is_refused(tmp_path):
     m.mkdir()
     (m / "config.json").write_text('{"model_type": "llama"}')
     (m / "pytorch_model.bin").write_bytes(b"\x80\x04\x95 pickle")
-    assert_refused(["quantize", str(m), "-o", str(tmp_path / "out")], tmp_path / "out", "pickle", inputs=[m])
+    assert_refused(
+        ["quantize", str(m), "-o", str(tmp_path / "out")], tmp_path / "out", "pickle", inputs=[m]
+    )
 
 
 def test_truncated_safetensors(parent_copy, tmp_path):
     shard = parent_copy / "model.safetensors"
     shard.write_bytes(shard.read_bytes()[:-1000])
-    assert_refused(["slice", str(parent_copy), "--bits", "2", "-o", str(tmp_path / "out")], tmp_path / "out", "truncated", inputs=[parent_copy])
+    assert_refused(
+        ["slice", str(parent_copy), "--bits", "2", "-o", str(tmp_path / "out")],
+        tmp_path / "out",
+        "truncated",
+        inputs=[parent_copy],
+    )
 
 
 def test_absurd_header_length(parent_copy, tmp_path):
@@ -79,18 +95,32 @@ def test_index_escaping_the_folder(parent_copy, tmp_path):
     (parent_copy / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {}, "weight_map": {"x": "../../../etc/hosts"}})
     )
-    assert_refused(["slice", str(parent_copy), "--bits", "2", "-o", str(tmp_path / "out")], tmp_path / "out", "outside the model folder")
+    assert_refused(
+        ["slice", str(parent_copy), "--bits", "2", "-o", str(tmp_path / "out")],
+        tmp_path / "out",
+        "outside the model folder",
+    )
 
 
-@pytest.mark.parametrize(("bits", "match"), [("0", "out of range"), ("9", "out of range"), ("two", "integers")])
+@pytest.mark.parametrize(
+    ("bits", "match"), [("0", "out of range"), ("9", "out of range"), ("two", "integers")]
+)
 def test_bits_out_of_range(llama_parent, tmp_path, bits, match):
-    assert_refused(["slice", str(llama_parent), "--bits", bits, "-o", str(tmp_path / "out")], tmp_path / "out", match)
+    assert_refused(
+        ["slice", str(llama_parent), "--bits", bits, "-o", str(tmp_path / "out")],
+        tmp_path / "out",
+        match,
+    )
 
 
 def test_bits_above_the_parent(llama, tmp_path):
     parent = tmp_path / "int4-parent"
     assert run_matcli("quantize", str(llama), "-o", str(parent), "--bits", "4", "-q")[0] == 0
-    assert_refused(["slice", str(parent), "--bits", "8", "-o", str(tmp_path / "out")], tmp_path / "out", "cannot slice int8 out of an int4 parent")
+    assert_refused(
+        ["slice", str(parent), "--bits", "8", "-o", str(tmp_path / "out")],
+        tmp_path / "out",
+        "cannot slice int8 out of an int4 parent",
+    )
 
 
 def test_unknown_family(llama, tmp_path):
@@ -98,11 +128,19 @@ def test_unknown_family(llama, tmp_path):
     config = json.loads((m / "config.json").read_text())
     config["model_type"] = "brandnew"
     (m / "config.json").write_text(json.dumps(config))
-    assert_refused(["quantize", str(m), "-o", str(tmp_path / "out")], tmp_path / "out", "matcli/arch/families/brandnew.yaml")
+    assert_refused(
+        ["quantize", str(m), "-o", str(tmp_path / "out")],
+        tmp_path / "out",
+        "matcli/arch/families/brandnew.yaml",
+    )
 
 
 def test_dense_model_given_to_slice(llama, tmp_path):
-    assert_refused(["slice", str(llama), "--bits", "2", "-o", str(tmp_path / "out")], tmp_path / "out", "matcli quantize")
+    assert_refused(
+        ["slice", str(llama), "--bits", "2", "-o", str(tmp_path / "out")],
+        tmp_path / "out",
+        "matcli quantize",
+    )
 
 
 def test_existing_output_needs_force(llama_parent, tmp_path):
@@ -113,30 +151,54 @@ def test_existing_output_needs_force(llama_parent, tmp_path):
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert exit_code == 2 and len(lines) == 1 and "--force" in lines[0], stderr
     assert (out / "precious.txt").read_text() == "keep"
-    assert run_matcli("slice", str(llama_parent), "--bits", "2", "-o", str(out), "--force", "-q")[0] == 0
+    assert (
+        run_matcli("slice", str(llama_parent), "--bits", "2", "-o", str(out), "--force", "-q")[0]
+        == 0
+    )
     assert not (out / "precious.txt").exists() and (out / "model.safetensors").exists()
 
 
 def test_output_replacing_the_input_is_refused(parent_copy):
-    assert_refused(["slice", str(parent_copy), "--bits", "2", "-o", str(parent_copy), "--force"], parent_copy / "none", "replace the input", inputs=[parent_copy])
+    assert_refused(
+        ["slice", str(parent_copy), "--bits", "2", "-o", str(parent_copy), "--force"],
+        parent_copy / "none",
+        "replace the input",
+        inputs=[parent_copy],
+    )
 
 
 def test_output_inside_the_input_is_refused(parent_copy):
     out = parent_copy / "sub"
-    assert_refused(["slice", str(parent_copy), "--bits", "2", "-o", str(out)], out, "inside the input", inputs=[parent_copy])
+    assert_refused(
+        ["slice", str(parent_copy), "--bits", "2", "-o", str(out)],
+        out,
+        "inside the input",
+        inputs=[parent_copy],
+    )
     assert not out.exists()
 
 
 def test_output_under_a_file_is_refused(llama_parent, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    assert_refused(["slice", str(llama_parent), "--bits", "8", "-o", str(blocker / "out")], tmp_path / "none", "which is a file")
+    assert_refused(
+        ["slice", str(llama_parent), "--bits", "8", "-o", str(blocker / "out")],
+        tmp_path / "none",
+        "which is a file",
+    )
 
 
-@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc, where nobody can create folders")
+@pytest.mark.skipif(
+    not Path("/proc/self").is_dir(), reason="needs Linux /proc, where nobody can create folders"
+)
 def test_unwritable_output_is_one_line(llama_parent):
     out = Path("/proc/matcli-test/out")
-    assert_refused(["slice", str(llama_parent), "--bits", "8", "-o", str(out)], out, "/proc/matcli-test", code=1)
+    assert_refused(
+        ["slice", str(llama_parent), "--bits", "8", "-o", str(out)],
+        out,
+        "/proc/matcli-test",
+        code=1,
+    )
 
 
 def test_sharded_checkpoint_of_symlinks_is_read(llama_parent, tmp_path):
@@ -152,27 +214,54 @@ def test_sharded_checkpoint_of_symlinks_is_read(llama_parent, tmp_path):
     from matcli.checkpoint.safetensors_file import read_header
 
     names = read_header(blobs / "abc123").tensors
-    (snapshot / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {n: "model-00001-of-00001.safetensors" for n in names}}))
-    assert run_matcli("slice", str(snapshot), "--bits", "2", "-o", str(tmp_path / "out"), "-q")[0] == 0
+    (snapshot / "model.safetensors.index.json").write_text(
+        json.dumps(
+            {"metadata": {}, "weight_map": {n: "model-00001-of-00001.safetensors" for n in names}}
+        )
+    )
+    assert (
+        run_matcli("slice", str(snapshot), "--bits", "2", "-o", str(tmp_path / "out"), "-q")[0] == 0
+    )
     assert (tmp_path / "out" / "model.safetensors").exists()
 
 
 def test_group_size_that_does_not_divide(llama, tmp_path):
-    assert_refused(["quantize", str(llama), "-o", str(tmp_path / "out"), "--group-size", "48"], tmp_path / "out", "does not divide")
+    assert_refused(
+        ["quantize", str(llama), "-o", str(tmp_path / "out"), "--group-size", "48"],
+        tmp_path / "out",
+        "does not divide",
+    )
 
 
 def test_untrained_width_is_a_warning_not_a_refusal(llama_parent, tmp_path):
-    code, _, err = run_matcli("slice", str(llama_parent), "--bits", "2", "-o", str(tmp_path / "out"))
+    code, _, err = run_matcli(
+        "slice", str(llama_parent), "--bits", "2", "-o", str(tmp_path / "out")
+    )
     assert code == 0 and "not trained for int2" in err
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    code, _, err = run_matcli("--debug", "slice", str(tmp_path / "nope"), "--bits", "2", "-o", str(tmp_path / "out"))
-    assert code == 2 and "Traceback" in err and err.strip().endswith("does not exist; give the path of a Hugging Face model folder")
+    code, _, err = run_matcli(
+        "--debug", "slice", str(tmp_path / "nope"), "--bits", "2", "-o", str(tmp_path / "out")
+    )
+    assert (
+        code == 2
+        and "Traceback" in err
+        and err.strip().endswith("does not exist; give the path of a Hugging Face model folder")
+    )
 
 
 def test_dry_run_writes_nothing(llama_parent, tmp_path):
-    code, out, _ = run_matcli("slice", str(llama_parent), "--bits", "4,2", "-o", str(tmp_path / "out"), "--dry-run", "--json")
+    code, out, _ = run_matcli(
+        "slice",
+        str(llama_parent),
+        "--bits",
+        "4,2",
+        "-o",
+        str(tmp_path / "out"),
+        "--dry-run",
+        "--json",
+    )
     assert code == 0 and not (tmp_path / "out").exists()
     plan = json.loads(out)
     assert [o["folder"] for o in plan["outputs"]] == ["int4", "int2"]
@@ -185,10 +274,25 @@ def test_dry_run_writes_nothing(llama_parent, tmp_path):
 def test_interrupted_write_leaves_no_destination(llama_parent, tmp_path, sig):
     """Kill a slice while it streams (slowed down by 1-byte chunks): no destination appears."""
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "matcli", "slice", str(llama_parent), "--bits", "4,2", "-o", str(out), "--chunk-size", "64", "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "matcli",
+        "slice",
+        str(llama_parent),
+        "--bits",
+        "4,2",
+        "-o",
+        str(out),
+        "--chunk-size",
+        "64",
+        "-q",
+    ]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
-    while time.time() < deadline and not list(tmp_path.glob(".out.matcli-tmp-*/int*/model.safetensors")):
+    while time.time() < deadline and not list(
+        tmp_path.glob(".out.matcli-tmp-*/int*/model.safetensors")
+    ):
         time.sleep(0.02)
     assert proc.poll() is None, "the slice finished before it could be interrupted"
     os.kill(proc.pid, sig)
@@ -205,8 +309,14 @@ def test_interrupted_write_leaves_no_destination(llama_parent, tmp_path, sig):
 @pytest.mark.parametrize(
     ("error", "expected"),
     [
-        (OSError(28, "No space left on device", "/out/model.safetensors"), "error: /out/model.safetensors: No space left on device; check the path"),
-        (OSError("Can't load tokenizer for 'x'.\nIf you were trying to load it from the Hub..."), "error: Can't load tokenizer for 'x'."),
+        (
+            OSError(28, "No space left on device", "/out/model.safetensors"),
+            "error: /out/model.safetensors: No space left on device; check the path",
+        ),
+        (
+            OSError("Can't load tokenizer for 'x'.\nIf you were trying to load it from the Hub..."),
+            "error: Can't load tokenizer for 'x'.",
+        ),
     ],
 )
 def test_os_errors_are_one_line(monkeypatch, capsys, error, expected):

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from matcli.checkpoint.atomic import check_destination, staged_folder
 from matcli.checkpoint.aux_files import aux_files
-from matcli.checkpoint.plan import Plan, OutputCheckpoint, copy_tensor, execute
+from matcli.checkpoint.plan import OutputCheckpoint, Plan, copy_tensor, execute
 from matcli.checkpoint.reader import ModelFolder
 from matcli.checkpoint.safetensors_file import read_header
 from matcli.checkpoint.writer import CheckpointWriter, OutputTensor, ShardLayout, header_bytes
@@ -32,7 +32,9 @@ def make_folder(path: Path, tensors: dict[str, torch.Tensor], shards: int = 1) -
         fname = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
         save_file(part, path / fname, metadata={"format": "pt"})
         weight_map.update({n: fname for n in part})
-    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (path / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
     return path
 
 
@@ -145,10 +147,9 @@ def test_destination_checks(tmp_path):
 
 def test_staged_folder_leaves_nothing_on_failure(tmp_path):
     dest = tmp_path / "out"
-    with pytest.raises(RuntimeError):
-        with staged_folder(dest, force=False) as staging:
-            (staging / "model.safetensors").write_bytes(b"half")
-            raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError), staged_folder(dest, force=False) as staging:
+        (staging / "model.safetensors").write_bytes(b"half")
+        raise RuntimeError("disk full")
     assert not dest.exists()
     assert list(tmp_path.iterdir()) == []
 
@@ -174,7 +175,16 @@ def test_aux_files_are_copied_byte_for_byte(tmp_path, tensors):
     (source / ".cache").mkdir()
     assert [p.as_posix() for p in aux_files(source)] == ["1_Pooling/config.json", "tokenizer.json"]
     folder = ModelFolder(source)
-    plan = Plan("copy", folder, [OutputCheckpoint("", dict(folder.config), [copy_tensor(folder, n) for n in sorted(tensors)])], {})
+    plan = Plan(
+        "copy",
+        folder,
+        [
+            OutputCheckpoint(
+                "", dict(folder.config), [copy_tensor(folder, n) for n in sorted(tensors)]
+            )
+        ],
+        {},
+    )
     execute(plan, tmp_path / "out", force=False)
     assert (tmp_path / "out" / "tokenizer.json").read_text() == tokenizer
     assert (tmp_path / "out" / "1_Pooling" / "config.json").exists()

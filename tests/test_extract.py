@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_matcli
 from safetensors.torch import load_file, save_file
 
-from conftest import run_matcli
 from matcli.matformer.ffn_config import parse_layer_list
 
 # Google's Gemma 3n slicing configs (google/gemma3n-slicing-configs), as: name, layers,
@@ -42,10 +42,23 @@ def write_slicing_csv(path: Path, unit: str) -> Path:
     """The CSV in Google's format; `unit` is "2_048" for real widths, smaller when scaled down."""
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["name", "# Layers", "# Effective Params (B)", "MMLU PT accuracy", "FFN Hidden Dims", "Layers Skipped"])
+        writer.writerow(
+            [
+                "name",
+                "# Layers",
+                "# Effective Params (B)",
+                "MMLU PT accuracy",
+                "FFN Hidden Dims",
+                "Layers Skipped",
+            ]
+        )
         for name, layers, eff, mmlu, wide, skipped in OFFICIAL_ROWS:
             wide_set = set(parse_layer_list(wide)) if wide else set()
-            dims = "[" + ", ".join(f"{unit} * {8 if i in wide_set else 4}" for i in range(layers)) + "]"
+            dims = (
+                "["
+                + ", ".join(f"{unit} * {8 if i in wide_set else 4}" for i in range(layers))
+                + "]"
+            )
             skip = "[" + ", ".join(map(str, parse_layer_list(skipped))) + "]" if skipped else ""
             writer.writerow([name, layers, eff, mmlu, dims, skip])
     return path
@@ -91,7 +104,9 @@ def reference_submodel(dense: Path, kept: list[int], widths: list[int]):
         config["intermediate_size"] = widths
         shared_from = num_layers - config["num_kv_shared_layers"]
         config["num_kv_shared_layers"] = sum(i >= shared_from for i in kept)
-        config["activation_sparsity_pattern"] = [config["activation_sparsity_pattern"][i] for i in kept]
+        config["activation_sparsity_pattern"] = [
+            config["activation_sparsity_pattern"][i] for i in kept
+        ]
     else:
         config["intermediate_size"] = widths[0]
     if "layer_types" in config:
@@ -174,10 +189,22 @@ def test_qwen2_uniform_extraction_loads(tmp_path):
 
     dense = tmp_path / "qwen2"
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2)
+    config = Qwen2Config(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(dense)
     out = tmp_path / "q"
-    assert run_matcli("extract", str(dense), "-o", str(out), "--ffn-config", "m", "--skip-layers", "1", "-q")[0] == 0
+    assert (
+        run_matcli(
+            "extract", str(dense), "-o", str(out), "--ffn-config", "m", "--skip-layers", "1", "-q"
+        )[0]
+        == 0
+    )
     got = json.loads((out / "config.json").read_text())
     assert got["num_hidden_layers"] == 2 and got["intermediate_size"] == 64
     assert len(got["layer_types"]) == 2
@@ -185,7 +212,11 @@ def test_qwen2_uniform_extraction_loads(tmp_path):
 
 
 def test_non_uniform_llama_is_refused(llama, tmp_path):
-    refused(("extract", str(llama), "-o", str(tmp_path / "o"), "--ffn-config", "64,128"), tmp_path / "o", "one intermediate_size")
+    refused(
+        ("extract", str(llama), "-o", str(tmp_path / "o"), "--ffn-config", "64,128"),
+        tmp_path / "o",
+        "one intermediate_size",
+    )
 
 
 def test_fused_gate_up_is_cut_as_two_halves(llama, tmp_path):
@@ -193,13 +224,17 @@ def test_fused_gate_up_is_cut_as_two_halves(llama, tmp_path):
     state = load_file(fused / "model.safetensors")
     for i in range(2):
         p = f"model.layers.{i}.mlp."
-        state[p + "gate_up_proj.weight"] = torch.cat([state.pop(p + "gate_proj.weight"), state.pop(p + "up_proj.weight")])
+        state[p + "gate_up_proj.weight"] = torch.cat(
+            [state.pop(p + "gate_proj.weight"), state.pop(p + "up_proj.weight")]
+        )
     save_file(state, fused / "model.safetensors", metadata={"format": "pt"})
     out = tmp_path / "cut"
     assert run_matcli("extract", str(fused), "-o", str(out), "--ffn-config", "48", "-q")[0] == 0
     original, cut = load_file(llama / "model.safetensors"), load_file(out / "model.safetensors")
     p = "model.layers.1.mlp."
-    expected = torch.cat([original[p + "gate_proj.weight"][:48], original[p + "up_proj.weight"][:48]])
+    expected = torch.cat(
+        [original[p + "gate_proj.weight"][:48], original[p + "up_proj.weight"][:48]]
+    )
     assert torch.equal(cut[p + "gate_up_proj.weight"], expected)
     assert torch.equal(cut[p + "down_proj.weight"], original[p + "down_proj.weight"][:, :48])
 
@@ -222,7 +257,15 @@ def test_gemma3n_identity_is_byte_identical(gemma3n, tmp_path, spec):
 def test_gemma3n_e2b_like_row_loads_and_matches(gemma3n_35, tmp_path):
     table = write_slicing_csv(tmp_path / "configs.csv", unit="16")
     out = tmp_path / "e2b"
-    code, _, err = run_matcli("extract", str(gemma3n_35), "-o", str(out), "--ffn-config", f'{table}:"Config for official E2B Model"', "-q")
+    code, _, err = run_matcli(
+        "extract",
+        str(gemma3n_35),
+        "-o",
+        str(out),
+        "--ffn-config",
+        f'{table}:"Config for official E2B Model"',
+        "-q",
+    )
     assert code == 0, err
     config = json.loads((out / "config.json").read_text())
     assert config["num_hidden_layers"] == 30 and config["num_kv_shared_layers"] == 10
@@ -235,7 +278,18 @@ def test_gemma3n_e2b_like_row_loads_and_matches(gemma3n_35, tmp_path):
 def test_gemma3n_mixed_widths_load_and_match(gemma3n_35, tmp_path):
     table = write_slicing_csv(tmp_path / "configs.csv", unit="16")
     out = tmp_path / "mix"
-    assert run_matcli("extract", str(gemma3n_35), "-o", str(out), "--ffn-config", f"{table}:E2.98B (layer-level)", "-q")[0] == 0
+    assert (
+        run_matcli(
+            "extract",
+            str(gemma3n_35),
+            "-o",
+            str(out),
+            "--ffn-config",
+            f"{table}:E2.98B (layer-level)",
+            "-q",
+        )[0]
+        == 0
+    )
     wide = set(parse_layer_list("15-24,30-34"))
     widths = [128 if i in wide else 64 for i in range(35)]
     assert json.loads((out / "config.json").read_text())["intermediate_size"] == widths
@@ -245,7 +299,16 @@ def test_gemma3n_mixed_widths_load_and_match(gemma3n_35, tmp_path):
 @pytest.mark.parametrize("row", [r[0] for r in OFFICIAL_ROWS])
 def test_every_official_row_validates_with_the_expected_config_edits(gemma3n_35, tmp_path, row):
     table = write_slicing_csv(tmp_path / "configs.csv", unit="16")
-    code, out, err = run_matcli("extract", str(gemma3n_35), "-o", str(tmp_path / "o"), "--ffn-config", f"{table}:{row}", "--dry-run", "--json")
+    code, out, err = run_matcli(
+        "extract",
+        str(gemma3n_35),
+        "-o",
+        str(tmp_path / "o"),
+        "--ffn-config",
+        f"{table}:{row}",
+        "--dry-run",
+        "--json",
+    )
     assert code == 0, err
     plan = json.loads(out)
     name, layers, _, _, wide, skipped = next(r for r in OFFICIAL_ROWS if r[0] == row)
@@ -257,7 +320,12 @@ def test_every_official_row_validates_with_the_expected_config_edits(gemma3n_35,
         assert len(changes["layer_types"]) == layers
         assert changes["activation_sparsity_pattern"] == [0.95] * 10 + [0.0] * (layers - 10)
     else:  # nothing skipped: only the widths may change
-        assert not {"num_hidden_layers", "num_kv_shared_layers", "activation_sparsity_pattern", "layer_types"} & set(changes)
+        assert not {
+            "num_hidden_layers",
+            "num_kv_shared_layers",
+            "activation_sparsity_pattern",
+            "layer_types",
+        } & set(changes)
     wide_set = set(parse_layer_list(wide)) if wide else set()
     expected_widths = [128 if i in wide_set else 64 for i in range(layers)]
     assert changes.get("intermediate_size", [128] * 35) == expected_widths
@@ -297,7 +365,14 @@ def e4b(tmp_path_factory) -> Path:
 
 def test_official_e2b_row_reproduces_googles_effective_parameter_count(e4b, tmp_path):
     table = write_slicing_csv(tmp_path / "configs.csv", unit="2_048")
-    plan = dry_run_plan("extract", str(e4b), "-o", str(tmp_path / "o"), "--ffn-config", f"{table}:Config for official E2B Model")
+    plan = dry_run_plan(
+        "extract",
+        str(e4b),
+        "-o",
+        str(tmp_path / "o"),
+        "--ffn-config",
+        f"{table}:Config for official E2B Model",
+    )
     report = plan["report"]
     assert report["parameters_after"]["effective"] == 1_905_495_648
     eff = report["parameters_before"]["effective"]
@@ -307,16 +382,28 @@ def test_official_e2b_row_reproduces_googles_effective_parameter_count(e4b, tmp_
 
 def test_widths_off_gemma3ns_trained_widths_warn(e4b, tmp_path):
     """Gemma 3n was trained at 8192 and 16384 only (family data), not at 1/8..1 of 16384."""
-    plan = dry_run_plan("extract", str(e4b), "-o", str(tmp_path / "o"), "--ffn-config", "0.25")  # 4096
-    assert any("widths [4096] are not trained MatFormer granularities (gemma3n was trained at 8192, 16384)" in w for w in plan["warnings"]), plan["warnings"]
-    plan = dry_run_plan("extract", str(e4b), "-o", str(tmp_path / "o"), "--ffn-config", "8192,16384," * 17 + "16384")
+    plan = dry_run_plan(
+        "extract", str(e4b), "-o", str(tmp_path / "o"), "--ffn-config", "0.25"
+    )  # 4096
+    assert any(
+        "widths [4096] are not trained MatFormer granularities (gemma3n was trained at 8192, 16384)"
+        in w
+        for w in plan["warnings"]
+    ), plan["warnings"]
+    plan = dry_run_plan(
+        "extract", str(e4b), "-o", str(tmp_path / "o"), "--ffn-config", "8192,16384," * 17 + "16384"
+    )
     assert not any("granularities" in w for w in plan["warnings"]), plan["warnings"]
 
 
 def test_widths_off_the_matformer_ratios_warn(llama, tmp_path):
     """Families without trained widths (and scaled-down Gemma 3n) fall back to 1/8, 1/4, 1/2, 1."""
     plan = dry_run_plan("extract", str(llama), "-o", str(tmp_path / "o"), "--ffn-config", "48")
-    assert any("widths [48] are not trained MatFormer granularities (1/8, 1/4, 1/2 or all of a layer's width: 16, 32, 64, 128)" in w for w in plan["warnings"]), plan["warnings"]
+    assert any(
+        "widths [48] are not trained MatFormer granularities (1/8, 1/4, 1/2 or all of a layer's width: 16, 32, 64, 128)"
+        in w
+        for w in plan["warnings"]
+    ), plan["warnings"]
     plan = dry_run_plan("extract", str(llama), "-o", str(tmp_path / "o"), "--ffn-config", "m")
     assert not any("granularities" in w for w in plan["warnings"])
 
@@ -324,14 +411,40 @@ def test_widths_off_the_matformer_ratios_warn(llama, tmp_path):
 def test_budget_of_effective_parameters_finds_e2b(e4b, tmp_path):
     """Google's "E2B" is an effective count: with --budget-of effective and E2B's skipped
     layers, a 1.91B budget gives the official E2B slice (every layer at the trained 8192)."""
-    args = ("extract", str(e4b), "-o", str(tmp_path / "o"), "--budget", "1.91B", "--skip-layers", "20-24")
+    args = (
+        "extract",
+        str(e4b),
+        "-o",
+        str(tmp_path / "o"),
+        "--budget",
+        "1.91B",
+        "--skip-layers",
+        "20-24",
+    )
     plan = dry_run_plan(*args, "--budget-of", "effective")
     assert plan["report"]["parameters_after"]["effective"] == 1_905_495_648
     assert config_changes(plan)["intermediate_size"] == [8192] * 30
     # Counting every tensor (per-layer embeddings alone are 2 B), nothing fits.
     refused(args, tmp_path / "o", "no submodel fits --budget 1.91B (parameters)")
-    refused(args + ("--budget-of", "effective", "--ffn-config", "0.5"), tmp_path / "o", "give either --ffn-config")
-    refused(("extract", str(e4b), "-o", str(tmp_path / "o"), "--ffn-config", "0.5", "--budget-of", "effective"), tmp_path / "o", "--budget-of says what --budget counts")
+    refused(
+        args + ("--budget-of", "effective", "--ffn-config", "0.5"),
+        tmp_path / "o",
+        "give either --ffn-config",
+    )
+    refused(
+        (
+            "extract",
+            str(e4b),
+            "-o",
+            str(tmp_path / "o"),
+            "--ffn-config",
+            "0.5",
+            "--budget-of",
+            "effective",
+        ),
+        tmp_path / "o",
+        "--budget-of says what --budget counts",
+    )
     refused(args + ("--budget-of", "active"), tmp_path / "o", "invalid --budget-of")
 
 
@@ -345,7 +458,10 @@ def test_budget_of_effective_parameters_finds_e2b(e4b, tmp_path):
         (["--ffn-config", "0"], "outside 1..128"),
         (["--ffn-config", "256"], "outside 1..128"),
         (["--ffn-config", "64.5"], "'64.5' is a fractional width"),
-        (["--ffn-config", "-5"], "'-5' is not positive; give a number of neurons in 1..128, or a ratio in (0, 1]"),
+        (
+            ["--ffn-config", "-5"],
+            "'-5' is not positive; give a number of neurons in 1..128, or a ratio in (0, 1]",
+        ),
         (["--ffn-config", "-0.5"], "'-0.5' is not positive"),
         (["--ffn-config", "nan"], "'nan' is not a width"),
         (["--ffn-config", "64", "--skip-layers", "19"], "layer 19 cannot be skipped"),
@@ -363,9 +479,18 @@ def test_whole_number_float_widths_are_widths(gemma3n_35, tmp_path):
     """A YAML 64.0 (or 2048 * 3.5 computed somewhere) is 64 neurons, not a ratio or an error."""
     spec = tmp_path / "widths.yaml"
     spec.write_text("ffn: [64.0]\nskip_layers: [20, 21, 22, 23, 24]\n")
-    plan = dry_run_plan("extract", str(gemma3n_35), "-o", str(tmp_path / "o"), "--ffn-config", str(spec))
+    plan = dry_run_plan(
+        "extract", str(gemma3n_35), "-o", str(tmp_path / "o"), "--ffn-config", str(spec)
+    )
     assert config_changes(plan)["intermediate_size"] == [64] * 30
-    assert config_changes(dry_run_plan("extract", str(gemma3n_35), "-o", str(tmp_path / "o"), "--ffn-config", "64.0"))["intermediate_size"] == [64] * 35
+    assert (
+        config_changes(
+            dry_run_plan(
+                "extract", str(gemma3n_35), "-o", str(tmp_path / "o"), "--ffn-config", "64.0"
+            )
+        )["intermediate_size"]
+        == [64] * 35
+    )
 
 
 def kv_producers_from_config(config: dict) -> set[int]:
@@ -380,44 +505,104 @@ def test_kv_producers_of_the_small_gemma3n_cannot_be_skipped(gemma3n, tmp_path):
     producers = kv_producers_from_config(config)
     assert producers  # the fixture shares KV, so some layers produce it
     for layer in range(config["num_hidden_layers"]):
-        args = ("extract", str(gemma3n), "-o", str(tmp_path / "o"), "--ffn-config", "xl", "--skip-layers", str(layer))
+        args = (
+            "extract",
+            str(gemma3n),
+            "-o",
+            str(tmp_path / "o"),
+            "--ffn-config",
+            "xl",
+            "--skip-layers",
+            str(layer),
+        )
         if layer in producers:
             refused(args, tmp_path / "o", f"layer {layer} cannot be skipped")
         else:
-            assert config_changes(dry_run_plan(*args))["num_hidden_layers"] == config["num_hidden_layers"] - 1
+            assert (
+                config_changes(dry_run_plan(*args))["num_hidden_layers"]
+                == config["num_hidden_layers"] - 1
+            )
 
 
 def test_kv_producers_of_the_35_layer_gemma3n_are_18_and_19(gemma3n_35):
-    assert kv_producers_from_config(json.loads((gemma3n_35 / "config.json").read_text())) == {18, 19}
+    assert kv_producers_from_config(json.loads((gemma3n_35 / "config.json").read_text())) == {
+        18,
+        19,
+    }
 
 
 @pytest.mark.parametrize(
     ("edits", "args", "message"),
     [
-        ({"layer_types": None}, ["--skip-layers", "3"], "config.json sets num_kv_shared_layers but has no layer_types list"),
-        ({"layer_types": ["sliding_attention", "full_attention"] * 2 + ["sliding_attention"]}, [], "config.json layer_types has 5 entries but the model has 4 layers"),
-        ({"activation_sparsity_pattern": [0.95, 0.0, 0.0]}, [], "config.json activation_sparsity_pattern has 3 entries but the model has 4 layers"),
-        ({"intermediate_size": [128, 128, 256]}, [], "config.json intermediate_size has 3 entries but the model has 4 layers"),
-        ({"intermediate_size": [128, 128, 256, 128]}, [], "config.json intermediate_size says 128 for layer 3 but its FFN weights are 256 wide"),
-        ({"num_kv_shared_layers": 4}, [], "config.json num_kv_shared_layers is 4; it must be a layer count in 0..3"),
+        (
+            {"layer_types": None},
+            ["--skip-layers", "3"],
+            "config.json sets num_kv_shared_layers but has no layer_types list",
+        ),
+        (
+            {"layer_types": ["sliding_attention", "full_attention"] * 2 + ["sliding_attention"]},
+            [],
+            "config.json layer_types has 5 entries but the model has 4 layers",
+        ),
+        (
+            {"activation_sparsity_pattern": [0.95, 0.0, 0.0]},
+            [],
+            "config.json activation_sparsity_pattern has 3 entries but the model has 4 layers",
+        ),
+        (
+            {"intermediate_size": [128, 128, 256]},
+            [],
+            "config.json intermediate_size has 3 entries but the model has 4 layers",
+        ),
+        (
+            {"intermediate_size": [128, 128, 256, 128]},
+            [],
+            "config.json intermediate_size says 128 for layer 3 but its FFN weights are 256 wide",
+        ),
+        (
+            {"num_kv_shared_layers": 4},
+            [],
+            "config.json num_kv_shared_layers is 4; it must be a layer count in 0..3",
+        ),
     ],
 )
 def test_bad_gemma3n_config(gemma3n, tmp_path, edits, args, message):
     broken = edited_copy(gemma3n, tmp_path / "broken", **edits)
-    refused(("extract", str(broken), "-o", str(tmp_path / "o"), "--ffn-config", "xl", *args), tmp_path / "o", message)
+    refused(
+        ("extract", str(broken), "-o", str(tmp_path / "o"), "--ffn-config", "xl", *args),
+        tmp_path / "o",
+        message,
+    )
 
 
 def test_gemma3n_without_layer_types_extracts_when_nothing_is_skipped(gemma3n, tmp_path):
     broken = edited_copy(gemma3n, tmp_path / "no-types", layer_types=None)
-    assert config_changes(dry_run_plan("extract", str(broken), "-o", str(tmp_path / "o"), "--ffn-config", "0.5"))["intermediate_size"] == [64, 64, 128, 128]
+    assert config_changes(
+        dry_run_plan("extract", str(broken), "-o", str(tmp_path / "o"), "--ffn-config", "0.5")
+    )["intermediate_size"] == [64, 64, 128, 128]
 
 
 def test_bad_csv_rows(gemma3n_35, tmp_path):
     table = write_slicing_csv(tmp_path / "configs.csv", unit="16")
-    refused(("extract", str(gemma3n_35), "-o", str(tmp_path / "o"), "--ffn-config", f"{table}:E9.99B"), tmp_path / "o", "has no row named 'E9.99B'")
+    refused(
+        ("extract", str(gemma3n_35), "-o", str(tmp_path / "o"), "--ffn-config", f"{table}:E9.99B"),
+        tmp_path / "o",
+        "has no row named 'E9.99B'",
+    )
     text = table.read_text().replace("16 * 8", "__import__('os') * 8", 1)
     table.write_text(text)
-    refused(("extract", str(gemma3n_35), "-o", str(tmp_path / "o"), "--ffn-config", f"{table}:Main model"), tmp_path / "o", "not an integer or a product of integers")
+    refused(
+        (
+            "extract",
+            str(gemma3n_35),
+            "-o",
+            str(tmp_path / "o"),
+            "--ffn-config",
+            f"{table}:Main model",
+        ),
+        tmp_path / "o",
+        "not an integer or a product of integers",
+    )
 
 
 @pytest.mark.parametrize(
@@ -430,20 +615,42 @@ def test_bad_csv_rows(gemma3n_35, tmp_path):
 )
 def test_missing_layer_tensor(llama, tmp_path, tensor):
     broken = edited_copy(llama, tmp_path / "broken", drop=(tensor,))
-    refused(("extract", str(broken), "-o", str(tmp_path / "o"), "--ffn-config", "0.5"), tmp_path / "o", tensor)
+    refused(
+        ("extract", str(broken), "-o", str(tmp_path / "o"), "--ffn-config", "0.5"),
+        tmp_path / "o",
+        tensor,
+    )
 
 
 def test_missing_tensor_of_a_kv_shared_gemma3n_layer(gemma3n, tmp_path):
     """KV-shared layers may lack k/v projections (transformers v5 writes none), nothing else."""
-    assert "model.layers.3.self_attn.k_proj.weight" not in tensor_bytes(gemma3n)  # layer 3 is KV-shared
-    broken = edited_copy(gemma3n, tmp_path / "broken", drop=("model.layers.3.self_attn.q_proj.weight",))
-    refused(("extract", str(broken), "-o", str(tmp_path / "o"), "--ffn-config", "xl"), tmp_path / "o", "model.layers.3.self_attn.q_proj.weight is missing")
-    broken = edited_copy(gemma3n, tmp_path / "broken-kv", drop=("model.layers.1.self_attn.k_proj.weight",))  # a producer
-    refused(("extract", str(broken), "-o", str(tmp_path / "o"), "--ffn-config", "xl"), tmp_path / "o", "model.layers.1.self_attn.k_proj.weight is missing")
+    assert "model.layers.3.self_attn.k_proj.weight" not in tensor_bytes(
+        gemma3n
+    )  # layer 3 is KV-shared
+    broken = edited_copy(
+        gemma3n, tmp_path / "broken", drop=("model.layers.3.self_attn.q_proj.weight",)
+    )
+    refused(
+        ("extract", str(broken), "-o", str(tmp_path / "o"), "--ffn-config", "xl"),
+        tmp_path / "o",
+        "model.layers.3.self_attn.q_proj.weight is missing",
+    )
+    broken = edited_copy(
+        gemma3n, tmp_path / "broken-kv", drop=("model.layers.1.self_attn.k_proj.weight",)
+    )  # a producer
+    refused(
+        ("extract", str(broken), "-o", str(tmp_path / "o"), "--ffn-config", "xl"),
+        tmp_path / "o",
+        "model.layers.1.self_attn.k_proj.weight is missing",
+    )
 
 
 def test_quantized_input_is_refused(llama_parent, tmp_path):
-    refused(("extract", str(llama_parent), "-o", str(tmp_path / "o"), "--ffn-config", "0.5"), tmp_path / "o", "extract from the dense model")
+    refused(
+        ("extract", str(llama_parent), "-o", str(tmp_path / "o"), "--ffn-config", "0.5"),
+        tmp_path / "o",
+        "extract from the dense model",
+    )
 
 
 def test_gemma3n_multimodal_wrapper(gemma3n_35, tmp_path):
@@ -458,20 +665,51 @@ def test_gemma3n_multimodal_wrapper(gemma3n_35, tmp_path):
     state["model.embed_vision.embedding.weight"] = torch.randn(4, 32)
     save_file(state, wrapper / "model.safetensors", metadata={"format": "pt"})
     text_config = json.loads((gemma3n_35 / "config.json").read_text())
-    config = {"model_type": "gemma3n", "architectures": ["Gemma3nForConditionalGeneration"], "text_config": text_config, "vision_config": {"model_type": "gemma3n_vision"}, "audio_config": {"model_type": "gemma3n_audio"}}
+    config = {
+        "model_type": "gemma3n",
+        "architectures": ["Gemma3nForConditionalGeneration"],
+        "text_config": text_config,
+        "vision_config": {"model_type": "gemma3n_vision"},
+        "audio_config": {"model_type": "gemma3n_audio"},
+    }
     (wrapper / "config.json").write_text(json.dumps(config))
     (wrapper / "processor_config.json").write_text('{"processor_class": "Gemma3nProcessor"}')
 
     table = write_slicing_csv(tmp_path / "configs.csv", unit="16")
     row = f"{table}:Config for official E2B Model"
-    assert run_matcli("extract", str(wrapper), "-o", str(tmp_path / "mm"), "--ffn-config", row, "-q")[0] == 0
-    assert run_matcli("extract", str(gemma3n_35), "-o", str(tmp_path / "text"), "--ffn-config", row, "-q")[0] == 0
-    mm, only_text = load_file(tmp_path / "mm" / "model.safetensors"), load_file(tmp_path / "text" / "model.safetensors")
+    assert (
+        run_matcli("extract", str(wrapper), "-o", str(tmp_path / "mm"), "--ffn-config", row, "-q")[
+            0
+        ]
+        == 0
+    )
+    assert (
+        run_matcli(
+            "extract", str(gemma3n_35), "-o", str(tmp_path / "text"), "--ffn-config", row, "-q"
+        )[0]
+        == 0
+    )
+    mm, only_text = (
+        load_file(tmp_path / "mm" / "model.safetensors"),
+        load_file(tmp_path / "text" / "model.safetensors"),
+    )
     for name, t in only_text.items():
         assert torch.equal(mm[name.replace("model.", "model.language_model.", 1)], t), name
-    for name in ("model.vision_tower.timm_model.conv_stem.conv.weight", "model.audio_tower.conformer.0.ffw_layer_start.ffw_layer_1.weight", "model.embed_vision.embedding.weight"):
+    for name in (
+        "model.vision_tower.timm_model.conv_stem.conv.weight",
+        "model.audio_tower.conformer.0.ffw_layer_start.ffw_layer_1.weight",
+        "model.embed_vision.embedding.weight",
+    ):
         assert torch.equal(mm[name], state[name])
     out_config = json.loads((tmp_path / "mm" / "config.json").read_text())
-    assert out_config["text_config"]["num_hidden_layers"] == 30 and out_config["text_config"]["num_kv_shared_layers"] == 10
-    assert out_config["vision_config"] == config["vision_config"] and out_config["architectures"] == config["architectures"]
-    assert (tmp_path / "mm" / "processor_config.json").read_text() == '{"processor_class": "Gemma3nProcessor"}'
+    assert (
+        out_config["text_config"]["num_hidden_layers"] == 30
+        and out_config["text_config"]["num_kv_shared_layers"] == 10
+    )
+    assert (
+        out_config["vision_config"] == config["vision_config"]
+        and out_config["architectures"] == config["architectures"]
+    )
+    assert (
+        tmp_path / "mm" / "processor_config.json"
+    ).read_text() == '{"processor_class": "Gemma3nProcessor"}'

@@ -216,7 +216,9 @@ def test_signed_round_trip():
     for bits in range(1, 9):
         u = torch.arange(0, 2**bits, dtype=torch.int32).to(torch.uint8)
         signed = grid.to_signed(u, bits)
-        assert signed.min().item() == -(2 ** (bits - 1)) and signed.max().item() == 2 ** (bits - 1) - 1
+        assert (
+            signed.min().item() == -(2 ** (bits - 1)) and signed.max().item() == 2 ** (bits - 1) - 1
+        )
         assert torch.equal(grid.from_signed(signed, bits), u)
 
 

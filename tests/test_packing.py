@@ -33,7 +33,9 @@ def test_pack_matches_compressed_tensors(bits, cols):
 )
 def test_round_trip_any_shape(bits, rows, cols, seed):
     g = torch.Generator().manual_seed(seed)
-    codes = torch.randint(-(2 ** (bits - 1)), 2 ** (bits - 1), (rows, cols), dtype=torch.int8, generator=g)
+    codes = torch.randint(
+        -(2 ** (bits - 1)), 2 ** (bits - 1), (rows, cols), dtype=torch.int8, generator=g
+    )
     assert torch.equal(unpack_int32(pack_int32(codes, bits), bits, cols), codes)
 
 

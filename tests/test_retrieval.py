@@ -8,10 +8,17 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import run_matcli
+
 from matcli.errors import MatcliError
-from matcli.mrl.retrieval import evaluate, label_metrics, overlap_recall, parse_funnel, read_qrels, top_k
+from matcli.mrl.retrieval import (
+    evaluate,
+    label_metrics,
+    overlap_recall,
+    parse_funnel,
+    read_qrels,
+    top_k,
+)
 
 CORPUS = np.array([[1, 0], [0.8, 0.6], [0, 1], [-1, 0]], dtype=np.float32)
 QUERY = np.array([[1, 0.1]], dtype=np.float32)
@@ -35,13 +42,18 @@ def test_top_k_in_blocks_equals_a_full_sort(monkeypatch):
     from matcli.mrl import retrieval
 
     rng = np.random.default_rng(0)
-    corpus, queries = rng.standard_normal((1000, 8)).astype(np.float32), rng.standard_normal((7, 8)).astype(np.float32)
+    corpus, queries = (
+        rng.standard_normal((1000, 8)).astype(np.float32),
+        rng.standard_normal((7, 8)).astype(np.float32),
+    )
     monkeypatch.setattr(retrieval, "SCORE_BLOCK_ELEMENTS", 7 * 50)  # 20 blocks
     expected = np.argsort(-(queries @ corpus.T), axis=1, kind="stable")[:, :10]
     assert np.array_equal(top_k(queries, corpus, 10), expected)
 
 
-def brute_force_top(queries: np.ndarray, corpus: np.ndarray, d: int, k: int, among=None) -> np.ndarray:
+def brute_force_top(
+    queries: np.ndarray, corpus: np.ndarray, d: int, k: int, among=None
+) -> np.ndarray:
     """Cosine top-k on the first d values by a full numpy sort (optionally among candidates)."""
     q = queries[:, :d] / np.linalg.norm(queries[:, :d], axis=1, keepdims=True)
     c = corpus[:, :d] / np.linalg.norm(corpus[:, :d], axis=1, keepdims=True)
@@ -67,7 +79,9 @@ def test_recall_and_funnel_match_a_numpy_reference():
     assert report["dims"][1]["recall@10_vs_full"] == pytest.approx(low)
     shortlist = brute_force_top(queries, corpus, 8, 500)
     funnel = report["funnels"][0]
-    assert funnel["recall@10_vs_full"] == pytest.approx(overlap(brute_force_top(queries, corpus, 32, 10, among=shortlist), exact))
+    assert funnel["recall@10_vs_full"] == pytest.approx(
+        overlap(brute_force_top(queries, corpus, 32, 10, among=shortlist), exact)
+    )
     assert funnel["recall@10_vs_full"] > low  # reranking at full dim helps
     assert funnel["flops_per_query"] == 2000 * 8 + 500 * 32
 
@@ -91,7 +105,11 @@ def test_timed_searches_exclude_building_the_prefixes(monkeypatch):
 
 
 def test_parse_funnel_and_qrels(tmp_path):
-    assert [(s.dim, s.keep) for s in parse_funnel("16:200,64:50,384:10")] == [(16, 200), (64, 50), (384, 10)]
+    assert [(s.dim, s.keep) for s in parse_funnel("16:200,64:50,384:10")] == [
+        (16, 200),
+        (64, 50),
+        (384, 10),
+    ]
     with pytest.raises(MatcliError):
         parse_funnel("16:10,64:50")
     with pytest.raises(MatcliError):
@@ -108,7 +126,20 @@ def test_cli_json_report(tmp_path):
     np.save(tmp_path / "c.npy", corpus)
     np.save(tmp_path / "q.npy", corpus[:20] + 0.01)
     (tmp_path / "qrels.tsv").write_text("\n".join(f"{i}\t{i}\t1" for i in range(20)))
-    code, out, err = run_matcli("eval-retrieval", "--corpus", str(tmp_path / "c.npy"), "--queries", str(tmp_path / "q.npy"), "--qrels", str(tmp_path / "qrels.tsv"), "--dims", "16,8", "--funnel", "8:50,16:10", "--json")
+    code, out, err = run_matcli(
+        "eval-retrieval",
+        "--corpus",
+        str(tmp_path / "c.npy"),
+        "--queries",
+        str(tmp_path / "q.npy"),
+        "--qrels",
+        str(tmp_path / "qrels.tsv"),
+        "--dims",
+        "16,8",
+        "--funnel",
+        "8:50,16:10",
+        "--json",
+    )
     assert code == 0, err
     report = json.loads(out)
     assert [r["dim"] for r in report["dims"]] == [16, 8]
@@ -117,9 +148,28 @@ def test_cli_json_report(tmp_path):
     assert funnel["flops_per_query"] == 300 * 8 + 50 * 16  # N d_s + K d_r
     assert funnel["flops_vs_full"] == pytest.approx(300 * 16 / (300 * 8 + 50 * 16))
     plot = tmp_path / "recall.png"
-    code, _, err = run_matcli("eval-retrieval", "--corpus", str(tmp_path / "c.npy"), "--queries", str(tmp_path / "q.npy"), "--dims", "16,8,4", "--plot", str(plot), "--json")
+    code, _, err = run_matcli(
+        "eval-retrieval",
+        "--corpus",
+        str(tmp_path / "c.npy"),
+        "--queries",
+        str(tmp_path / "q.npy"),
+        "--dims",
+        "16,8,4",
+        "--plot",
+        str(plot),
+        "--json",
+    )
     assert code == 0 and plot.read_bytes()[:4] == b"\x89PNG"
-    code, _, err = run_matcli("eval-retrieval", "--corpus", str(tmp_path / "c.npy"), "--queries", str(tmp_path / "q.npy"), "--dims", "17")
+    code, _, err = run_matcli(
+        "eval-retrieval",
+        "--corpus",
+        str(tmp_path / "c.npy"),
+        "--queries",
+        str(tmp_path / "q.npy"),
+        "--dims",
+        "17",
+    )
     assert code == 2 and "outside 1..16" in err
 
 
@@ -143,11 +193,24 @@ def refused(args: list[str], message: str) -> None:
 def test_k_and_funnel_bounds(tmp_path, args, message):
     corpus = np.random.default_rng(4).standard_normal((300, 16)).astype(np.float32)
     np.save(tmp_path / "c.npy", corpus)
-    refused(["--corpus", str(tmp_path / "c.npy"), "--queries", str(tmp_path / "c.npy"), "--dims", "16,8", *args], message)
+    refused(
+        [
+            "--corpus",
+            str(tmp_path / "c.npy"),
+            "--queries",
+            str(tmp_path / "c.npy"),
+            "--dims",
+            "16,8",
+            *args,
+        ],
+        message,
+    )
 
 
 def test_plot_into_a_missing_folder_is_refused(tmp_path):
-    np.save(tmp_path / "c.npy", np.random.default_rng(5).standard_normal((50, 8)).astype(np.float32))
+    np.save(
+        tmp_path / "c.npy", np.random.default_rng(5).standard_normal((50, 8)).astype(np.float32)
+    )
     corpus = ["--corpus", str(tmp_path / "c.npy"), "--queries", str(tmp_path / "c.npy")]
     refused([*corpus, "--plot", str(tmp_path / "nowhere" / "r.png")], "does not exist")
     refused([*corpus, "--plot", str(tmp_path / "r.txt")], "end the file name in .png")

@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_matcli
+
 from matcli.checkpoint.reader import ModelFolder
 from matcli.quant.reference import dequantized_state_dict
 
 
-def expected_weights(parent: Path, bits: dict[str, int] | int, extra_precision: bool = False) -> dict[str, torch.Tensor]:
+def expected_weights(
+    parent: Path, bits: dict[str, int] | int, extra_precision: bool = False
+) -> dict[str, torch.Tensor]:
     """matcli's reference: every tensor of the parent, quantized Linears as dequant(S(q, r))."""
     with ModelFolder(parent) as folder:
         return dequantized_state_dict(folder, bits, extra_precision)
@@ -52,7 +54,9 @@ def gemma3n_parent(gemma3n, tmp_path_factory):
 @pytest.mark.parametrize("fmt", ["compressed-tensors", "dense"])
 def test_llama_slices_load_and_match(llama, llama_parent, tmp_path, fmt):
     out = tmp_path / "slices"
-    code, _, err = run_matcli("slice", str(llama_parent), "--bits", "8,4,3,2", "--format", fmt, "-o", str(out), "-q")
+    code, _, err = run_matcli(
+        "slice", str(llama_parent), "--bits", "8,4,3,2", "--format", fmt, "-o", str(out), "-q"
+    )
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["int2", "int3", "int4", "int8"]
     for r in (8, 4, 3, 2):
@@ -61,7 +65,10 @@ def test_llama_slices_load_and_match(llama, llama_parent, tmp_path, fmt):
         if fmt == "dense":
             assert "quantization_config" not in config
         else:
-            assert config["quantization_config"]["config_groups"]["group_0"]["weights"]["num_bits"] == r
+            assert (
+                config["quantization_config"]["config_groups"]["group_0"]["weights"]["num_bits"]
+                == r
+            )
         check_invariant(llama, out / f"int{r}", expected_weights(llama_parent, r))
 
 
@@ -72,7 +79,9 @@ def test_parent_itself_loads_as_int8(llama, llama_parent):
 @pytest.mark.parametrize("fmt", ["compressed-tensors", "dense"])
 def test_gemma3n_text_slices_load_and_match(gemma3n, gemma3n_parent, tmp_path, fmt):
     out = tmp_path / "sliced"
-    code, _, err = run_matcli("slice", str(gemma3n_parent), "--bits", "8,4,3,2", "--format", fmt, "-o", str(out), "-q")
+    code, _, err = run_matcli(
+        "slice", str(gemma3n_parent), "--bits", "8,4,3,2", "--format", fmt, "-o", str(out), "-q"
+    )
     assert code == 0, err
     for r in (8, 4, 3, 2):
         check_invariant(gemma3n, out / f"int{r}", expected_weights(gemma3n_parent, r))
@@ -80,7 +89,17 @@ def test_gemma3n_text_slices_load_and_match(gemma3n, gemma3n_parent, tmp_path, f
 
 def test_attention_and_group_quantization(llama, tmp_path):
     parent = tmp_path / "parent"
-    code, _, err = run_matcli("quantize", str(llama), "-o", str(parent), "--layers", "ffn,attention", "--group-size", "16", "-q")
+    code, _, err = run_matcli(
+        "quantize",
+        str(llama),
+        "-o",
+        str(parent),
+        "--layers",
+        "ffn,attention",
+        "--group-size",
+        "16",
+        "-q",
+    )
     assert code == 0, err
     config = json.loads((parent / "config.json").read_text())
     assert "self_attn" in config["quantization_config"]["config_groups"]["group_0"]["targets"][0]
@@ -91,17 +110,30 @@ def test_attention_and_group_quantization(llama, tmp_path):
 
 def test_asymmetric_parent_slices_exactly_as_dense_only(llama, tmp_path):
     parent = tmp_path / "parent"
-    assert run_matcli("quantize", str(llama), "-o", str(parent), "--scheme", "asymmetric", "-q")[0] == 0
+    assert (
+        run_matcli("quantize", str(llama), "-o", str(parent), "--scheme", "asymmetric", "-q")[0]
+        == 0
+    )
     code, _, err = run_matcli("slice", str(parent), "--bits", "2", "-o", str(tmp_path / "ct"))
     assert code == 2 and "--format dense" in err and not (tmp_path / "ct").exists()
     out = tmp_path / "dense2"
-    assert run_matcli("slice", str(parent), "--bits", "2", "--format", "dense", "-o", str(out), "-q")[0] == 0
+    assert (
+        run_matcli("slice", str(parent), "--bits", "2", "--format", "dense", "-o", str(out), "-q")[
+            0
+        ]
+        == 0
+    )
     check_invariant(llama, out, expected_weights(parent, 2))
 
 
 def test_extra_precision_stores_r_plus_one_bits(llama, llama_parent, tmp_path):
     out = tmp_path / "ep2"
-    assert run_matcli("slice", str(llama_parent), "--bits", "2", "--extra-precision", "-o", str(out), "-q")[0] == 0
+    assert (
+        run_matcli(
+            "slice", str(llama_parent), "--bits", "2", "--extra-precision", "-o", str(out), "-q"
+        )[0]
+        == 0
+    )
     config = json.loads((out / "config.json").read_text())
     assert config["quantization_config"]["config_groups"]["group_0"]["weights"]["num_bits"] == 3
     assert config["matcli"]["storage_bits"] == 3 and config["matcli"]["extra_precision"]
@@ -117,31 +149,59 @@ def test_extra_precision_stores_r_plus_one_bits(llama, llama_parent, tmp_path):
 
 def test_mix_n_match_pyramid_loads(llama, llama_parent, tmp_path):
     out = tmp_path / "pyramid"
-    code, _, err = run_matcli("slice", str(llama_parent), "--bits-config", "pyramid", "-o", str(out), "-q")
+    code, _, err = run_matcli(
+        "slice", str(llama_parent), "--bits-config", "pyramid", "-o", str(out), "-q"
+    )
     assert code == 0, err
     config = json.loads((out / "config.json").read_text())
     layer_bits = config["matcli"]["layer_bits"]
     assert layer_bits == {"0": 8, "1": 4}  # 2 layers, widths {8, 4, 2}: middle-most first
     groups = config["quantization_config"]["config_groups"]
     assert sorted(g["weights"]["num_bits"] for g in groups.values()) == [4, 8]
-    widths = {f"model.layers.{i}.mlp.{p}": b for i, b in ((0, 8), (1, 4)) for p in ("gate_proj", "up_proj", "down_proj")}
+    widths = {
+        f"model.layers.{i}.mlp.{p}": b
+        for i, b in ((0, 8), (1, 4))
+        for p in ("gate_proj", "up_proj", "down_proj")
+    }
     check_invariant(llama, out, expected_weights(llama_parent, widths))
 
 
 def test_slicing_is_deterministic(llama_parent, tmp_path):
     for name in ("a", "b"):
-        assert run_matcli("slice", str(llama_parent), "--bits", "2", "-o", str(tmp_path / name), "-q")[0] == 0
+        assert (
+            run_matcli("slice", str(llama_parent), "--bits", "2", "-o", str(tmp_path / name), "-q")[
+                0
+            ]
+            == 0
+        )
     for fname in ("model.safetensors", "config.json"):
         assert (tmp_path / "a" / fname).read_bytes() == (tmp_path / "b" / fname).read_bytes()
 
 
 def test_sharded_output_and_aux_files(llama, llama_parent, tmp_path):
     out = tmp_path / "sharded"
-    assert run_matcli("slice", str(llama_parent), "--bits", "4", "--max-shard-size", "20000", "-o", str(out), "-q")[0] == 0
+    assert (
+        run_matcli(
+            "slice",
+            str(llama_parent),
+            "--bits",
+            "4",
+            "--max-shard-size",
+            "20000",
+            "-o",
+            str(out),
+            "-q",
+        )[0]
+        == 0
+    )
     shards = sorted(p.name for p in out.glob("*.safetensors"))
     assert len(shards) > 1 and (out / "model.safetensors.index.json").exists()
-    assert (out / "tokenizer_config.json").read_bytes() == (llama / "tokenizer_config.json").read_bytes()
-    assert (out / "chat_template.jinja").read_bytes() == (llama / "chat_template.jinja").read_bytes()
+    assert (out / "tokenizer_config.json").read_bytes() == (
+        llama / "tokenizer_config.json"
+    ).read_bytes()
+    assert (out / "chat_template.jinja").read_bytes() == (
+        llama / "chat_template.jinja"
+    ).read_bytes()
     check_invariant(llama, out, expected_weights(llama_parent, 4))
 
 
@@ -153,11 +213,19 @@ def test_several_widths_read_the_parent_once(llama_parent, tmp_path, monkeypatch
 
     read = []
     original = reader.read_range
-    monkeypatch.setattr(reader, "read_range", lambda fd, start, n, path: read.append(n) or original(fd, start, n, path))
+    monkeypatch.setattr(
+        reader,
+        "read_range",
+        lambda fd, start, n, path: read.append(n) or original(fd, start, n, path),
+    )
 
     def bytes_read(bits: list[int]) -> int:
         read.clear()
-        plan = plan_slice(SliceOptions(parent=llama_parent, output=tmp_path / str(bits), bits=bits, chunk_size=4096))
+        plan = plan_slice(
+            SliceOptions(
+                parent=llama_parent, output=tmp_path / str(bits), bits=bits, chunk_size=4096
+            )
+        )
         execute(plan, tmp_path / str(bits), force=False)
         plan.source.close()
         return sum(read)

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_matcli
 from safetensors.torch import load_file
 
-from conftest import run_matcli
 from matcli.quant import grid
 from matcli.quant.ct_format import WeightScheme
 from matcli.quant.fakequant import FakeQuantLinear, fake_codes, fake_slice
@@ -32,7 +32,26 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def qat_args(model: Path, out: Path, data: Path, *extra: str) -> list[str]:
-    return ["quantize", str(model), "-o", str(out), "--method", "qat", "--data", str(data), "--seq-len", "32", "--batch-size", "4", "--steps", "6", "--lr", "1e-3", "-q", *extra]
+    return [
+        "quantize",
+        str(model),
+        "-o",
+        str(out),
+        "--method",
+        "qat",
+        "--data",
+        str(data),
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "4",
+        "--steps",
+        "6",
+        "--lr",
+        "1e-3",
+        "-q",
+        *extra,
+    ]
 
 
 # --- fake quantization ------------------------------------------------------------------------
@@ -47,7 +66,9 @@ def test_fake_quant_forward_equals_the_grid():
     codes = torch.arange(256, dtype=torch.float32)
     for r in (8, 6, 4, 3, 2):
         for extra in (False, True):
-            expected = grid.codes_on_parent_grid(grid.slice_codes(codes.to(torch.uint8), 8, r, extra), 8, r)
+            expected = grid.codes_on_parent_grid(
+                grid.slice_codes(codes.to(torch.uint8), 8, r, extra), 8, r
+            )
             assert torch.equal(fake_slice(codes, 8, r, extra), expected.float())
 
 
@@ -78,7 +99,17 @@ def test_qat_lowers_the_loss_of_every_width(llama, corpus):
     from matcli.quant.qat import train_qat
     from matcli.recipe import QuantizeOptions
 
-    options = QuantizeOptions(model=llama, output=Path("/unused"), method="qat", data=corpus, seq_len=32, batch_size=4, steps=25, lr=3e-3, warmup_steps=2)
+    options = QuantizeOptions(
+        model=llama,
+        output=Path("/unused"),
+        method="qat",
+        data=corpus,
+        seq_len=32,
+        batch_size=4,
+        steps=25,
+        lr=3e-3,
+        warmup_steps=2,
+    )
     seen: list[dict[int, float]] = []
     qm, _, report = train_qat(options, lambda step, losses: seen.append(losses))
     for bits in (8, 4, 2):
@@ -92,7 +123,11 @@ def test_trained_parent_records_and_slices_its_widths(llama, corpus, tmp_path):
     code, _, err = run_matcli(*qat_args(llama, out, corpus, "--distill", "8->2"))
     assert code == 0, err
     info = json.loads((out / "config.json").read_text())["matcli"]
-    assert info["method"] == "qat" and info["trained_bits"] == [8, 4, 2] and info["loss_weights"] == [0.1, 0.1, 1.0]
+    assert (
+        info["method"] == "qat"
+        and info["trained_bits"] == [8, 4, 2]
+        and info["loss_weights"] == [0.1, 0.1, 1.0]
+    )
     manifest = json.loads((out / "matcli_manifest.json").read_text())
     assert manifest["report"]["steps"] == 6 and len(manifest["report"]["data_sha256"]) == 64
     assert set(manifest["report"]["final_losses"]) == {"int8", "int4", "int2"}
@@ -111,7 +146,12 @@ def test_resume_after_an_interrupt_gives_the_same_weights(llama, corpus, tmp_pat
     reference = tmp_path / "reference"
     assert run_matcli(*qat_args(llama, reference, corpus, "--steps", "8"))[0] == 0
     out = tmp_path / "resumed"
-    args = [sys.executable, "-m", "matcli", *qat_args(llama, out, corpus, "--steps", "8", "--save-every", "1")]
+    args = [
+        sys.executable,
+        "-m",
+        "matcli",
+        *qat_args(llama, out, corpus, "--steps", "8", "--save-every", "1"),
+    ]
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
     state = tmp_path / "resumed.train-state"
     deadline = time.time() + 120
@@ -138,7 +178,9 @@ def test_resume_after_an_interrupt_gives_the_same_weights(llama, corpus, tmp_pat
     # The same global batch split differently (2 sequences x 2 accumulation steps) may resume:
     # the same sequences per step, summed in another order, so equal up to float rounding.
     shutil.copytree(saved, state)
-    code, _, err = run_matcli(*qat_args(llama, out, corpus, *resume, "--batch-size", "2", "--grad-accum", "2", "--force"))
+    code, _, err = run_matcli(
+        *qat_args(llama, out, corpus, *resume, "--batch-size", "2", "--grad-accum", "2", "--force")
+    )
     assert code == 0, err
     from matcli.checkpoint.reader import ModelFolder
     from matcli.quant.reference import dequantized_state_dict
@@ -163,11 +205,26 @@ def test_two_gloo_ranks_match_one_process(llama, corpus, tmp_path, parallel, por
     """torchrun with 2 CPU processes (gloo), each half of the global batch: the same parent as
     one process, whether the model is sharded (FSDP2) or replicated (DDP)."""
     single = tmp_path / "single"
-    assert run_matcli(*qat_args(llama, single, corpus, "--batch-size", "4", "--device", "cpu"))[0] == 0
+    assert (
+        run_matcli(*qat_args(llama, single, corpus, "--batch-size", "4", "--device", "cpu"))[0] == 0
+    )
     double = tmp_path / "double"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = qat_args(llama, double, corpus, "--batch-size", "2", "--device", "cpu", "--parallel", parallel)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port, "-m", "matcli", *args]
+    args = qat_args(
+        llama, double, corpus, "--batch-size", "2", "--device", "cpu", "--parallel", parallel
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        port,
+        "-m",
+        "matcli",
+        *args,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((double / "matcli_manifest.json").read_text())["report"]
@@ -176,7 +233,9 @@ def test_two_gloo_ranks_match_one_process(llama, corpus, tmp_path, parallel, por
     for name in a:
         if name.endswith("weight_packed"):
             codes_a, codes_b = a[name].view(torch.uint8), b[name].view(torch.uint8)
-            assert (codes_a != codes_b).float().mean() < 1e-3, name  # a rare code may flip at a rounding boundary
+            assert (codes_a != codes_b).float().mean() < 1e-3, (
+                name
+            )  # a rare code may flip at a rounding boundary
         elif a[name].is_floating_point():
             assert torch.allclose(a[name], b[name], rtol=1e-4, atol=1e-6), name
 
@@ -201,7 +260,9 @@ def test_training_needs_data_and_a_known_family(llama, tmp_path, corpus):
     code, _, err = run_matcli("quantize", str(llama), "-o", str(tmp_path / "o"), "--method", "qat")
     assert code == 2 and "--data" in err
     code, _, err = run_matcli(*qat_args(llama, tmp_path / "o", Path("allenai/c4:en:train")))
-    assert code == 2 and ("install `datasets`" in err or "not in the local Hugging Face cache" in err)
+    assert code == 2 and (
+        "install `datasets`" in err or "not in the local Hugging Face cache" in err
+    )
     short = tmp_path / "short.txt"
     short.write_text("too short")
     code, _, err = run_matcli(*qat_args(llama, tmp_path / "o", short))
@@ -226,14 +287,32 @@ def test_omniquant_parent_loads_and_equals_its_fake_quant_model(llama, corpus, t
     from matcli.recipe import QuantizeOptions
 
     out = tmp_path / "omni"
-    options = QuantizeOptions(model=llama, output=out, method="omniquant", data=corpus, seq_len=32, samples=4, epochs=3)
+    options = QuantizeOptions(
+        model=llama, output=out, method="omniquant", data=corpus, seq_len=32, samples=4, epochs=3
+    )
     blocks: list[dict[int, float]] = []
     qm, _, report = calibrate(options, lambda i, n, losses: blocks.append(losses))
     assert len(blocks) == 2 and report["let"] == "scale only"
     tokens = torch.randint(4, 98, (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad(), at_bits(qm.wrapped, 8):
         fake = qm.model(input_ids=tokens).logits
-    code, _, err = run_matcli("quantize", str(llama), "-o", str(out), "--method", "omniquant", "--data", str(corpus), "--seq-len", "32", "--samples", "4", "--epochs", "3", "-q")
+    code, _, err = run_matcli(
+        "quantize",
+        str(llama),
+        "-o",
+        str(out),
+        "--method",
+        "omniquant",
+        "--data",
+        str(corpus),
+        "--seq-len",
+        "32",
+        "--samples",
+        "4",
+        "--epochs",
+        "3",
+        "-q",
+    )
     assert code == 0, err
     with torch.no_grad():
         loaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)(tokens).logits
@@ -246,7 +325,15 @@ def test_omniquant_lowers_the_block_error(llama, corpus):
 
     losses = {}
     for epochs in (1, 8):
-        options = QuantizeOptions(model=llama, output=Path("/unused"), method="omniquant", data=corpus, seq_len=32, samples=4, epochs=epochs)
+        options = QuantizeOptions(
+            model=llama,
+            output=Path("/unused"),
+            method="omniquant",
+            data=corpus,
+            seq_len=32,
+            samples=4,
+            epochs=epochs,
+        )
         _, history, _ = calibrate(options)
         losses[epochs] = history[2]
     assert losses[8] < losses[1]
@@ -257,7 +344,12 @@ def test_omniquant_lowers_the_block_error(llama, corpus):
 
 def test_weighted_rtn_lowers_the_weighted_slice_error(llama, tmp_path):
     for method in ("rtn", "weighted-rtn"):
-        assert run_matcli("quantize", str(llama), "-o", str(tmp_path / method), "--method", method, "-q")[0] == 0
+        assert (
+            run_matcli(
+                "quantize", str(llama), "-o", str(tmp_path / method), "--method", method, "-q"
+            )[0]
+            == 0
+        )
     info = json.loads((tmp_path / "weighted-rtn" / "config.json").read_text())["matcli"]
     assert info["method"] == "weighted-rtn" and info["trained_bits"] == [8, 4, 2]
     dense = load_file(llama / "model.safetensors")
@@ -270,6 +362,8 @@ def test_weighted_rtn_lowers_the_weighted_slice_error(llama, tmp_path):
         with ModelFolder(tmp_path / method) as folder:
             for bits, weight in ((8, 0.1), (4, 0.1), (2, 1.0)):
                 state = dequantized_state_dict(folder, bits)
-                total += weight * sum((state[n] - dense[n]).pow(2).sum().item() for n in dense if ".mlp." in n)
+                total += weight * sum(
+                    (state[n] - dense[n]).pow(2).sum().item() for n in dense if ".mlp." in n
+                )
         errors[method] = total
     assert errors["weighted-rtn"] < errors["rtn"]

@@ -73,7 +73,9 @@ class Family(BaseModel):
     def takes_per_layer_intermediate(self, text_config: dict) -> bool:
         """Whether this config can hold one FFN width per layer: the family's config class
         accepts a list, or this checkpoint's config already holds one."""
-        return self.per_layer_intermediate or isinstance(text_config.get(self.config.intermediate_size), list)
+        return self.per_layer_intermediate or isinstance(
+            text_config.get(self.config.intermediate_size), list
+        )
 
 
 @cache
@@ -172,7 +174,9 @@ class Architecture:
         # Every layout of the family, not only this checkpoint's: transformers renames old
         # layouts on load (Gemma 3's language_model.model. -> model.language_model.), and
         # compressed-tensors targets must match the module names it ends up with.
-        prefixes = [re.escape(t).replace(re.escape("{layer}"), layer_part) for t in self.family.layers]
+        prefixes = [
+            re.escape(t).replace(re.escape("{layer}"), layer_part) for t in self.family.layers
+        ]
         return "^(?:" + "|".join(prefixes) + ")(?:" + "|".join(re.escape(n) for n in names) + ")$"
 
 

@@ -25,16 +25,24 @@ def check_destination(destination: Path, force: bool, inputs: list[Path]) -> Non
     for source in inputs:
         source = source.resolve()
         if resolved == source or resolved in source.parents:
-            raise MatcliError(f"output {destination} would replace the input {source}; choose another -o")
+            raise MatcliError(
+                f"output {destination} would replace the input {source}; choose another -o"
+            )
         if source in resolved.parents and source.is_dir():
-            raise MatcliError(f"output {destination} is inside the input {source}, which must stay unchanged; choose an -o outside it")
+            raise MatcliError(
+                f"output {destination} is inside the input {source}, which must stay unchanged; choose an -o outside it"
+            )
     if destination.is_file():
         raise MatcliError(f"output {destination} is a file; give a folder path for -o")
     existing = next(p for p in destination.parents if p.exists())
     if not existing.is_dir():
-        raise MatcliError(f"output {destination} would be inside {existing}, which is a file; give a folder path for -o")
+        raise MatcliError(
+            f"output {destination} would be inside {existing}, which is a file; give a folder path for -o"
+        )
     if destination.is_dir() and any(destination.iterdir()) and not force:
-        raise MatcliError(f"output folder {destination} exists and is not empty; choose another -o, or pass --force to replace it")
+        raise MatcliError(
+            f"output folder {destination} exists and is not empty; choose another -o, or pass --force to replace it"
+        )
 
 
 @contextmanager
@@ -58,7 +66,9 @@ def staged_folder(destination: Path, force: bool) -> Iterator[Path]:
 def _replace(staging: Path, destination: Path, force: bool) -> None:
     if destination.exists():
         if any(destination.iterdir()) and not force:  # appeared while we worked
-            raise MatcliError(f"output folder {destination} was filled by someone else during the run; nothing was replaced")
+            raise MatcliError(
+                f"output folder {destination} was filled by someone else during the run; nothing was replaced"
+            )
         old = destination.parent / f".{destination.name}.matcli-old-{os.getpid()}"
         os.rename(destination, old)
         os.rename(staging, destination)
@@ -103,7 +113,9 @@ def staged_file(destination: Path, force: bool) -> Iterator[Path]:
     if destination.is_dir():
         raise MatcliError(f"output {destination} is a folder; give a file path for one dimension")
     if destination.exists() and not force:
-        raise MatcliError(f"output file {destination} exists; choose another -o, or pass --force to replace it")
+        raise MatcliError(
+            f"output file {destination} exists; choose another -o, or pass --force to replace it"
+        )
     destination.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(destination.parent, destination.name)
     staging = destination.parent / f".{destination.name}{STAGING_MARK}{os.getpid()}"

@@ -11,7 +11,19 @@ from matcli.checkpoint.reader import INDEX_NAME
 
 # Weights in any format are not copied: the output's own safetensors replace them, and stale
 # copies in another format would be loaded instead by some tools.
-WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".gguf", ".h5", ".msgpack", ".onnx", ".ot"}
+WEIGHT_SUFFIXES = {
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".pkl",
+    ".gguf",
+    ".h5",
+    ".msgpack",
+    ".onnx",
+    ".ot",
+}
 REWRITTEN = {"config.json", INDEX_NAME, "matcli_manifest.json"}
 
 

@@ -60,9 +60,18 @@ def invocation(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     found: dict = {"command_line": ["matcli", *argv]}
     for i, arg in enumerate(argv):
-        path = argv[i + 1] if arg == "--recipe" and i + 1 < len(argv) else arg.partition("=")[2] if arg.startswith("--recipe=") else None
+        path = (
+            argv[i + 1]
+            if arg == "--recipe" and i + 1 < len(argv)
+            else arg.partition("=")[2]
+            if arg.startswith("--recipe=")
+            else None
+        )
         if path and Path(path).is_file():
-            found["recipe"] = {"path": path, "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
+            found["recipe"] = {
+                "path": path,
+                "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+            }
     return found
 
 

@@ -9,9 +9,9 @@ into a staging folder and renames it into place.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from matcli import __version__
 from matcli.checkpoint.atomic import check_destination, staged_folder
@@ -102,7 +102,12 @@ class Plan:
                     "transforms": transforms,
                     "config_changes": config_diff(self.source.config, o.config),
                     "tensor_list": [
-                        {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "transform": t.transform}
+                        {
+                            "name": t.name,
+                            "dtype": t.dtype,
+                            "shape": list(t.shape),
+                            "transform": t.transform,
+                        }
                         for t in o.tensors
                     ],
                 }
@@ -153,7 +158,9 @@ def write_config(folder: Path, config: dict) -> None:
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def execute(plan: Plan, destination: Path, force: bool, on_bytes: Callable[[int], None] = lambda n: None) -> None:
+def execute(
+    plan: Plan, destination: Path, force: bool, on_bytes: Callable[[int], None] = lambda n: None
+) -> None:
     """Stream the plan into a staging folder, then rename it to `destination`."""
     check_destination(destination, force, [plan.source.path])
     if plan.lockstep:
@@ -189,6 +196,9 @@ def execute(plan: Plan, destination: Path, force: bool, on_bytes: Callable[[int]
                 manifest["report"] = plan.report
             manifest["output"] = {
                 "folder": output.name,
-                "files": [{"name": w.name, "size": w.size, "header_sha256": w.header_sha256} for w in writer.written],
+                "files": [
+                    {"name": w.name, "size": w.size, "header_sha256": w.header_sha256}
+                    for w in writer.written
+                ],
             }
             write_manifest(folder, manifest)

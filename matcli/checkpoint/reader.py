@@ -6,7 +6,6 @@ import json
 import os
 from collections import OrderedDict
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,7 +29,6 @@ SINGLE_NAME = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
-
 class ModelFolder:
     """A model folder opened for reading: config.json, headers of every shard, tensor index.
 
@@ -44,7 +42,9 @@ class ModelFolder:
         _check_folder(self.path)
         self.config = _read_json(self.path / "config.json", "config.json")
         if not isinstance(self.config, dict):
-            raise MatcliError(f"{self.path / 'config.json'} is not a JSON object; fix or re-create it")
+            raise MatcliError(
+                f"{self.path / 'config.json'} is not a JSON object; fix or re-create it"
+            )
         self.shard_names = _shard_names(self.path)
         self.headers: dict[str, SafetensorsHeader] = {}
         self.tensors: dict[str, TensorInfo] = {}
@@ -53,7 +53,9 @@ class ModelFolder:
             self.headers[name] = header
             for tname, info in header.tensors.items():
                 if tname in self.tensors:
-                    raise MatcliError(f"tensor {tname!r} appears in two shards of {self.path}; the checkpoint is inconsistent")
+                    raise MatcliError(
+                        f"tensor {tname!r} appears in two shards of {self.path}; the checkpoint is inconsistent"
+                    )
                 self.tensors[tname] = info
         self._check_index()
         self._fds: dict[Path, int] = {}
@@ -79,7 +81,9 @@ class ModelFolder:
         index = _read_json(self.path / INDEX_NAME, INDEX_NAME)
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict):
-            raise MatcliError(f"{self.path / INDEX_NAME} has no weight_map; fix or re-create the index")
+            raise MatcliError(
+                f"{self.path / INDEX_NAME} has no weight_map; fix or re-create the index"
+            )
         return weight_map
 
     @property
@@ -98,11 +102,11 @@ class ModelFolder:
 
     # --- data ------------------------------------------------------------------------------
 
-    def read(self, name: str) -> "torch.Tensor":
+    def read(self, name: str) -> torch.Tensor:
         info = self.tensors[name]
         return self.read_rows(name, 0, info.rows)
 
-    def read_rows(self, name: str, start: int, stop: int, scratch: bool = False) -> "torch.Tensor":
+    def read_rows(self, name: str, start: int, stop: int, scratch: bool = False) -> torch.Tensor:
         """Rows [start, stop) of a tensor (the whole tensor for a scalar); see read_bytes."""
         import torch
 
@@ -110,14 +114,20 @@ class ModelFolder:
         buf = self.read_bytes(name, start * info.row_bytes, stop * info.row_bytes, scratch)
         dtype = getattr(torch, DTYPES[info.dtype][0])
         shape = (stop - start, *info.shape[1:]) if info.shape else ()
-        return torch.from_numpy(buf).view(dtype).reshape(shape) if len(buf) else torch.empty(shape, dtype=dtype)
+        return (
+            torch.from_numpy(buf).view(dtype).reshape(shape)
+            if len(buf)
+            else torch.empty(shape, dtype=dtype)
+        )
 
     def read_elements(self, name: str, start: int, stop: int, scratch: bool = False) -> np.ndarray:
         """Rows [start, stop) as an array of unsigned integers of the element size: for
         selections, which move elements without reading their values (numpy has no bfloat16)."""
         info = self.tensors[name]
         buf = self.read_bytes(name, start * info.row_bytes, stop * info.row_bytes, scratch)
-        return buf.view(UNSIGNED_OF_SIZE[DTYPES[info.dtype][1]]).reshape(stop - start, *info.shape[1:])
+        return buf.view(UNSIGNED_OF_SIZE[DTYPES[info.dtype][1]]).reshape(
+            stop - start, *info.shape[1:]
+        )
 
     def read_bytes(self, name: str, start: int, stop: int, scratch: bool = False) -> np.ndarray:
         """Raw bytes [start, stop) of a tensor's data as uint8 (shared when cached: do not modify).
@@ -134,7 +144,13 @@ class ModelFolder:
         if scratch and not self.cache_entries:
             if self._scratch is None or len(self._scratch) < stop - start:
                 self._scratch = np.empty(stop - start, dtype=np.uint8)
-            return read_range(self._fd(info.path), info.start + start, stop - start, info.path, out=self._scratch[: stop - start])
+            return read_range(
+                self._fd(info.path),
+                info.start + start,
+                stop - start,
+                info.path,
+                out=self._scratch[: stop - start],
+            )
         buf = read_range(self._fd(info.path), info.start + start, stop - start, info.path)
         if self.cache_entries:
             self._cache[key] = buf
@@ -151,7 +167,9 @@ class ModelFolder:
         """Row ranges that cover the tensor, each at most max_bytes (at least one row)."""
         info = self.tensors[name]
         rows_per_chunk = max(1, max_bytes // max(1, info.row_bytes))
-        return [(s, min(s + rows_per_chunk, info.rows)) for s in range(0, info.rows, rows_per_chunk)] or [(0, 0)]
+        return [
+            (s, min(s + rows_per_chunk, info.rows)) for s in range(0, info.rows, rows_per_chunk)
+        ] or [(0, 0)]
 
     def _fd(self, path: Path) -> int:
         if path not in self._fds:
@@ -175,9 +193,13 @@ def _check_folder(path: Path) -> None:
     if not path.exists():
         raise MatcliError(f"{path} does not exist; give the path of a Hugging Face model folder")
     if not path.is_dir():
-        raise MatcliError(f"{path} is a file; give the folder that holds config.json and the safetensors files")
+        raise MatcliError(
+            f"{path} is a file; give the folder that holds config.json and the safetensors files"
+        )
     if not (path / "config.json").is_file():
-        raise MatcliError(f"{path} has no config.json; give the path of a Hugging Face model folder")
+        raise MatcliError(
+            f"{path} has no config.json; give the path of a Hugging Face model folder"
+        )
 
 
 def _shard_names(path: Path) -> list[str]:
@@ -199,7 +221,9 @@ def _shard_names(path: Path) -> list[str]:
             "because loading pickles can run arbitrary code. Convert it first: "
             "AutoModel.from_pretrained(path).save_pretrained(new_path) writes safetensors"
         )
-    raise MatcliError(f"{path} has no {SINGLE_NAME} and no {INDEX_NAME}; it holds no safetensors weights")
+    raise MatcliError(
+        f"{path} has no {SINGLE_NAME} and no {INDEX_NAME}; it holds no safetensors weights"
+    )
 
 
 def _check_inside(folder: Path, name: object) -> None:
@@ -216,7 +240,9 @@ def _check_inside(folder: Path, name: object) -> None:
             "refusing to read it (fix the index: shard names must be plain file names)"
         )
     if not (folder / name).is_file():
-        raise MatcliError(f"{folder / INDEX_NAME} names shard {name!r}, which is missing; re-download the checkpoint")
+        raise MatcliError(
+            f"{folder / INDEX_NAME} names shard {name!r}, which is missing; re-download the checkpoint"
+        )
 
 
 def _read_json(path: Path, what: str) -> object:

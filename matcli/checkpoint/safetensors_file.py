@@ -48,6 +48,7 @@ def torch_dtype(code: str):
 
     return getattr(torch, DTYPES[code][0])
 
+
 # Real headers are a few MB at most (a 10k-tensor model is ~1 MB); anything far larger is
 # a corrupt length field, and reading it would allocate that much memory.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -92,7 +93,9 @@ class SafetensorsHeader:
 
 
 def _corrupt(path: Path, what: str) -> MatcliError:
-    return MatcliError(f"{path} is not a valid safetensors file: {what}; re-download or re-create it")
+    return MatcliError(
+        f"{path} is not a valid safetensors file: {what}; re-download or re-create it"
+    )
 
 
 def read_header(path: Path) -> SafetensorsHeader:
@@ -125,11 +128,17 @@ def read_header(path: Path) -> SafetensorsHeader:
     for name, entry in header.items():
         info = _tensor_info(path, name, entry, data_start)
         if info.start + info.nbytes > size:
-            raise _corrupt(path, f"tensor {name!r} ends at byte {info.start + info.nbytes} beyond the end of the file ({size} bytes): the file is truncated")
+            raise _corrupt(
+                path,
+                f"tensor {name!r} ends at byte {info.start + info.nbytes} beyond the end of the file ({size} bytes): the file is truncated",
+            )
         end_of_data = max(end_of_data, info.start + info.nbytes - data_start)
         tensors[name] = info
     if end_of_data != data_size:
-        raise _corrupt(path, f"its header describes {end_of_data} bytes of tensor data but the file holds {data_size}")
+        raise _corrupt(
+            path,
+            f"its header describes {end_of_data} bytes of tensor data but the file holds {data_size}",
+        )
     return SafetensorsHeader(
         path=path,
         tensors=tensors,
@@ -160,7 +169,9 @@ def _tensor_info(path: Path, name: str, entry: object, data_start: int) -> Tenso
     return TensorInfo(name, dtype, tuple(shape), path, data_start + offsets[0], nbytes)
 
 
-def read_range(fd: int, start: int, nbytes: int, path: Path, out: np.ndarray | None = None) -> np.ndarray:
+def read_range(
+    fd: int, start: int, nbytes: int, path: Path, out: np.ndarray | None = None
+) -> np.ndarray:
     """Read exactly nbytes at an absolute offset into `out`, or a new uint8 array.
 
     A new array is allocated uninitialised (a bytearray would be zero-filled first: one more
@@ -172,6 +183,8 @@ def read_range(fd: int, start: int, nbytes: int, path: Path, out: np.ndarray | N
     while done < nbytes:
         n = os.preadv(fd, [view[done:]], start + done)
         if n == 0:
-            raise MatcliError(f"{path} ended early while reading: the file was truncated or changed during the run")
+            raise MatcliError(
+                f"{path} ended early while reading: the file was truncated or changed during the run"
+            )
         done += n
     return buf

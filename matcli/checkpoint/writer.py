@@ -14,12 +14,10 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-
-import sys
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,7 +29,6 @@ DEFAULT_MAX_SHARD_BYTES = 5_000_000_000  # transformers' default "5GB"
 # Default size of one read: large enough for full disk throughput, small enough that a few
 # chunks and their transforms stay well under the memory targets.
 DEFAULT_CHUNK_BYTES = 32 * 1024 * 1024
-
 
 
 @dataclass(frozen=True)
@@ -74,7 +71,7 @@ class OutputTensor:
         return math.prod(self.shape) * DTYPES[self.dtype][1]
 
 
-def dtype_code(dtype: "torch.dtype") -> str:
+def dtype_code(dtype: torch.dtype) -> str:
     return CODE_OF_TORCH_NAME[str(dtype).removeprefix("torch.")]
 
 
@@ -110,7 +107,11 @@ def header_bytes(tensors: list[OutputTensor], metadata: dict[str, str]) -> bytes
     header: dict[str, object] = {"__metadata__": dict(metadata)}
     offset = 0
     for t in tensors:
-        header[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+        header[t.name] = {
+            "dtype": t.dtype,
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + t.nbytes],
+        }
         offset += t.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
@@ -171,13 +172,17 @@ class CheckpointWriter:
 
     def end(self) -> None:
         if self._remaining:
-            raise RuntimeError(f"{self._current.name}: {self._remaining} bytes missing at the end of the tensor")
+            raise RuntimeError(
+                f"{self._current.name}: {self._remaining} bytes missing at the end of the tensor"
+            )
         self._current = None
 
     def finish(self) -> None:
         self._close_file()
         if len(self._names) > 1:
-            weight_map = {t.name: self._names[i] for i, shard in enumerate(self.layout.shards) for t in shard}
+            weight_map = {
+                t.name: self._names[i] for i, shard in enumerate(self.layout.shards) for t in shard
+            }
             index = {
                 "metadata": {"total_size": sum(self.layout.shard_bytes())},
                 "weight_map": dict(sorted(weight_map.items())),
@@ -222,14 +227,18 @@ class CheckpointWriter:
         done = 0
         try:
             while done < chunk.nbytes:
-                n = os.copy_file_range(chunk.fd, self._file.fileno(), chunk.nbytes - done, chunk.offset + done)
+                n = os.copy_file_range(
+                    chunk.fd, self._file.fileno(), chunk.nbytes - done, chunk.offset + done
+                )
                 if n == 0:
                     raise OSError(errno.EIO, "source ended early")
                 done += n
         except OSError as e:
             if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP) or done:
                 raise _write_error(self.folder, e) from e
-            self._write(FileRange(chunk.fd, chunk.offset, chunk.nbytes).read(), count=False)  # no kernel copy here
+            self._write(
+                FileRange(chunk.fd, chunk.offset, chunk.nbytes).read(), count=False
+            )  # no kernel copy here
         self._size += chunk.nbytes
         self.on_bytes(chunk.nbytes)
 
@@ -253,7 +262,9 @@ def as_bytes(chunk: Chunk, tensor: OutputTensor) -> memoryview:
     return memoryview(chunk)
 
 
-def write_in_lockstep(writers: list[CheckpointWriter], tensor_lists: list[list[OutputTensor]]) -> None:
+def write_in_lockstep(
+    writers: list[CheckpointWriter], tensor_lists: list[list[OutputTensor]]
+) -> None:
     """Write several checkpoints whose tensor lists correspond, one chunk of each in turn.
 
     When the outputs derive tensor i from the same input rows (several bit-widths of one

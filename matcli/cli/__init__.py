@@ -44,13 +44,25 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     debug: bool = typer.Option(False, "--debug", help="Show the full traceback of errors."),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
 ) -> None:
     """Global options."""
 
 
 # The disk, not the input: a full disk, a read-only or missing location, permissions.
-DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EIO}
+DISK_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOENT,
+    errno.EISDIR,
+    errno.ENOTDIR,
+    errno.EIO,
+}
 
 
 def _terminate(signum, frame):
@@ -76,9 +88,15 @@ def main() -> None:
             traceback.print_exc()
         if e.errno in DISK_ERRNOS:
             where = f"{e.filename}: " if e.filename else ""
-            print(f"error: {where}{e.strerror}; check the path, its permissions and the free disk space", file=sys.stderr)
+            print(
+                f"error: {where}{e.strerror}; check the path, its permissions and the free disk space",
+                file=sys.stderr,
+            )
         else:  # other OSErrors (transformers raises them for unloadable tokenizers): their first line
-            print(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", file=sys.stderr)
+            print(
+                f"error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
+                file=sys.stderr,
+            )
         sys.exit(RUNTIME)
     except MemoryError:
         if debug:

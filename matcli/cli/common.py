@@ -22,12 +22,24 @@ err = Console(stderr=True)
 
 OUTPUT = typer.Option(..., "-o", "--output", help="Output folder (written atomically).")
 FORCE = typer.Option(False, "--force", help="Replace a non-empty output folder.")
-DRY_RUN = typer.Option(False, "--dry-run", help="Print the plan (tensors, shards, config changes, memory) and write nothing.")
-MAX_SHARD_SIZE = typer.Option("5GB", "--max-shard-size", help="Largest output shard in bytes: a number, or 500MB, 5GB, 2GiB.")
-CHUNK_SIZE = typer.Option("32MiB", "--chunk-size", help="Bytes read at a time; peak memory grows with it.")
+DRY_RUN = typer.Option(
+    False,
+    "--dry-run",
+    help="Print the plan (tensors, shards, config changes, memory) and write nothing.",
+)
+MAX_SHARD_SIZE = typer.Option(
+    "5GB", "--max-shard-size", help="Largest output shard in bytes: a number, or 500MB, 5GB, 2GiB."
+)
+CHUNK_SIZE = typer.Option(
+    "32MiB", "--chunk-size", help="Bytes read at a time; peak memory grows with it."
+)
 JSON_OUTPUT = typer.Option(False, "--json", help="Print one JSON object instead of tables.")
 QUIET = typer.Option(False, "-q", "--quiet", help="No progress bar or tables.")
-RECIPE = typer.Option(None, "--recipe", help="YAML file of option values; flags given on the command line override it.")
+RECIPE = typer.Option(
+    None,
+    "--recipe",
+    help="YAML file of option values; flags given on the command line override it.",
+)
 
 
 DISPLAY_FLAGS = ("json_output", "quiet", "recipe")
@@ -88,7 +100,9 @@ def return_freed_chunks() -> None:
         pass
 
 
-def run_plan(plan: Plan, output: Path, force: bool, dry_run: bool, json_output: bool, quiet: bool) -> None:
+def run_plan(
+    plan: Plan, output: Path, force: bool, dry_run: bool, json_output: bool, quiet: bool
+) -> None:
     """Render the plan (dry run) or execute it with a progress bar."""
     return_freed_chunks()
     from matcli.checkpoint.atomic import check_destination
@@ -127,15 +141,33 @@ def training_progress(options, quiet: bool):
     if quiet or options.method in ("rtn", "weighted-rtn") or options.dry_run:
         yield lambda done, total, losses: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     unit = "step" if options.method == "qat" else "block"
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=err) as bar:
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+    ) as bar:
         task = bar.add_task(f"{options.method}: loading", total=None)
 
         def update(done: int, total: int, losses: dict[int, float]) -> None:
             shown = "  ".join(f"int{b} {v:.4g}" for b, v in sorted(losses.items(), reverse=True))
-            bar.update(task, completed=done, total=total, description=f"{options.method} {unit} {done}/{total}  {shown}")
+            bar.update(
+                task,
+                completed=done,
+                total=total,
+                description=f"{options.method} {unit} {done}/{total}  {shown}",
+            )
 
         yield update
 
@@ -143,7 +175,13 @@ def training_progress(options, quiet: bool):
 def _progress():
     from contextlib import contextmanager
 
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
     @contextmanager
     def bar():
@@ -162,10 +200,15 @@ def _progress():
 
 
 def render_plan(d: dict) -> None:
-    out.print(f"[bold]plan[/bold]: matcli {d['command']} {d['input']}  (dry run: nothing is written)")
+    out.print(
+        f"[bold]plan[/bold]: matcli {d['command']} {d['input']}  (dry run: nothing is written)"
+    )
     for o in d["outputs"]:
         where = o["folder"] or "output folder"
-        table = Table(title=f"{where}: {o['tensors']} tensors, {human_bytes(o['bytes'])}", title_justify="left")
+        table = Table(
+            title=f"{where}: {o['tensors']} tensors, {human_bytes(o['bytes'])}",
+            title_justify="left",
+        )
         table.add_column("transform")
         table.add_column("tensors", justify="right")
         table.add_column("bytes", justify="right")
@@ -201,9 +244,19 @@ def report_written(plan: Plan, output: Path, json_output: bool, quiet: bool) -> 
     rows = []
     for o in plan.outputs:
         folder = output / o.name if o.name else output
-        rows.append({"path": str(folder), "size_bytes": folder_size(folder), "matcli": o.config.get("matcli", {})})
+        rows.append(
+            {
+                "path": str(folder),
+                "size_bytes": folder_size(folder),
+                "matcli": o.config.get("matcli", {}),
+            }
+        )
     if json_output:
-        print(json.dumps({"outputs": rows, "warnings": plan.warnings, "report": plan.report}, indent=2))
+        print(
+            json.dumps(
+                {"outputs": rows, "warnings": plan.warnings, "report": plan.report}, indent=2
+            )
+        )
         return
     if quiet:
         return
@@ -221,7 +274,11 @@ def _what(info: dict) -> str:
     if role == "parent":
         return f"int{info['parent_bits']} parent ({info['scheme']}, {info['method']})"
     if role == "slice":
-        bits = f"int{info['bits']}" if info.get("bits") else f"mixed, {info['average_bits']:g} bits on average"
+        bits = (
+            f"int{info['bits']}"
+            if info.get("bits")
+            else f"mixed, {info['average_bits']:g} bits on average"
+        )
         return f"{bits} slice, {info['format']}"
     if role in ("extract", "reorder"):
         widths = sorted(set(info["ffn_widths"]))

@@ -17,7 +17,12 @@ HELP = (
 
 
 def demo(
-    workdir: Path = typer.Option(Path("matcli-demo"), "-o", "--output", help="Folder for the demo's models (replaced if it exists)."),
+    workdir: Path = typer.Option(
+        Path("matcli-demo"),
+        "-o",
+        "--output",
+        help="Folder for the demo's models (replaced if it exists).",
+    ),
 ) -> None:
     import os
     import shutil
@@ -35,7 +40,9 @@ def demo(
         if any(workdir.iterdir()):
             from matcli.errors import MatcliError
 
-            raise MatcliError(f"{workdir} exists and is not a previous demo folder; choose another -o")
+            raise MatcliError(
+                f"{workdir} exists and is not a previous demo folder; choose another -o"
+            )
     shutil.rmtree(workdir, ignore_errors=True)
     dense = workdir / "dense"
     common.out.print(f"building a tiny Llama (4 layers, 3.4M parameters, seed 0) in {dense}")
@@ -74,13 +81,32 @@ def demo(
         if dense_logits is None:
             dense_logits = logits
         agree, kl = compare(dense_logits, logits)
-        rows.append((name, common.folder_size(folder), ffn_error(dense_weights, reference), agree, kl, mismatch))
+        rows.append(
+            (
+                name,
+                common.folder_size(folder),
+                ffn_error(dense_weights, reference),
+                agree,
+                kl,
+                mismatch,
+            )
+        )
 
-    table = Table(title="one int8 parent, sliced without a model, loaded by stock transformers", title_justify="left")
+    table = Table(
+        title="one int8 parent, sliced without a model, loaded by stock transformers",
+        title_justify="left",
+    )
     for column in ("model", "size", "FFN error", "top-1 agree", "KL vs dense", "logits diff*"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for name, size, err, agree, kl, mismatch in rows:
-        table.add_row(name, common.human_bytes(size), f"{err:.2%}", f"{agree:.1%}", f"{kl:.2e}", f"{mismatch:.1e}")
+        table.add_row(
+            name,
+            common.human_bytes(size),
+            f"{err:.2%}",
+            f"{agree:.1%}",
+            f"{kl:.2e}",
+            f"{mismatch:.1e}",
+        )
     common.out.print(table)
     common.out.print(
         "* max |logits of the folder loaded by transformers - logits of matcli's own dequantized weights|.\n"

@@ -22,20 +22,38 @@ def extract_command(
     ffn_config: str | None = typer.Option(
         None,
         "--ffn-config",
-        help="Widths of the kept layers: 8192 | 0.5 | s,m,l,xl | a list 8192,16384,... | FILE.yaml/json | configs.csv:\"ROW NAME\".",
+        help='Widths of the kept layers: 8192 | 0.5 | s,m,l,xl | a list 8192,16384,... | FILE.yaml/json | configs.csv:"ROW NAME".',
     ),
-    skip_layers: str | None = typer.Option(None, "--skip-layers", help="Original layer indices to drop, e.g. 20-24."),
-    budget: str | None = typer.Option(None, "--budget", help="Largest submodel: parameters (2.5e9, 900M, 2B) or bytes (4GB, 3GiB)."),
+    skip_layers: str | None = typer.Option(
+        None, "--skip-layers", help="Original layer indices to drop, e.g. 20-24."
+    ),
+    budget: str | None = typer.Option(
+        None,
+        "--budget",
+        help="Largest submodel: parameters (2.5e9, 900M, 2B) or bytes (4GB, 3GiB).",
+    ),
     budget_of: str | None = typer.Option(
         None,
         "--budget-of",
         help="What --budget counts: total (every tensor, the default) or effective (the parameter report's effective count; Gemma 3n: Google's E2B/E4B figure, without embeddings and vision/audio towers).",
     ),
-    reorder: bool = typer.Option(False, "--reorder", help="Keep each layer's most important neurons (measured on --data), not the first ones."),
-    data: Path | None = typer.Option(None, "--data", help="Calibration text for --reorder and --rank-by-loss (.txt or .jsonl)."),
-    rank_by_loss: bool = typer.Option(False, "--rank-by-loss", help="With --budget: pick the candidate with the lowest loss on --data."),
+    reorder: bool = typer.Option(
+        False,
+        "--reorder",
+        help="Keep each layer's most important neurons (measured on --data), not the first ones.",
+    ),
+    data: Path | None = typer.Option(
+        None, "--data", help="Calibration text for --reorder and --rank-by-loss (.txt or .jsonl)."
+    ),
+    rank_by_loss: bool = typer.Option(
+        False,
+        "--rank-by-loss",
+        help="With --budget: pick the candidate with the lowest loss on --data.",
+    ),
     seq_len: int = typer.Option(256, "--seq-len", help="Tokens per calibration window."),
-    max_tokens: int = typer.Option(16384, "--max-tokens", help="Calibration tokens to use at most."),
+    max_tokens: int = typer.Option(
+        16384, "--max-tokens", help="Calibration tokens to use at most."
+    ),
     max_shard_size: str = common.MAX_SHARD_SIZE,
     chunk_size: str = common.CHUNK_SIZE,
     force: bool = common.FORCE,
@@ -59,7 +77,10 @@ def extract_command(
 
 def render_parameters(report: dict) -> None:
     before, after = report["parameters_before"], report["parameters_after"]
-    table = Table(title=f"parameters ({report['layers_before']} -> {report['layers_kept']} layers)", title_justify="left")
+    table = Table(
+        title=f"parameters ({report['layers_before']} -> {report['layers_kept']} layers)",
+        title_justify="left",
+    )
     for column in ("", "before", "after", "ratio"):
         table.add_column(column, justify="right" if column else "left")
     for key in ("total", "effective"):
@@ -79,7 +100,9 @@ def reorder_command(
     output: Path = common.OUTPUT,
     data: Path = typer.Option(..., "--data", help="Calibration text (.txt or .jsonl)."),
     seq_len: int = typer.Option(256, "--seq-len", help="Tokens per calibration window."),
-    max_tokens: int = typer.Option(16384, "--max-tokens", help="Calibration tokens to use at most."),
+    max_tokens: int = typer.Option(
+        16384, "--max-tokens", help="Calibration tokens to use at most."
+    ),
     max_shard_size: str = common.MAX_SHARD_SIZE,
     chunk_size: str = common.CHUNK_SIZE,
     force: bool = common.FORCE,

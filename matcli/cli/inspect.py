@@ -40,8 +40,24 @@ def inspect_command(
     common.out.print(table)
     if report["quantized"]:
         q = Table(title="quantized Linears", title_justify="left")
-        for column in ("bits", "scheme", "group size", "modules", "which", "weights", "bits/weight (with scales)"):
+        for column in (
+            "bits",
+            "scheme",
+            "group size",
+            "modules",
+            "which",
+            "weights",
+            "bits/weight (with scales)",
+        ):
             q.add_column(column)
         for g in report["quantized"]:
-            q.add_row(str(g["bits"]), g["scheme"], str(g["group_size"] or "channel"), str(g["modules"]), "\n".join(g["which"]), f"{g['weights']:,}", str(g["effective_bits"]))
+            q.add_row(
+                str(g["bits"]),
+                g["scheme"],
+                str(g["group_size"] or "channel"),
+                str(g["modules"]),
+                "\n".join(g["which"]),
+                f"{g['weights']:,}",
+                str(g["effective_bits"]),
+            )
         common.out.print(q)

@@ -18,14 +18,32 @@ HELP = (
 
 
 def eval_retrieval_command(
-    corpus: Path = typer.Option(..., "--corpus", help="Corpus embeddings (.npy, .safetensors, .parquet)."),
+    corpus: Path = typer.Option(
+        ..., "--corpus", help="Corpus embeddings (.npy, .safetensors, .parquet)."
+    ),
     queries: Path = typer.Option(..., "--queries", help="Query embeddings, same dimension."),
-    qrels: Path | None = typer.Option(None, "--qrels", help="Relevance labels: TSV/CSV query_id,doc_id[,relevance] or JSON {query: {doc: rel}}."),
-    dims: str | None = typer.Option(None, "--dims", help="Dimensions to evaluate (default: full, then halving down to 16)."),
+    qrels: Path | None = typer.Option(
+        None,
+        "--qrels",
+        help="Relevance labels: TSV/CSV query_id,doc_id[,relevance] or JSON {query: {doc: rel}}.",
+    ),
+    dims: str | None = typer.Option(
+        None, "--dims", help="Dimensions to evaluate (default: full, then halving down to 16)."
+    ),
     k: int = typer.Option(10, "--k", help="Cut-off for recall@k (1 up to the corpus size)."),
-    funnel: list[str] = typer.Option([], "--funnel", help="Shortlist-then-rerank stages DIM:KEEP,..., e.g. 32:200,384:10 (repeatable)."),
-    key: str | None = typer.Option(None, "--key", help="Tensor (.safetensors) or column (.parquet) of the embeddings."),
-    plot: Path | None = typer.Option(None, "--plot", help="Write a plot of quality against dimension, .png/.svg/.pdf (needs matplotlib)."),
+    funnel: list[str] = typer.Option(
+        [],
+        "--funnel",
+        help="Shortlist-then-rerank stages DIM:KEEP,..., e.g. 32:200,384:10 (repeatable).",
+    ),
+    key: str | None = typer.Option(
+        None, "--key", help="Tensor (.safetensors) or column (.parquet) of the embeddings."
+    ),
+    plot: Path | None = typer.Option(
+        None,
+        "--plot",
+        help="Write a plot of quality against dimension, .png/.svg/.pdf (needs matplotlib).",
+    ),
     json_output: bool = common.JSON_OUTPUT,
 ) -> None:
     from matcli.mrl.retrieval import evaluate, load_matrix, parse_funnel, read_qrels
@@ -37,7 +55,15 @@ def eval_retrieval_command(
     full = corpus_matrix.shape[1]
     dim_list = common.parse_int_list(dims, "--dims") if dims else _halvings(full)
     labels = read_qrels(qrels) if qrels else None
-    report = evaluate(corpus_matrix, query_matrix, dim_list, k, labels, (query_ids, doc_ids), [parse_funnel(f) for f in funnel])
+    report = evaluate(
+        corpus_matrix,
+        query_matrix,
+        dim_list,
+        k,
+        labels,
+        (query_ids, doc_ids),
+        [parse_funnel(f) for f in funnel],
+    )
     if plot:
         _plot(report, plot)
     if json_output:
@@ -55,7 +81,10 @@ def _halvings(full: int) -> list[int]:
 
 def render(report: dict) -> None:
     rows = report["dims"]
-    table = Table(title=f"{report['queries']} queries, {report['corpus']:,} documents, {report['full_dim']} dims", title_justify="left")
+    table = Table(
+        title=f"{report['queries']} queries, {report['corpus']:,} documents, {report['full_dim']} dims",
+        title_justify="left",
+    )
     columns = [c for c in rows[0] if c != "labelled_queries"]
     for c in columns:
         table.add_column(c, justify="right")
@@ -63,7 +92,9 @@ def render(report: dict) -> None:
         table.add_row(*(str(row[c]) if c == "dim" else f"{row[c]:.4f}" for c in columns))
     common.out.print(table)
     for f in report["funnels"]:
-        recall = next(v for key, v in f.items() if key.startswith("recall@") and key.endswith("_vs_full"))
+        recall = next(
+            v for key, v in f.items() if key.startswith("recall@") and key.endswith("_vs_full")
+        )
         common.out.print(
             f"funnel {f['funnel']}: recall vs full {recall:.4f}, {f['flops_vs_full']:.1f}x fewer FLOPs, "
             f"{f['ms_per_query']:.3f} ms/query vs {f['full_ms_per_query']:.3f} ms full ({f['speedup_vs_full']:.1f}x faster)"
@@ -75,9 +106,13 @@ PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 def _check_plot(path: Path) -> None:
     if path.suffix.lower() not in PLOT_SUFFIXES:
-        raise MatcliError(f"--plot {path}: end the file name in {', '.join(PLOT_SUFFIXES)} so the image format is known")
+        raise MatcliError(
+            f"--plot {path}: end the file name in {', '.join(PLOT_SUFFIXES)} so the image format is known"
+        )
     if not path.absolute().parent.is_dir():
-        raise MatcliError(f"--plot {path}: folder {path.absolute().parent} does not exist; create it or choose another path")
+        raise MatcliError(
+            f"--plot {path}: folder {path.absolute().parent} does not exist; create it or choose another path"
+        )
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -100,5 +135,7 @@ def _plot(report: dict, path: Path) -> None:
     fig.tight_layout()
     from matcli.checkpoint.atomic import staged_file
 
-    with staged_file(path, force=True) as staging:  # an existing plot is replaced, never half-written
+    with staged_file(
+        path, force=True
+    ) as staging:  # an existing plot is replaced, never half-written
         fig.savefig(staging, dpi=120, format=path.suffix[1:].lower())

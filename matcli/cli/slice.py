@@ -24,10 +24,24 @@ def slice_command(
         "--bits-config",
         help="Per-layer widths (Mix'n'Match): a YAML/JSON file, or pyramid, reverse-pyramid, increasing, decreasing.",
     ),
-    target_bits: float | None = typer.Option(None, "--target-bits", help="Budget for a named --bits-config: average bits per quantized weight."),
-    extra_precision: bool = typer.Option(False, "--extra-precision", help="No clamp: 2^r + 1 levels, stored with r + 1 bits."),
-    format: str = typer.Option("compressed-tensors", "--format", help="compressed-tensors (pack-quantized at r bits) or dense (dequantized)."),
-    dtype: str | None = typer.Option(None, "--dtype", help="Dense weights dtype: bfloat16, float16 or float32 (default: the model's)."),
+    target_bits: float | None = typer.Option(
+        None,
+        "--target-bits",
+        help="Budget for a named --bits-config: average bits per quantized weight.",
+    ),
+    extra_precision: bool = typer.Option(
+        False, "--extra-precision", help="No clamp: 2^r + 1 levels, stored with r + 1 bits."
+    ),
+    format: str = typer.Option(
+        "compressed-tensors",
+        "--format",
+        help="compressed-tensors (pack-quantized at r bits) or dense (dequantized).",
+    ),
+    dtype: str | None = typer.Option(
+        None,
+        "--dtype",
+        help="Dense weights dtype: bfloat16, float16 or float32 (default: the model's).",
+    ),
     max_shard_size: str = common.MAX_SHARD_SIZE,
     chunk_size: str = common.CHUNK_SIZE,
     force: bool = common.FORCE,
@@ -39,7 +53,9 @@ def slice_command(
     from matcli.quant.slicing import plan_slice
     from matcli.recipe import SliceOptions, build_options, merge_recipe
 
-    flags = common.option_values(ctx, bits=common.parse_int_list(bits, "--bits") if bits is not None else None)
+    flags = common.option_values(
+        ctx, bits=common.parse_int_list(bits, "--bits") if bits is not None else None
+    )
     options = build_options(SliceOptions, **merge_recipe(recipe, flags, common.given_flags(ctx)))
     plan = plan_slice(options)
     common.run_plan(plan, options.output, options.force, options.dry_run, json_output, quiet)

@@ -45,7 +45,9 @@ def plan_reorder(options: ReorderOptions) -> Plan:
     folder = ModelFolder(options.model)
     source = model_widths(folder)
     neurons = neuron_ranking(options.model, options.data, options.seq_len, options.max_tokens)
-    extraction = Extraction(folder, FfnChoice(widths=source.full, skip=[]), neurons, keep_order=True, source=source)
+    extraction = Extraction(
+        folder, FfnChoice(widths=source.full, skip=[]), neurons, keep_order=True, source=source
+    )
     return plan_extraction(
         folder,
         extraction,

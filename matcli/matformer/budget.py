@@ -38,7 +38,9 @@ def parse_budget(text: str) -> tuple[str, int]:
     try:
         return "bytes", parse_size(text)
     except MatcliError:
-        raise MatcliError(f"--budget {text!r} is neither parameters (2.5e9, 900M, 2B) nor bytes (4GB, 3GiB)") from None
+        raise MatcliError(
+            f"--budget {text!r} is neither parameters (2.5e9, 900M, 2B) nor bytes (4GB, 3GiB)"
+        ) from None
 
 
 def candidates(levels: list[list[int]], uniform_only: bool = False) -> list[list[int]]:
@@ -56,23 +58,41 @@ def candidates(levels: list[list[int]], uniform_only: bool = False) -> list[list
     return [list(c) for c in dict.fromkeys(tuple(c) for c in out)]
 
 
-def submodel_size(tensors: list[OutputTensor], unit: str, effective: bool, arch: Architecture) -> int:
+def submodel_size(
+    tensors: list[OutputTensor], unit: str, effective: bool, arch: Architecture
+) -> int:
     """Parameters or bytes of the tensors; with `effective`, only those in the family's
     effective count (Gemma 3n: without embeddings, per-layer embeddings and towers)."""
-    return sum(t.nbytes if unit == "bytes" else math.prod(t.shape) for t in tensors if not effective or arch.counts_as_effective(t.name))
+    return sum(
+        t.nbytes if unit == "bytes" else math.prod(t.shape)
+        for t in tensors
+        if not effective or arch.counts_as_effective(t.name)
+    )
 
 
-def choose_under_budget(folder: ModelFolder, source: Source, options: ExtractOptions, neurons: dict[int, list[int]] | None) -> FfnChoice:
+def choose_under_budget(
+    folder: ModelFolder,
+    source: Source,
+    options: ExtractOptions,
+    neurons: dict[int, list[int]] | None,
+) -> FfnChoice:
     from matcli.matformer.extract import Extraction
 
     unit, budget = parse_budget(options.budget)
     effective = options.budget_of == "effective"
     skip = parse_layer_list(options.skip_layers) if options.skip_layers else []
-    levels = [trained_widths(source.arch.family.trained_ffn_widths, source.full[layer]) for layer in kept_layers(len(source.full), skip)]
+    levels = [
+        trained_widths(source.arch.family.trained_ffn_widths, source.full[layer])
+        for layer in kept_layers(len(source.full), skip)
+    ]
     sized = []
-    for widths in candidates(levels, uniform_only=not source.arch.family.takes_per_layer_intermediate(source.text_config)):
+    for widths in candidates(
+        levels, uniform_only=not source.arch.family.takes_per_layer_intermediate(source.text_config)
+    ):
         choice = FfnChoice(widths=widths, skip=skip)
-        size = submodel_size(Extraction(folder, choice, source=source).tensors(1 << 20), unit, effective, source.arch)
+        size = submodel_size(
+            Extraction(folder, choice, source=source).tensors(1 << 20), unit, effective, source.arch
+        )
         if size <= budget:
             sized.append((size, -len(set(widths)), choice))
     if not sized:
@@ -94,6 +114,14 @@ def _lowest_loss(choices: list[FfnChoice], options: ExtractOptions, neurons) -> 
     from matcli.evaluate import perplexity
     from matcli.matformer.inmemory import submodel
 
-    windows = token_windows(AutoTokenizer.from_pretrained(options.model), read_texts(options.data), options.seq_len, options.max_tokens)
-    scored = [(math.log(perplexity(submodel(options.model, c, neurons), windows)), i) for i, c in enumerate(choices)]
+    windows = token_windows(
+        AutoTokenizer.from_pretrained(options.model),
+        read_texts(options.data),
+        options.seq_len,
+        options.max_tokens,
+    )
+    scored = [
+        (math.log(perplexity(submodel(options.model, c, neurons), windows)), i)
+        for i, c in enumerate(choices)
+    ]
     return choices[min(scored)[1]]

@@ -43,7 +43,9 @@ def _length(runs: Runs) -> int:
     return sum(b - a for a, b in runs)
 
 
-def select_rows(folder: ModelFolder, name: str, new_name: str, runs: Runs, label: str) -> OutputTensor:
+def select_rows(
+    folder: ModelFolder, name: str, new_name: str, runs: Runs, label: str
+) -> OutputTensor:
     """The rows of `runs` (dim 0), in order, read in chunks."""
     info = folder.tensors[name]
 
@@ -54,7 +56,9 @@ def select_rows(folder: ModelFolder, name: str, new_name: str, runs: Runs, label
     return OutputTensor(new_name, info.dtype, (_length(runs), *info.shape[1:]), chunks, label)
 
 
-def select_columns(folder: ModelFolder, name: str, new_name: str, runs: Runs, chunk_bytes: int, label: str) -> OutputTensor:
+def select_columns(
+    folder: ModelFolder, name: str, new_name: str, runs: Runs, chunk_bytes: int, label: str
+) -> OutputTensor:
     """The columns of `runs` (dim 1) of every row, read in row chunks."""
     info = folder.tensors[name]
     index = np.array([i for a, b in runs for i in range(a, b)], dtype=np.intp)
@@ -76,7 +80,9 @@ def select_columns(folder: ModelFolder, name: str, new_name: str, runs: Runs, ch
                 np.take(rows, index, axis=1, out=dest)
             yield dest
 
-    return OutputTensor(new_name, info.dtype, (info.shape[0], len(index), *info.shape[2:]), chunks, label)
+    return OutputTensor(
+        new_name, info.dtype, (info.shape[0], len(index), *info.shape[2:]), chunks, label
+    )
 
 
 def full_widths(arch: Architecture, folder: ModelFolder, num_layers: int) -> list[int]:
@@ -84,18 +90,24 @@ def full_widths(arch: Architecture, folder: ModelFolder, num_layers: int) -> lis
     widths = []
     for layer in range(num_layers):
         up = arch.layer_name(layer, arch.family.ffn.up + ".weight")
-        fused = arch.family.ffn.fused_gate_up and arch.layer_name(layer, arch.family.ffn.fused_gate_up + ".weight")
+        fused = arch.family.ffn.fused_gate_up and arch.layer_name(
+            layer, arch.family.ffn.fused_gate_up + ".weight"
+        )
         if up in folder.tensors:
             widths.append(folder.tensors[up].shape[0])
         elif fused and fused in folder.tensors:
             widths.append(folder.tensors[fused].shape[0] // 2)
         else:
-            raise MatcliError(f"{folder.path} has no FFN weights for layer {layer} ({up} is missing); the checkpoint is incomplete")
+            raise MatcliError(
+                f"{folder.path} has no FFN weights for layer {layer} ({up} is missing); the checkpoint is incomplete"
+            )
         down = arch.layer_name(layer, arch.family.ffn.down + ".weight")
         if down not in folder.tensors:
             raise MatcliError(f"{folder.path} has no {down}; the checkpoint is incomplete")
         if folder.tensors[down].shape[1] != widths[-1]:
-            raise MatcliError(f"{down} has {folder.tensors[down].shape[1]} columns but layer {layer}'s FFN width is {widths[-1]}; the checkpoint is inconsistent")
+            raise MatcliError(
+                f"{down} has {folder.tensors[down].shape[1]} columns but layer {layer}'s FFN width is {widths[-1]}; the checkpoint is inconsistent"
+            )
     return widths
 
 
@@ -118,8 +130,12 @@ def model_widths(folder: ModelFolder) -> Source:
     """The family, the language-model config and each layer's full FFN width, checked."""
     quantization = folder.config.get("quantization_config")
     if quantization:
-        method = quantization.get("quant_method") if isinstance(quantization, dict) else quantization
-        raise MatcliError(f"{folder.path} is quantized ({method}); extract from the dense model, then quantize the submodel")
+        method = (
+            quantization.get("quant_method") if isinstance(quantization, dict) else quantization
+        )
+        raise MatcliError(
+            f"{folder.path} is quantized ({method}); extract from the dense model, then quantize the submodel"
+        )
     arch = resolve(folder.config, list(folder.tensors))
     text_config = folder.text_config(arch.family.text_config)
     source = Source(arch, text_config, full_widths(arch, folder, arch.num_layers(text_config)))
@@ -136,7 +152,11 @@ def check_config(source: Source) -> None:
 
 def _check_list_lengths(source: Source) -> None:
     family, num_layers = source.arch.family, len(source.full)
-    keys = [*family.per_layer_config, family.config.intermediate_size, *([family.kv_sharing.layer_types] if family.kv_sharing else [])]
+    keys = [
+        *family.per_layer_config,
+        family.config.intermediate_size,
+        *([family.kv_sharing.layer_types] if family.kv_sharing else []),
+    ]
     for key in dict.fromkeys(keys):
         values = source.text_config.get(key)
         if isinstance(values, list) and len(values) != num_layers:
@@ -152,14 +172,22 @@ def _check_declared_widths(source: Source) -> None:
     declared = declared if isinstance(declared, list) else [declared] * len(source.full)
     for layer, (said, width) in enumerate(zip(declared, source.full)):
         if said is not None and said != width:
-            raise MatcliError(f"config.json {key} says {said} for layer {layer} but its FFN weights are {width} wide; fix config.json")
+            raise MatcliError(
+                f"config.json {key} says {said} for layer {layer} but its FFN weights are {width} wide; fix config.json"
+            )
 
 
 def _check_kv_shared_count(source: Source) -> None:
     kv = source.arch.family.kv_sharing
     shared = source.text_config.get(kv.shared_layers) if kv else None
-    if shared is not None and (isinstance(shared, bool) or not isinstance(shared, int) or not 0 <= shared < len(source.full)):
-        raise MatcliError(f"config.json {kv.shared_layers} is {shared!r}; it must be a layer count in 0..{len(source.full) - 1}")
+    if shared is not None and (
+        isinstance(shared, bool)
+        or not isinstance(shared, int)
+        or not 0 <= shared < len(source.full)
+    ):
+        raise MatcliError(
+            f"config.json {kv.shared_layers} is {shared!r}; it must be a layer count in 0..{len(source.full) - 1}"
+        )
 
 
 def kv_producers(source: Source) -> set[int]:
@@ -175,7 +203,11 @@ def kv_producers(source: Source) -> set[int]:
             f"config.json sets {kv.shared_layers} but has no {kv.layer_types} list, which says which layers' KV cache "
             f"later layers reuse (those cannot be skipped); add {kv.layer_types} (one attention type per layer), or skip no layers"
         )
-    return {max(i for i in range(first_shared) if types[i] == t) for t in set(types[first_shared:]) if t in types[:first_shared]}
+    return {
+        max(i for i in range(first_shared) if types[i] == t)
+        for t in set(types[first_shared:])
+        if t in types[:first_shared]
+    }
 
 
 def check_choice(source: Source, choice: FfnChoice) -> list[str]:
@@ -183,7 +215,9 @@ def check_choice(source: Source, choice: FfnChoice) -> list[str]:
     kept = kept_layers(len(source.full), choice.skip)
     _check_widths(source, choice.widths, kept)
     _check_skips(source, choice.skip)
-    if len(set(choice.widths)) > 1 and not source.arch.family.takes_per_layer_intermediate(source.text_config):
+    if len(set(choice.widths)) > 1 and not source.arch.family.takes_per_layer_intermediate(
+        source.text_config
+    ):
         raise MatcliError(
             f"{source.arch.name} configs take one intermediate_size for all layers, so transformers cannot load "
             f"different widths per layer ({sorted(set(choice.widths))}); give a uniform width, or a Gemma 3n model for Mix'n'Match"
@@ -196,7 +230,9 @@ def _check_widths(source: Source, widths: list[int], kept: list[int]) -> None:
         if not isinstance(width, int) or isinstance(width, bool):
             raise MatcliError(f"--ffn-config width {width!r} for layer {layer} is not an integer")
         if not 0 < width <= source.full[layer]:
-            raise MatcliError(f"--ffn-config width {width} for layer {layer} is outside 1..{source.full[layer]} (the layer's full width)")
+            raise MatcliError(
+                f"--ffn-config width {width} for layer {layer} is outside 1..{source.full[layer]} (the layer's full width)"
+            )
 
 
 def _check_skips(source: Source, skip: list[int]) -> None:
@@ -217,22 +253,36 @@ def width_warnings(source: Source, widths: list[int], kept: list[int]) -> list[s
     warnings = []
     odd = sorted({w for w, layer in zip(widths, kept) if w not in allowed[source.full[layer]]})
     if odd:
-        basis = f"{source.arch.name} was trained at" if trained and set(allowed) & set(trained) else "1/8, 1/4, 1/2 or all of a layer's width:"
+        basis = (
+            f"{source.arch.name} was trained at"
+            if trained and set(allowed) & set(trained)
+            else "1/8, 1/4, 1/2 or all of a layer's width:"
+        )
         shown = ", ".join(map(str, sorted(set().union(*allowed.values()))))
-        warnings.append(f"widths {odd} are not trained MatFormer granularities ({basis} {shown}); quality is untested there")
+        warnings.append(
+            f"widths {odd} are not trained MatFormer granularities ({basis} {shown}); quality is untested there"
+        )
     unaligned = sorted({w for w in widths if w % 128})
     if unaligned:
-        warnings.append(f"widths {unaligned} are not multiples of 128; some kernels and quantizers want 128 or 256")
+        warnings.append(
+            f"widths {unaligned} are not multiples of 128; some kernels and quantizers want 128 or 256"
+        )
     return warnings
 
 
 def edited_config(source: Source, config: dict, choice: FfnChoice, kept: list[int]) -> dict:
     new = copy.deepcopy(config)
     family = source.arch.family
-    text = new[family.text_config] if family.text_config and isinstance(new.get(family.text_config), dict) else new
+    text = (
+        new[family.text_config]
+        if family.text_config and isinstance(new.get(family.text_config), dict)
+        else new
+    )
     keys = family.config
     text[keys.num_layers] = len(kept)
-    text[keys.intermediate_size] = list(choice.widths) if family.takes_per_layer_intermediate(text) else choice.widths[0]
+    text[keys.intermediate_size] = (
+        list(choice.widths) if family.takes_per_layer_intermediate(text) else choice.widths[0]
+    )
     for list_key in family.per_layer_config:
         if isinstance(text.get(list_key), list):  # one entry per layer (check_config)
             text[list_key] = [text[list_key][i] for i in kept]
@@ -244,7 +294,10 @@ def edited_config(source: Source, config: dict, choice: FfnChoice, kept: list[in
 
 def parameter_counts(arch: Architecture, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
     counts = {name: math.prod(shape) for name, shape in shapes.items()}
-    return {"total": sum(counts.values()), "effective": sum(n for name, n in counts.items() if arch.counts_as_effective(name))}
+    return {
+        "total": sum(counts.values()),
+        "effective": sum(n for name, n in counts.items() if arch.counts_as_effective(name)),
+    }
 
 
 class Extraction:
@@ -282,7 +335,9 @@ class Extraction:
         for name in self.folder.tensors:
             split = self.arch.split_layer(name)
             if split and split[0] >= len(self.full):
-                raise MatcliError(f"{name} belongs to layer {split[0]} but config.json says there are {len(self.full)} layers; the checkpoint is inconsistent")
+                raise MatcliError(
+                    f"{name} belongs to layer {split[0]} but config.json says there are {len(self.full)} layers; the checkpoint is inconsistent"
+                )
             if split:
                 names[split[0]].add(split[1])
         return names
@@ -321,11 +376,19 @@ class Extraction:
         new_name = self.arch.layer_name(self.new_index[layer], relative)
         ffn, runs, full = self.arch.family.ffn, self.neurons[layer], self.full[layer]
         label = "cut FFN"
-        if relative in (f"{ffn.gate}.weight", f"{ffn.up}.weight", f"{ffn.gate}.bias", f"{ffn.up}.bias"):
+        if relative in (
+            f"{ffn.gate}.weight",
+            f"{ffn.up}.weight",
+            f"{ffn.gate}.bias",
+            f"{ffn.up}.bias",
+        ):
             return select_rows(self.folder, name, new_name, runs, label)
         if relative == f"{ffn.down}.weight":
             return select_columns(self.folder, name, new_name, runs, chunk_bytes, label)
-        if ffn.fused_gate_up and relative in (f"{ffn.fused_gate_up}.weight", f"{ffn.fused_gate_up}.bias"):
+        if ffn.fused_gate_up and relative in (
+            f"{ffn.fused_gate_up}.weight",
+            f"{ffn.fused_gate_up}.bias",
+        ):
             halves = runs + [(a + full, b + full) for a, b in runs]  # gate rows, then up rows
             return select_rows(self.folder, name, new_name, halves, label)
         return copy_tensor(self.folder, name, new_name)
@@ -334,10 +397,14 @@ class Extraction:
         for suffix, block in self.arch.family.layer_blocked_tensors.items():
             if name.endswith(suffix):
                 size = int(self.text_config[block.block])
-                runs = runs_of([i for layer in self.kept for i in range(layer * size, (layer + 1) * size)])
+                runs = runs_of(
+                    [i for layer in self.kept for i in range(layer * size, (layer + 1) * size)]
+                )
                 if block.dim == 0:
                     return select_rows(self.folder, name, name, runs, "keep kept layers' blocks")
-                return select_columns(self.folder, name, name, runs, chunk_bytes, "keep kept layers' blocks")
+                return select_columns(
+                    self.folder, name, name, runs, chunk_bytes, "keep kept layers' blocks"
+                )
         return copy_tensor(self.folder, name)
 
     def config(self, reordered: bool, role: str = "extract") -> dict:
@@ -354,7 +421,12 @@ class Extraction:
     def report(self, tensors: list[OutputTensor]) -> dict:
         before = parameter_counts(self.arch, {n: t.shape for n, t in self.folder.tensors.items()})
         after = parameter_counts(self.arch, {t.name: t.shape for t in tensors})
-        return {"parameters_before": before, "parameters_after": after, "layers_kept": len(self.kept), "layers_before": len(self.full)}
+        return {
+            "parameters_before": before,
+            "parameters_after": after,
+            "layers_kept": len(self.kept),
+            "layers_before": len(self.full),
+        }
 
 
 def _chosen(neurons: list[int], keep_order: bool) -> list[int]:
@@ -374,7 +446,9 @@ def plan_extraction(
 ) -> Plan:
     tensors = extraction.tensors(chunk_bytes)
     config = extraction.config(reordered, role=command)
-    output = OutputCheckpoint(name="", config=config, tensors=tensors, metadata={"matcli.role": command})
+    output = OutputCheckpoint(
+        name="", config=config, tensors=tensors, metadata={"matcli.role": command}
+    )
     return Plan(
         command=command,
         source=folder,
@@ -384,5 +458,6 @@ def plan_extraction(
         chunk_bytes=chunk_bytes,
         warnings=extraction.warnings,
         report=extraction.report(tensors),
-        uses_torch="torch" in sys.modules,  # --reorder and --rank-by-loss ran a model in this process
+        uses_torch="torch"
+        in sys.modules,  # --reorder and --rank-by-loss ran a model in this process
     )

@@ -49,7 +49,9 @@ def parse_layer_list(text: str, what: str = "--skip-layers") -> list[int]:
     for part in filter(None, (p.strip() for p in text.split(","))):
         m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
         if not m:
-            raise MatcliError(f"{what} {text!r}: {part!r} is not a layer index or a range like 20-24")
+            raise MatcliError(
+                f"{what} {text!r}: {part!r} is not a layer index or a range like 20-24"
+            )
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
         if hi < lo:
             raise MatcliError(f"{what} {text!r}: the range {part!r} runs backwards")
@@ -61,7 +63,9 @@ def kept_layers(num_layers: int, skip: list[int]) -> list[int]:
     """The original indices of the layers left after skipping `skip`, checked."""
     outside = [i for i in skip if i >= num_layers]
     if outside:
-        raise MatcliError(f"--skip-layers {outside[0]} is not a layer: the model has layers 0..{num_layers - 1}")
+        raise MatcliError(
+            f"--skip-layers {outside[0]} is not a layer: the model has layers 0..{num_layers - 1}"
+        )
     kept = [i for i in range(num_layers) if i not in skip]
     if not kept:
         raise MatcliError("--skip-layers skips every layer; keep at least one")
@@ -72,7 +76,9 @@ def integer_product(text: str, where: str) -> int:
     """`2_048 * 4` -> 8192. Only integers (with `_` separators) joined by `*` are accepted."""
     factors = [f.strip() for f in text.split("*")]
     if not factors or not all(re.fullmatch(r"\d+(?:_\d+)*", f) for f in factors):
-        raise MatcliError(f"{where}: {text.strip()!r} is not an integer or a product of integers like 2_048 * 4")
+        raise MatcliError(
+            f"{where}: {text.strip()!r} is not an integer or a product of integers like 2_048 * 4"
+        )
     value = 1
     for f in factors:
         value *= int(f.replace("_", ""))
@@ -96,14 +102,21 @@ def read_csv_row(path: Path, row_name: str) -> tuple[list[int], list[int]]:
     except OSError as e:
         raise MatcliError(f"cannot read --ffn-config CSV {path}: {e.strerror}") from e
     if not rows or CSV_WIDTHS not in rows[0] or "name" not in rows[0]:
-        raise MatcliError(f"{path} is not a slicing-config CSV: it needs the columns name and {CSV_WIDTHS!r}")
+        raise MatcliError(
+            f"{path} is not a slicing-config CSV: it needs the columns name and {CSV_WIDTHS!r}"
+        )
     wanted = row_name.strip()
     for row in rows:
         name = (row["name"] or "").strip()
         if wanted in (name, name.removeprefix("Config for ")):
             where = f"{path} row {name!r}"
-            widths = [integer_product(item, where) for item in _bracketed_list(row[CSV_WIDTHS], where)]
-            skipped = [integer_product(item, where) for item in _bracketed_list(row.get(CSV_SKIPPED) or "", where)]
+            widths = [
+                integer_product(item, where) for item in _bracketed_list(row[CSV_WIDTHS], where)
+            ]
+            skipped = [
+                integer_product(item, where)
+                for item in _bracketed_list(row.get(CSV_SKIPPED) or "", where)
+            ]
             return widths, sorted(set(skipped))
     names = ", ".join(repr((r["name"] or "").strip()) for r in rows)
     raise MatcliError(f"{path} has no row named {row_name!r}; its rows are: {names}")
@@ -126,16 +139,24 @@ def _resolve_item(item: object, full: int, where: str) -> int:
     except ValueError:
         value = math.nan
     if not math.isfinite(value):
-        raise MatcliError(f"{where}: {item!r} is not a width, a ratio like 0.5, or one of s, m, l, xl")
+        raise MatcliError(
+            f"{where}: {item!r} is not a width, a ratio like 0.5, or one of s, m, l, xl"
+        )
     if value <= 0:
-        raise MatcliError(f"{where}: {item!r} is not positive; give a number of neurons in 1..{full}, or a ratio in (0, 1]")
+        raise MatcliError(
+            f"{where}: {item!r} is not positive; give a number of neurons in 1..{full}, or a ratio in (0, 1]"
+        )
     if value > 1:
         if not value.is_integer():
-            raise MatcliError(f"{where}: {item!r} is a fractional width; give an integer number of neurons, or a ratio in (0, 1]")
+            raise MatcliError(
+                f"{where}: {item!r} is a fractional width; give an integer number of neurons, or a ratio in (0, 1]"
+            )
         return int(value)  # 64.0 (YAML, or a computed 2048 * 3.5): a whole number of neurons
     width = value * full
     if width != int(width):
-        raise MatcliError(f"{where}: ratio {item} of {full} is {width:g}, not a whole number of neurons")
+        raise MatcliError(
+            f"{where}: ratio {item} of {full} is {width:g}, not a whole number of neurons"
+        )
     return int(width)
 
 
@@ -147,13 +168,17 @@ def choose_widths(spec: str, skip_text: str | None, full_widths: list[int]) -> F
     if csv_path.lower().endswith(".csv") and row:
         widths, csv_skip = read_csv_row(Path(csv_path), row.strip().strip('"').strip("'"))
         if skip_text and csv_skip != skip:
-            raise MatcliError(f"--skip-layers {skip_text} contradicts the CSV row's skipped layers {csv_skip}; drop --skip-layers")
+            raise MatcliError(
+                f"--skip-layers {skip_text} contradicts the CSV row's skipped layers {csv_skip}; drop --skip-layers"
+            )
         skip, items = csv_skip, list(widths)
     elif spec.lower().endswith((".yaml", ".yml", ".json")):
         items, file_skip = _read_file(Path(spec))
         if file_skip is not None:
             if skip_text and file_skip != skip:
-                raise MatcliError(f"--skip-layers {skip_text} contradicts skip_layers in {spec}; drop one")
+                raise MatcliError(
+                    f"--skip-layers {skip_text} contradicts skip_layers in {spec}; drop one"
+                )
             skip = file_skip
     else:
         items = [part for part in (p.strip() for p in spec.split(",")) if part]
@@ -166,7 +191,10 @@ def choose_widths(spec: str, skip_text: str | None, full_widths: list[int]) -> F
             f"--ffn-config gives {len(items)} widths but {len(kept)} layers are kept "
             f"({num_layers} layers, {len(skip)} skipped); give one width per kept layer"
         )
-    widths = [_resolve_item(item, full_widths[o], f"--ffn-config width for layer {o}") for item, o in zip(items, kept)]
+    widths = [
+        _resolve_item(item, full_widths[o], f"--ffn-config width for layer {o}")
+        for item, o in zip(items, kept)
+    ]
     return FfnChoice(widths=widths, skip=skip)
 
 
@@ -182,7 +210,11 @@ def _read_file(path: Path) -> tuple[list[object], list[int] | None]:
         return data, None
     if isinstance(data, dict) and "ffn" in data and set(data) <= {"ffn", "skip_layers"}:
         skip = data.get("skip_layers")
-        if skip is not None and not (isinstance(skip, list) and all(isinstance(i, int) for i in skip)):
+        if skip is not None and not (
+            isinstance(skip, list) and all(isinstance(i, int) for i in skip)
+        ):
             raise MatcliError(f"--ffn-config {path}: skip_layers must be a list of layer indices")
         return list(data["ffn"]), sorted(set(skip)) if skip is not None else None
-    raise MatcliError(f"--ffn-config {path} must hold a list of widths or {{ffn: [...], skip_layers: [...]}}")
+    raise MatcliError(
+        f"--ffn-config {path} must hold a list of widths or {{ffn: [...], skip_layers: [...]}}"
+    )

@@ -17,13 +17,17 @@ from matcli.errors import MatcliError
 
 
 @torch.no_grad()
-def neuron_importance(model_path: Path, data: Path, seq_len: int, max_tokens: int) -> dict[int, torch.Tensor]:
+def neuron_importance(
+    model_path: Path, data: Path, seq_len: int, max_tokens: int
+) -> dict[int, torch.Tensor]:
     """{layer: importance per FFN neuron}, measured with stock transformers on `data`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from matcli.data import read_texts, token_windows
 
-    windows = token_windows(AutoTokenizer.from_pretrained(model_path), read_texts(data), seq_len, max_tokens)
+    windows = token_windows(
+        AutoTokenizer.from_pretrained(model_path), read_texts(data), seq_len, max_tokens
+    )
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
     arch = resolve(model.config.to_dict(), [n for n, _ in model.named_parameters()])
     sums: dict[int, torch.Tensor] = {}
@@ -41,7 +45,9 @@ def neuron_importance(model_path: Path, data: Path, seq_len: int, max_tokens: in
 
             hooks.append(module.register_forward_pre_hook(accumulate))
     if not downs:
-        raise MatcliError(f"found no {arch.family.ffn.down} modules in {model_path}; cannot measure neuron importance")
+        raise MatcliError(
+            f"found no {arch.family.ffn.down} modules in {model_path}; cannot measure neuron importance"
+        )
     for batch in windows.split(4):
         model(batch)
     for hook in hooks:
@@ -49,7 +55,12 @@ def neuron_importance(model_path: Path, data: Path, seq_len: int, max_tokens: in
     return {layer: sums[layer] * downs[layer].weight.float().norm(dim=0) for layer in sorted(downs)}
 
 
-def neuron_ranking(model_path: Path, data: Path, seq_len: int, max_tokens: int) -> dict[int, list[int]]:
+def neuron_ranking(
+    model_path: Path, data: Path, seq_len: int, max_tokens: int
+) -> dict[int, list[int]]:
     """{layer: neuron indices, most important first} (ties keep index order)."""
     importance = neuron_importance(model_path, data, seq_len, max_tokens)
-    return {layer: torch.sort(score, descending=True, stable=True).indices.tolist() for layer, score in importance.items()}
+    return {
+        layer: torch.sort(score, descending=True, stable=True).indices.tolist()
+        for layer, score in importance.items()
+    }

@@ -20,7 +20,11 @@ def materialize(tensors: list[OutputTensor]) -> dict[str, torch.Tensor]:
         for chunk in t.chunks():
             data += as_bytes(chunk, t)
         dtype = getattr(torch, DTYPES[t.dtype][0])
-        state[t.name] = torch.frombuffer(data, dtype=dtype).reshape(t.shape) if data else torch.empty(t.shape, dtype=dtype)
+        state[t.name] = (
+            torch.frombuffer(data, dtype=dtype).reshape(t.shape)
+            if data
+            else torch.empty(t.shape, dtype=dtype)
+        )
     return state
 
 

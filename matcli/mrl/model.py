@@ -27,7 +27,14 @@ from matcli.recipe import TruncateOptions
 DENSE = "sentence_transformers.models.Dense"
 NORMALIZE = "sentence_transformers.models.Normalize"
 LAYER_NORM = "sentence_transformers.models.LayerNorm"
-FILE_ONLY_OPTIONS = {"key": "--key", "dtype": "--dtype", "format": "--format", "skip_bad_rows": "--skip-bad-rows", "quantize": "--quantize", "ranges": "--ranges"}
+FILE_ONLY_OPTIONS = {
+    "key": "--key",
+    "dtype": "--dtype",
+    "format": "--format",
+    "skip_bad_rows": "--skip-bad-rows",
+    "quantize": "--quantize",
+    "ranges": "--ranges",
+}
 LEGACY_POOLING_FLAGS = (
     "pooling_mode_cls_token",
     "pooling_mode_mean_tokens",
@@ -68,7 +75,9 @@ def embedding_dim(folder: Path, modules: list[dict]) -> int:
         elif kind == "Dense":
             dim = json.loads(config_path.read_text())["out_features"]
     if not dim:
-        raise MatcliError(f"cannot tell the embedding dimension of {folder} from its modules; matcli knows Transformer, Pooling and Dense")
+        raise MatcliError(
+            f"cannot tell the embedding dimension of {folder} from its modules; matcli knows Transformer, Pooling and Dense"
+        )
     return int(dim)
 
 
@@ -86,17 +95,28 @@ def truncate_model(options: TruncateOptions) -> dict:
     folder = options.input
     given = [flag for name, flag in FILE_ONLY_OPTIONS.items() if getattr(options, name)]
     if given:
-        raise MatcliError(f"{', '.join(given)} {'apply' if len(given) > 1 else 'applies'} to embeddings files, not to a model folder (its outputs are float vectors); drop {'them' if len(given) > 1 else 'it'}")
+        raise MatcliError(
+            f"{', '.join(given)} {'apply' if len(given) > 1 else 'applies'} to embeddings files, not to a model folder (its outputs are float vectors); drop {'them' if len(given) > 1 else 'it'}"
+        )
     modules = read_modules(folder)
     dim = embedding_dim(folder, modules)
     for d in options.dims:
         if d > dim:
-            raise MatcliError(f"--dims {d} is larger than the model's {dim} dimensions; choose 1..{dim}")
+            raise MatcliError(
+                f"--dims {d} is larger than the model's {dim} dimensions; choose 1..{dim}"
+            )
     names = {d: "" if len(options.dims) == 1 else f"d{d}" for d in options.dims}
     report = {
         "input": str(folder),
         "source_dim": dim,
-        "outputs": [{"dim": d, "path": str(options.output / n if n else options.output), "format": "sentence-transformers"} for d, n in names.items()],
+        "outputs": [
+            {
+                "dim": d,
+                "path": str(options.output / n if n else options.output),
+                "format": "sentence-transformers",
+            }
+            for d, n in names.items()
+        ],
         "warnings": [],
     }
     if options.pca:  # stored embeddings of the original model need the same transform
@@ -115,7 +135,12 @@ def truncate_model(options: TruncateOptions) -> dict:
             target = staging / name if name else staging
             _write_model(folder, target, modules, dim, d, rotation, options)
         if options.pca:
-            write_rotation(staging / "rotation.safetensors", rotation, options.pre_norm, {"fitted_on": f"the outputs of {folder} for --data {options.data}"})
+            write_rotation(
+                staging / "rotation.safetensors",
+                rotation,
+                options.pre_norm,
+                {"fitted_on": f"the outputs of {folder} for --data {options.data}"},
+            )
     return report
 
 
@@ -125,23 +150,42 @@ def _rotation(options: TruncateOptions, dim: int) -> Rotation | None:
     if not options.pca:
         return None
     if options.data is None:
-        raise MatcliError("--pca on a model fits the rotation on its embeddings of texts: add --data FILE (or --rotation from stored embeddings)")
+        raise MatcliError(
+            "--pca on a model fits the rotation on its embeddings of texts: add --data FILE (or --rotation from stored embeddings)"
+        )
     from sentence_transformers import SentenceTransformer
 
     from matcli.data import read_texts
     from matcli.mrl.transform import PcaFit, layer_norm
 
-    texts = [line for text in read_texts(options.data) for line in text.splitlines() if line.strip()]
-    check_pca_rows(len(texts), max(options.dims), options.pca_center, f"--data {options.data} (non-empty lines)")
+    texts = [
+        line for text in read_texts(options.data) for line in text.splitlines() if line.strip()
+    ]
+    check_pca_rows(
+        len(texts),
+        max(options.dims),
+        options.pca_center,
+        f"--data {options.data} (non-empty lines)",
+    )
     if options.dry_run:
         return None  # fitting encodes every text: that is the real run's work
-    embeddings = SentenceTransformer(str(options.input), device="cpu").encode(texts, convert_to_numpy=True)
+    embeddings = SentenceTransformer(str(options.input), device="cpu").encode(
+        texts, convert_to_numpy=True
+    )
     fit = PcaFit(dim)
     fit.add(layer_norm(embeddings) if options.pre_norm == "layer_norm" else embeddings)
     return fit.finish(center=options.pca_center)[0]
 
 
-def _write_model(source: Path, target: Path, modules: list[dict], dim: int, d: int, rotation: Rotation | None, options: TruncateOptions) -> None:
+def _write_model(
+    source: Path,
+    target: Path,
+    modules: list[dict],
+    dim: int,
+    d: int,
+    rotation: Rotation | None,
+    options: TruncateOptions,
+) -> None:
     shutil.copytree(source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*"))
     added = []
     if options.pre_norm == "layer_norm":
@@ -178,11 +222,22 @@ def _dense_module(path: Path, dim: int, d: int, rotation: Rotation | None) -> No
         bias = None
     else:
         weight = np.ascontiguousarray(rotation.rotation[:, :d].T, dtype=np.float32)
-        bias = (-(rotation.mean @ rotation.rotation[:, :d])).astype(np.float32) if np.any(rotation.mean) else None
-    config = {"in_features": dim, "out_features": d, "bias": bias is not None, "activation_function": "torch.nn.modules.linear.Identity"}
+        bias = (
+            (-(rotation.mean @ rotation.rotation[:, :d])).astype(np.float32)
+            if np.any(rotation.mean)
+            else None
+        )
+    config = {
+        "in_features": dim,
+        "out_features": d,
+        "bias": bias is not None,
+        "activation_function": "torch.nn.modules.linear.Identity",
+    }
     (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     extras = [("linear.bias", "F32", (d,), bias.tobytes())] if bias is not None else []
-    writer = SafetensorsWriter(path / "model.safetensors", "linear.weight", (d, dim), "float32", {"format": "pt"}, extras)
+    writer = SafetensorsWriter(
+        path / "model.safetensors", "linear.weight", (d, dim), "float32", {"format": "pt"}, extras
+    )
     writer.write(weight)
     writer.close()
 
@@ -192,6 +247,8 @@ def _layer_norm_module(path: Path, dim: int) -> None:
     path.mkdir()
     (path / "config.json").write_text(json.dumps({"dimension": dim}) + "\n")
     extras = [("norm.bias", "F32", (dim,), np.zeros(dim, dtype=np.float32).tobytes())]
-    writer = SafetensorsWriter(path / "model.safetensors", "norm.weight", (dim,), "float32", {"format": "pt"}, extras)
+    writer = SafetensorsWriter(
+        path / "model.safetensors", "norm.weight", (dim,), "float32", {"format": "pt"}, extras
+    )
     writer.write(np.ones(dim, dtype=np.float32))
     writer.close()

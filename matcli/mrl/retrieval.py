@@ -26,7 +26,14 @@ from pathlib import Path
 import numpy as np
 
 from matcli.errors import MatcliError
-from matcli.mrl.sources import EmbeddingSource, ParquetSource, SafetensorsSource, bad_rows_message, open_source, rows_per_chunk
+from matcli.mrl.sources import (
+    EmbeddingSource,
+    ParquetSource,
+    SafetensorsSource,
+    bad_rows_message,
+    open_source,
+    rows_per_chunk,
+)
 
 SCORE_BLOCK_ELEMENTS = 1 << 24  # query x corpus scores held at once (64 MB of float32)
 TIMING_REPEATS = 3  # timed runs of each search after its warm-up; the median is reported
@@ -50,7 +57,9 @@ def parse_funnel(text: str) -> list[Stage]:
         raise MatcliError("--funnel needs at least one DIM:KEEP stage, e.g. 16:200,384:10")
     for a, b in zip(stages, stages[1:]):
         if b.keep > a.keep:
-            raise MatcliError(f"--funnel {text!r}: a stage keeps more candidates ({b.keep}) than the one before it ({a.keep})")
+            raise MatcliError(
+                f"--funnel {text!r}: a stage keeps more candidates ({b.keep}) than the one before it ({a.keep})"
+            )
     return stages
 
 
@@ -62,7 +71,9 @@ def load_matrix(path: Path, key: str | None) -> tuple[np.ndarray, list[str]]:
         matrix[start : start + len(x)] = x
     if not np.isfinite(matrix).all():
         bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
-        raise MatcliError(f"{bad_rows_message(source, bad)}; drop them first with truncate-embeddings --skip-bad-rows")
+        raise MatcliError(
+            f"{bad_rows_message(source, bad)}; drop them first with truncate-embeddings --skip-bad-rows"
+        )
     return matrix, _ids(source)
 
 
@@ -70,9 +81,16 @@ def _ids(source: EmbeddingSource) -> list[str]:
     if isinstance(source, SafetensorsSource) and "ids" in source.passthrough.tensors:
         code, shape = source.passthrough.tensors["ids"]
         if shape == (source.rows,) and code in ("I64", "I32"):
-            return [str(i) for i in np.frombuffer(source.read_tensor_bytes("ids"), dtype=np.int64 if code == "I64" else np.int32)]
+            return [
+                str(i)
+                for i in np.frombuffer(
+                    source.read_tensor_bytes("ids"), dtype=np.int64 if code == "I64" else np.int32
+                )
+            ]
     if isinstance(source, ParquetSource) and "id" in source.passthrough.columns:
-        return [str(v) for batch in source.batches(65536, ["id"]) for v in batch.column(0).to_pylist()]
+        return [
+            str(v) for batch in source.batches(65536, ["id"]) for v in batch.column(0).to_pylist()
+        ]
     return [str(i) for i in range(source.rows)]
 
 
@@ -92,7 +110,10 @@ def top_k(queries: np.ndarray, corpus: np.ndarray, k: int) -> np.ndarray:
     import torch
 
     k = min(k, len(corpus))
-    q, c = torch.from_numpy(np.ascontiguousarray(queries)), torch.from_numpy(np.ascontiguousarray(corpus))
+    q, c = (
+        torch.from_numpy(np.ascontiguousarray(queries)),
+        torch.from_numpy(np.ascontiguousarray(corpus)),
+    )
     block = max(16 * k, SCORE_BLOCK_ELEMENTS // max(1, len(queries)))
     scores, index = [], []
     for start in range(0, len(c), block):
@@ -106,14 +127,25 @@ def top_k(queries: np.ndarray, corpus: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(best_index, order, axis=1)
 
 
-def rerank(queries: np.ndarray, corpus: np.ndarray, candidates: np.ndarray, keep: int) -> np.ndarray:
+def rerank(
+    queries: np.ndarray, corpus: np.ndarray, candidates: np.ndarray, keep: int
+) -> np.ndarray:
     """The `keep` best of each query's candidates, scored on `corpus` rows (in query batches,
     so the gathered candidate vectors stay about SCORE_BLOCK_ELEMENTS floats)."""
     import torch
 
-    q, c, cand = torch.from_numpy(np.ascontiguousarray(queries)), torch.from_numpy(corpus), torch.from_numpy(candidates)
+    q, c, cand = (
+        torch.from_numpy(np.ascontiguousarray(queries)),
+        torch.from_numpy(corpus),
+        torch.from_numpy(candidates),
+    )
     batch = max(1, SCORE_BLOCK_ELEMENTS // max(1, candidates.shape[1] * corpus.shape[1]))
-    scores = torch.cat([torch.bmm(c[cand[s : s + batch]], q[s : s + batch, :, None])[..., 0] for s in range(0, len(q), batch)])
+    scores = torch.cat(
+        [
+            torch.bmm(c[cand[s : s + batch]], q[s : s + batch, :, None])[..., 0]
+            for s in range(0, len(q), batch)
+        ]
+    )
     order = np.lexsort((candidates, -scores.numpy()), axis=-1)[:, :keep]
     return np.take_along_axis(candidates, order, axis=1)
 
@@ -153,7 +185,9 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def label_metrics(ranked: np.ndarray, query_ids: list[str], doc_ids: list[str], qrels: dict, k: int) -> dict[str, float]:
+def label_metrics(
+    ranked: np.ndarray, query_ids: list[str], doc_ids: list[str], qrels: dict, k: int
+) -> dict[str, float]:
     """nDCG@10, MRR@10 and recall@k over the queries that have relevant documents.
 
     nDCG uses the linear gain (gain = relevance label, discount log2(rank + 1)), as
@@ -172,8 +206,15 @@ def label_metrics(ranked: np.ndarray, query_ids: list[str], doc_ids: list[str], 
         mrr.append(next((1 / (i + 1) for i, g in enumerate(gains) if g > 0), 0.0))
         recall.append(len(set(docs[:k]) & set(relevant)) / len(relevant))
     if not ndcg:
-        raise MatcliError("no query in --qrels matches the queries' ids; check the ids (an `ids` tensor / `id` column, or row numbers)")
-    return {"ndcg@10": float(np.mean(ndcg)), "mrr@10": float(np.mean(mrr)), f"recall@{k}": float(np.mean(recall)), "labelled_queries": len(ndcg)}
+        raise MatcliError(
+            "no query in --qrels matches the queries' ids; check the ids (an `ids` tensor / `id` column, or row numbers)"
+        )
+    return {
+        "ndcg@10": float(np.mean(ndcg)),
+        "mrr@10": float(np.mean(mrr)),
+        f"recall@{k}": float(np.mean(recall)),
+        "labelled_queries": len(ndcg),
+    }
 
 
 def check_request(corpus_rows: int, full: int, dims: list[int], k: int, funnels=()) -> None:
@@ -188,7 +229,9 @@ def check_request(corpus_rows: int, full: int, dims: list[int], k: int, funnels=
             if not 1 <= s.dim <= full:
                 raise MatcliError(f"--funnel dimension {s.dim} is outside 1..{full}")
         if stages[0].keep > corpus_rows:
-            raise MatcliError(f"--funnel {stages[0].dim}:{stages[0].keep} shortlists more candidates than the corpus's {corpus_rows} documents; keep at most {corpus_rows}")
+            raise MatcliError(
+                f"--funnel {stages[0].dim}:{stages[0].keep} shortlists more candidates than the corpus's {corpus_rows} documents; keep at most {corpus_rows}"
+            )
 
 
 def timed_search(search) -> tuple[np.ndarray, float]:
@@ -202,7 +245,15 @@ def timed_search(search) -> tuple[np.ndarray, float]:
     return result, statistics.median(seconds)
 
 
-def evaluate(corpus: np.ndarray, queries: np.ndarray, dims: list[int], k: int, qrels=None, ids=None, funnels=()) -> dict:
+def evaluate(
+    corpus: np.ndarray,
+    queries: np.ndarray,
+    dims: list[int],
+    k: int,
+    qrels=None,
+    ids=None,
+    funnels=(),
+) -> dict:
     """The whole report: per-dimension quality, and each funnel's quality, time and FLOPs."""
     full = corpus.shape[1]
     if queries.shape[1] != full:
@@ -225,8 +276,17 @@ def evaluate(corpus: np.ndarray, queries: np.ndarray, dims: list[int], k: int, q
         if qrels is not None:
             row.update(label_metrics(ranked, ids[0], ids[1], qrels, k))
         rows.append(row)
-    report = {"corpus": len(corpus), "queries": len(queries), "full_dim": full, "k": k, "dims": rows}
-    report["funnels"] = [_funnel(index, len(corpus), full, stages, exact, k, qrels, ids, full_seconds) for stages in funnels]
+    report = {
+        "corpus": len(corpus),
+        "queries": len(queries),
+        "full_dim": full,
+        "k": k,
+        "dims": rows,
+    }
+    report["funnels"] = [
+        _funnel(index, len(corpus), full, stages, exact, k, qrels, ids, full_seconds)
+        for stages in funnels
+    ]
     return report
 
 
@@ -238,7 +298,9 @@ def run_funnel(index: dict[int, tuple[np.ndarray, np.ndarray]], stages: list[Sta
     return candidates
 
 
-def _funnel(index, corpus_rows: int, full: int, stages: list[Stage], exact, k, qrels, ids, full_seconds) -> dict:
+def _funnel(
+    index, corpus_rows: int, full: int, stages: list[Stage], exact, k, qrels, ids, full_seconds
+) -> dict:
     candidates, seconds = timed_search(lambda: run_funnel(index, stages))
     queries = len(exact)
     flops = corpus_rows * stages[0].dim + sum(a.keep * b.dim for a, b in zip(stages, stages[1:]))

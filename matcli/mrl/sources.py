@@ -25,7 +25,9 @@ FLOAT_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64}
 class Passthrough:
     """Data that travels unchanged beside the embeddings (ids, labels, other columns)."""
 
-    tensors: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)  # safetensors: name -> (dtype, shape)
+    tensors: dict[str, tuple[str, tuple[int, ...]]] = field(
+        default_factory=dict
+    )  # safetensors: name -> (dtype, shape)
     columns: list[str] = field(default_factory=list)  # parquet column names
 
 
@@ -48,9 +50,13 @@ class EmbeddingSource(ABC):
         """sha256 of the file's header and size: identifies the input without reading it all."""
 
 
-def open_source(path: Path, key: str | None = None, text_field: str = "embedding") -> EmbeddingSource:
+def open_source(
+    path: Path, key: str | None = None, text_field: str = "embedding"
+) -> EmbeddingSource:
     if not path.exists():
-        raise MatcliError(f"{path} does not exist; give a .npy, .safetensors or .parquet file of embeddings")
+        raise MatcliError(
+            f"{path} does not exist; give a .npy, .safetensors or .parquet file of embeddings"
+        )
     suffix = path.suffix.lower()
     if suffix == ".npy":
         return NpySource(path)
@@ -58,7 +64,9 @@ def open_source(path: Path, key: str | None = None, text_field: str = "embedding
         return SafetensorsSource(path, key)
     if suffix == ".parquet":
         return ParquetSource(path, key or text_field)
-    raise MatcliError(f"{path}: unknown file type {path.suffix!r}; matcli reads .npy, .safetensors and .parquet embeddings")
+    raise MatcliError(
+        f"{path}: unknown file type {path.suffix!r}; matcli reads .npy, .safetensors and .parquet embeddings"
+    )
 
 
 def bad_rows_message(source: EmbeddingSource, rows: np.ndarray) -> str:
@@ -69,7 +77,9 @@ def bad_rows_message(source: EmbeddingSource, rows: np.ndarray) -> str:
 
 def _check_2d(path: Path, shape: tuple[int, ...], what: str) -> None:
     if len(shape) != 2:
-        raise MatcliError(f"{path}: {what} has shape {list(shape)}; embeddings must be a 2-D [rows, dim] array")
+        raise MatcliError(
+            f"{path}: {what} has shape {list(shape)}; embeddings must be a 2-D [rows, dim] array"
+        )
 
 
 class NpySource(EmbeddingSource):
@@ -78,23 +88,35 @@ class NpySource(EmbeddingSource):
         with open(path, "rb") as f:
             try:
                 version = np.lib.format.read_magic(f)
-                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                read = (
+                    np.lib.format.read_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0
+                )
                 shape, fortran, dtype = read(f)
             except (ValueError, SyntaxError) as e:
-                raise MatcliError(f"{path} is not a valid .npy file ({e}); re-create it with numpy.save") from e
+                raise MatcliError(
+                    f"{path} is not a valid .npy file ({e}); re-create it with numpy.save"
+                ) from e
             self.offset = f.tell()
         _check_2d(path, shape, "the array")
         if fortran:
-            raise MatcliError(f"{path} is stored in Fortran order; save it C-contiguous (np.ascontiguousarray) first")
+            raise MatcliError(
+                f"{path} is stored in Fortran order; save it C-contiguous (np.ascontiguousarray) first"
+            )
         if dtype.kind != "f" or dtype.itemsize not in (2, 4, 8):
-            raise MatcliError(f"{path} holds {dtype}; embeddings must be float16, float32 or float64")
+            raise MatcliError(
+                f"{path} holds {dtype}; embeddings must be float16, float32 or float64"
+            )
         self.np_dtype = dtype
         self.rows, self.dim = shape
         self.dtype = dtype.name
         expected = self.offset + self.rows * self.dim * dtype.itemsize
         size = path.stat().st_size
         if size < expected:
-            raise MatcliError(f"{path} is truncated: its header describes {expected} bytes but the file has {size}; re-create it")
+            raise MatcliError(
+                f"{path} is truncated: its header describes {expected} bytes but the file has {size}; re-create it"
+            )
         self.passthrough = Passthrough()
 
     def chunks(self, rows_per_chunk: int):
@@ -103,8 +125,15 @@ class NpySource(EmbeddingSource):
         try:
             for start in range(0, self.rows, rows_per_chunk):
                 stop = min(start + rows_per_chunk, self.rows)
-                buf = read_range(fd, self.offset + start * row_bytes, (stop - start) * row_bytes, self.path)
-                yield start, buf.view(self.np_dtype).reshape(stop - start, self.dim).astype(np.float32, copy=False)
+                buf = read_range(
+                    fd, self.offset + start * row_bytes, (stop - start) * row_bytes, self.path
+                )
+                yield (
+                    start,
+                    buf.view(self.np_dtype)
+                    .reshape(stop - start, self.dim)
+                    .astype(np.float32, copy=False),
+                )
         finally:
             os.close(fd)
 
@@ -118,18 +147,28 @@ class SafetensorsSource(EmbeddingSource):
     def __init__(self, path: Path, key: str | None):
         self.path = path
         self.header = read_header(path)
-        float_2d = [n for n, t in self.header.tensors.items() if len(t.shape) == 2 and t.dtype in (*FLOAT_DTYPES, "BF16")]
+        float_2d = [
+            n
+            for n, t in self.header.tensors.items()
+            if len(t.shape) == 2 and t.dtype in (*FLOAT_DTYPES, "BF16")
+        ]
         if key is None:
             if len(float_2d) != 1:
                 found = ", ".join(sorted(self.header.tensors)) or "none"
-                raise MatcliError(f"{path} holds several tensors ({found}); choose the embeddings with --key NAME")
+                raise MatcliError(
+                    f"{path} holds several tensors ({found}); choose the embeddings with --key NAME"
+                )
             key = float_2d[0]
         if key not in self.header.tensors:
-            raise MatcliError(f"{path} has no tensor {key!r}; its tensors are {', '.join(sorted(self.header.tensors))}")
+            raise MatcliError(
+                f"{path} has no tensor {key!r}; its tensors are {', '.join(sorted(self.header.tensors))}"
+            )
         self.info = self.header.tensors[key]
         _check_2d(path, self.info.shape, f"tensor {key!r}")
         if self.info.dtype not in (*FLOAT_DTYPES, "BF16"):
-            raise MatcliError(f"{path}: tensor {key!r} is {self.info.dtype}; embeddings must be float16, bfloat16, float32 or float64")
+            raise MatcliError(
+                f"{path}: tensor {key!r} is {self.info.dtype}; embeddings must be float16, bfloat16, float32 or float64"
+            )
         self.key = key
         self.rows, self.dim = self.info.shape
         self.dtype = DTYPES[self.info.dtype][0]
@@ -143,7 +182,9 @@ class SafetensorsSource(EmbeddingSource):
         try:
             for start in range(0, self.rows, rows_per_chunk):
                 stop = min(start + rows_per_chunk, self.rows)
-                buf = read_range(fd, self.info.start + start * row_bytes, (stop - start) * row_bytes, self.path)
+                buf = read_range(
+                    fd, self.info.start + start * row_bytes, (stop - start) * row_bytes, self.path
+                )
                 yield start, _decode(buf, self.info.dtype).reshape(stop - start, self.dim)
         finally:
             os.close(fd)
@@ -157,7 +198,9 @@ class SafetensorsSource(EmbeddingSource):
             os.close(fd)
 
     def digest(self) -> str:
-        return hashlib.sha256((self.header.header_sha256 + str(self.header.file_size)).encode()).hexdigest()
+        return hashlib.sha256(
+            (self.header.header_sha256 + str(self.header.file_size)).encode()
+        ).hexdigest()
 
 
 def _decode(buf: np.ndarray, dtype: str) -> np.ndarray:
@@ -180,7 +223,9 @@ class ParquetSource(EmbeddingSource):
         try:
             import pyarrow.parquet as pq
         except ImportError as e:
-            raise MatcliError("reading .parquet needs pyarrow: pip install 'matcli[parquet]'") from e
+            raise MatcliError(
+                "reading .parquet needs pyarrow: pip install 'matcli[parquet]'"
+            ) from e
         self.path = path
         try:
             self.file = pq.ParquetFile(path)
@@ -188,7 +233,9 @@ class ParquetSource(EmbeddingSource):
             raise MatcliError(f"{path} is not a valid parquet file: {e}") from e
         schema = self.file.schema_arrow
         if column not in schema.names:
-            raise MatcliError(f"{path} has no column {column!r} (columns: {', '.join(schema.names)}); choose it with --key NAME")
+            raise MatcliError(
+                f"{path} has no column {column!r} (columns: {', '.join(schema.names)}); choose it with --key NAME"
+            )
         self.column = column
         self.rows = self.file.metadata.num_rows
         if self.rows == 0:
@@ -201,11 +248,15 @@ class ParquetSource(EmbeddingSource):
         """The length of the first non-empty row (leading null or empty rows are bad rows)."""
         import pyarrow.compute as pc
 
-        for batch in self.file.iter_batches(batch_size=1024, columns=[self.column]):  # small: usually the first row
+        for batch in self.file.iter_batches(
+            batch_size=1024, columns=[self.column]
+        ):  # small: usually the first row
             lengths = pc.fill_null(pc.list_value_length(batch.column(0)), 0).to_numpy()
             if lengths.any():
                 return int(lengths[np.argmax(lengths > 0)])
-        raise MatcliError(f"{self.path}: every row of column {self.column!r} is null or empty; there are no embeddings to read")
+        raise MatcliError(
+            f"{self.path}: every row of column {self.column!r} is null or empty; there are no embeddings to read"
+        )
 
     def chunks(self, rows_per_chunk: int):
         start = 0
@@ -222,7 +273,9 @@ class ParquetSource(EmbeddingSource):
         wrong = np.flatnonzero((lengths != self.dim) & (lengths != 0))
         if len(wrong):
             row = int(wrong[0])
-            raise MatcliError(f"{self.path}: row {row + start} has {int(lengths[row])} values, not {self.dim}; every row needs the same dimension")
+            raise MatcliError(
+                f"{self.path}: row {row + start} has {int(lengths[row])} values, not {self.dim}; every row needs the same dimension"
+            )
         out = np.full((len(col), self.dim), np.nan, dtype=np.float32)
         full = lengths == self.dim
         values = pc.list_flatten(col.filter(pa.array(full))).to_numpy(zero_copy_only=False)
@@ -234,18 +287,28 @@ class ParquetSource(EmbeddingSource):
 
     def digest(self) -> str:
         meta = self.file.metadata
-        return hashlib.sha256(f"{meta.num_rows}:{meta.num_row_groups}:{self.path.stat().st_size}:{self.file.schema_arrow}".encode()).hexdigest()
+        return hashlib.sha256(
+            f"{meta.num_rows}:{meta.num_row_groups}:{self.path.stat().st_size}:{self.file.schema_arrow}".encode()
+        ).hexdigest()
 
 
 def _list_value_dtype(path: Path, column: str, arrow_type) -> str:
     """The numpy name of a list column's float value type; anything else is refused."""
     import pyarrow as pa
 
-    if not (pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type)):
-        raise MatcliError(f"{path}: column {column!r} is {arrow_type}, not a list of numbers per row; embeddings must be 2-D")
+    if not (
+        pa.types.is_list(arrow_type)
+        or pa.types.is_large_list(arrow_type)
+        or pa.types.is_fixed_size_list(arrow_type)
+    ):
+        raise MatcliError(
+            f"{path}: column {column!r} is {arrow_type}, not a list of numbers per row; embeddings must be 2-D"
+        )
     value_type = arrow_type.value_type
     if not pa.types.is_floating(value_type):
-        raise MatcliError(f"{path}: column {column!r} holds lists of {value_type}; embeddings must be float16, float32 or float64 (cast the column to float32)")
+        raise MatcliError(
+            f"{path}: column {column!r} holds lists of {value_type}; embeddings must be float16, float32 or float64 (cast the column to float32)"
+        )
     return np.dtype(value_type.to_pandas_dtype()).name
 
 
@@ -258,4 +321,3 @@ def _list_size(arrow_type) -> int | None:
 def rows_per_chunk(dim: int, chunk_bytes: int) -> int:
     """Rows per chunk so that one float32 chunk is about chunk_bytes."""
     return max(1, chunk_bytes // (4 * max(1, dim)))
-

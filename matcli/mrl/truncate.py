@@ -20,12 +20,39 @@ from matcli import __version__
 from matcli.checkpoint.atomic import check_destination, staged_file, staged_folder
 from matcli.errors import MatcliError
 from matcli.mrl import transform
-from matcli.mrl.sources import EmbeddingSource, ParquetSource, SafetensorsSource, bad_rows_message, open_source, rows_per_chunk
+from matcli.mrl.sources import (
+    EmbeddingSource,
+    ParquetSource,
+    SafetensorsSource,
+    bad_rows_message,
+    open_source,
+    rows_per_chunk,
+)
 from matcli.mrl.writers import EmbeddingWriter, NpyWriter, ParquetWriter, SafetensorsWriter
 from matcli.recipe import TruncateOptions
 
 SUFFIXES = {".safetensors": "safetensors", ".npy": "npy", ".parquet": "parquet"}
-COMMON_DIMS = {8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096}
+COMMON_DIMS = {
+    8,
+    12,
+    16,
+    24,
+    32,
+    48,
+    64,
+    96,
+    128,
+    192,
+    256,
+    384,
+    512,
+    768,
+    1024,
+    1536,
+    2048,
+    3072,
+    4096,
+}
 
 
 @dataclass
@@ -37,22 +64,34 @@ class Target:
     format: str
 
 
-def plan_targets(options: TruncateOptions, source: EmbeddingSource) -> tuple[list[Target], Path | None, list[str]]:
+def plan_targets(
+    options: TruncateOptions, source: EmbeddingSource
+) -> tuple[list[Target], Path | None, list[str]]:
     """Check options and dims against the input; name the outputs. Returns targets, rotation path, warnings."""
     warnings = _check_dims(options, source)
     _check_file_options(options, source)
     if options.output.absolute().resolve() == options.input.absolute().resolve():
-        raise MatcliError(f"-o {options.output} is the input file; write the truncated embeddings somewhere else")
+        raise MatcliError(
+            f"-o {options.output} is the input file; write the truncated embeddings somewhere else"
+        )
     default = "parquet" if isinstance(source, ParquetSource) else "safetensors"
     targets, rotation = _name_outputs(options, default)
     if options.quantize == "int8" and any(t.format != "safetensors" for t in targets):
         fix = "end -o in .safetensors" if len(targets) == 1 else "add --format safetensors"
-        raise MatcliError(f"--quantize int8 stores the per-dimension ranges (tensor int8_ranges) that decode the codes, and only .safetensors holds them beside the codes; {fix}")
+        raise MatcliError(
+            f"--quantize int8 stores the per-dimension ranges (tensor int8_ranges) that decode the codes, and only .safetensors holds them beside the codes; {fix}"
+        )
     extra = list(source.passthrough.tensors) + list(source.passthrough.columns)
-    carried = {"safetensors": bool(source.passthrough.tensors), "parquet": bool(source.passthrough.columns), "npy": False}
+    carried = {
+        "safetensors": bool(source.passthrough.tensors),
+        "parquet": bool(source.passthrough.columns),
+        "npy": False,
+    }
     lost = sorted({t.format for t in targets if extra and not carried[t.format]})
     if lost:
-        warnings.append(f"{', '.join(extra[:5])} cannot be carried into {'/'.join(lost)} output and are left out; write {default} to keep them")
+        warnings.append(
+            f"{', '.join(extra[:5])} cannot be carried into {'/'.join(lost)} output and are left out; write {default} to keep them"
+        )
     if any(t.format == "parquet" for t in targets) and importlib.util.find_spec("pyarrow") is None:
         raise MatcliError("writing .parquet needs pyarrow: pip install 'matcli[parquet]'")
     return targets, rotation, warnings
@@ -60,7 +99,9 @@ def plan_targets(options: TruncateOptions, source: EmbeddingSource) -> tuple[lis
 
 def _check_file_options(options: TruncateOptions, source: EmbeddingSource) -> None:
     if options.data is not None:
-        raise MatcliError("--data gives the texts a model folder's --pca is fitted on; an embeddings file is fitted on its own rows, so drop --data")
+        raise MatcliError(
+            "--data gives the texts a model folder's --pca is fitted on; an embeddings file is fitted on its own rows, so drop --data"
+        )
     if options.pca:
         check_pca_rows(source.rows, max(options.dims), options.pca_center, str(source.path))
 
@@ -78,12 +119,18 @@ def check_pca_rows(rows: int, kept: int, center: bool, what: str) -> None:
 def _check_dims(options: TruncateOptions, source: EmbeddingSource) -> list[str]:
     for d in options.dims:
         if d > source.dim:
-            raise MatcliError(f"--dims {d} is larger than the input's {source.dim} dimensions; choose 1..{source.dim}")
+            raise MatcliError(
+                f"--dims {d} is larger than the input's {source.dim} dimensions; choose 1..{source.dim}"
+            )
         if options.quantize == "binary" and d % 8:
-            raise MatcliError(f"--dims {d} with --quantize binary: packed bits need a multiple of 8 dimensions; use {d - d % 8 or 8} or {d + 8 - d % 8}")
+            raise MatcliError(
+                f"--dims {d} with --quantize binary: packed bits need a multiple of 8 dimensions; use {d - d % 8 or 8} or {d + 8 - d % 8}"
+            )
     odd = [d for d in options.dims if d not in COMMON_DIMS and d != source.dim]
     if odd:
-        return [f"dims {odd} are not among the sizes Matryoshka models are usually trained for; check the model's matryoshka_dimensions"]
+        return [
+            f"dims {odd} are not among the sizes Matryoshka models are usually trained for; check the model's matryoshka_dimensions"
+        ]
     return []
 
 
@@ -93,14 +140,24 @@ def _name_outputs(options: TruncateOptions, default: str) -> tuple[list[Target],
     if len(options.dims) == 1:
         fmt = SUFFIXES.get(out.suffix.lower())
         if fmt is None:
-            raise MatcliError(f"-o {out}: a single dimension is written to a file; end it in .safetensors, .npy or .parquet")
+            raise MatcliError(
+                f"-o {out}: a single dimension is written to a file; end it in .safetensors, .npy or .parquet"
+            )
         if options.format and options.format != fmt:
             # Writing npy bytes into a .safetensors file would make a file nothing can read.
-            raise MatcliError(f"--format {options.format} contradicts -o {out} ({fmt}); drop --format, or end -o in .{options.format}")
-        rotation = out.with_name(out.name.removesuffix(out.suffix) + ".rotation.safetensors") if options.pca else None
+            raise MatcliError(
+                f"--format {options.format} contradicts -o {out} ({fmt}); drop --format, or end -o in .{options.format}"
+            )
+        rotation = (
+            out.with_name(out.name.removesuffix(out.suffix) + ".rotation.safetensors")
+            if options.pca
+            else None
+        )
         return [Target(options.dims[0], out, fmt)], rotation
     if out.suffix.lower() in SUFFIXES:
-        raise MatcliError(f"-o {out}: several dimensions are written to a folder (one file each); give a folder path")
+        raise MatcliError(
+            f"-o {out}: several dimensions are written to a folder (one file each); give a folder path"
+        )
     fmt = options.format or default
     targets = [Target(d, out / f"d{d}.{fmt}", fmt) for d in options.dims]
     return targets, (out / "rotation.safetensors" if options.pca else None)
@@ -109,7 +166,13 @@ def _name_outputs(options: TruncateOptions, default: str) -> tuple[list[Target],
 class Pipeline:
     """The per-row transform shared by every target: pre-norm, rotation, truncation, quantization."""
 
-    def __init__(self, options: TruncateOptions, source: EmbeddingSource, rotation: transform.Rotation | None, ranges: dict[int, transform.Int8Ranges]):
+    def __init__(
+        self,
+        options: TruncateOptions,
+        source: EmbeddingSource,
+        rotation: transform.Rotation | None,
+        ranges: dict[int, transform.Int8Ranges],
+    ):
         self.options, self.source, self.rotation = options, source, rotation
         self.ranges = ranges  # int8: per target dimension, from --ranges or the range pass
 
@@ -149,8 +212,12 @@ def truncate_embeddings(options: TruncateOptions) -> dict:
     source = open_source(options.input, options.key)
     targets, rotation_path, warnings = plan_targets(options, source)
     # Files given by earlier runs are checked now, so a dry run reports their problems too.
-    rotation = load_rotation(options.rotation, source.dim, options.pre_norm) if options.rotation else None
-    ranges = {options.dims[0]: load_ranges(options.ranges, options.dims[0])} if options.ranges else {}
+    rotation = (
+        load_rotation(options.rotation, source.dim, options.pre_norm) if options.rotation else None
+    )
+    ranges = (
+        {options.dims[0]: load_ranges(options.ranges, options.dims[0])} if options.ranges else {}
+    )
     chunk_rows = rows_per_chunk(source.dim, options.chunk_size)
     report = {
         "input": str(options.input),
@@ -178,7 +245,12 @@ def truncate_embeddings(options: TruncateOptions) -> dict:
         for w in writers:
             w.close()
         if rotation_path is not None:
-            write_rotation(staged[rotation_path], fitted, options.pre_norm, {"source_header_sha256": source.digest()})
+            write_rotation(
+                staged[rotation_path],
+                fitted,
+                options.pre_norm,
+                {"source_header_sha256": source.digest()},
+            )
     report["rows_written"] = keep_rows
     report["skipped_rows"] = [int(i) for i in bad[:20]]
     if rotation_path:
@@ -207,12 +279,19 @@ def _statistics_pass(options: TruncateOptions, source: EmbeddingSource, chunk_ro
         bad = np.concatenate(found)
     if fit is None:
         return None, bad
-    check_pca_rows(fit.count, max(options.dims), options.pca_center, f"{source.path} without its {len(bad)} skipped rows")
+    check_pca_rows(
+        fit.count,
+        max(options.dims),
+        options.pca_center,
+        f"{source.path} without its {len(bad)} skipped rows",
+    )
     return fit.finish(center=options.pca_center)[0], bad
 
 
 def _bad_rows_error(source: EmbeddingSource, rows: np.ndarray) -> MatcliError:
-    return MatcliError(f"{bad_rows_message(source, rows)}; fix them, or drop them with --skip-bad-rows")
+    return MatcliError(
+        f"{bad_rows_message(source, rows)}; fix them, or drop them with --skip-bad-rows"
+    )
 
 
 def _good_chunks(source: EmbeddingSource, chunk_rows: int, bad: np.ndarray, skip: bool):
@@ -228,7 +307,9 @@ def _good_chunks(source: EmbeddingSource, chunk_rows: int, bad: np.ndarray, skip
         yield start, x
 
 
-def _range_pass(pipeline: Pipeline, targets: list[Target], chunk_rows: int, bad: np.ndarray) -> None:
+def _range_pass(
+    pipeline: Pipeline, targets: list[Target], chunk_rows: int, bad: np.ndarray
+) -> None:
     pipeline.ranges = {t.dim: transform.Int8Ranges(t.dim) for t in targets}
     for _, x in _good_chunks(pipeline.source, chunk_rows, bad, pipeline.options.skip_bad_rows):
         prepared = pipeline.prepared(x)
@@ -236,9 +317,19 @@ def _range_pass(pipeline: Pipeline, targets: list[Target], chunk_rows: int, bad:
             pipeline.ranges[t.dim].add(pipeline.truncated(prepared, t.dim))
 
 
-def _write_pass(pipeline: Pipeline, targets: list[Target], writers: list[EmbeddingWriter], chunk_rows: int, bad: np.ndarray) -> None:
+def _write_pass(
+    pipeline: Pipeline,
+    targets: list[Target],
+    writers: list[EmbeddingWriter],
+    chunk_rows: int,
+    bad: np.ndarray,
+) -> None:
     source = pipeline.source
-    columns = _passthrough_batches(source, chunk_rows) if any(t.format == "parquet" for t in targets) else None
+    columns = (
+        _passthrough_batches(source, chunk_rows)
+        if any(t.format == "parquet" for t in targets)
+        else None
+    )
     for start, x in _good_chunks(source, chunk_rows, bad, pipeline.options.skip_bad_rows):
         batch = next(columns) if columns is not None else None
         if batch is not None and len(bad):
@@ -246,7 +337,9 @@ def _write_pass(pipeline: Pipeline, targets: list[Target], writers: list[Embeddi
             batch = batch.take(keep)
         prepared = pipeline.prepared(x)
         for target, writer in zip(targets, writers):
-            writer.write(pipeline.encode(pipeline.truncated(prepared, target.dim), target.dim), batch)
+            writer.write(
+                pipeline.encode(pipeline.truncated(prepared, target.dim), target.dim), batch
+            )
 
 
 def _passthrough_batches(source: EmbeddingSource, chunk_rows: int):
@@ -272,7 +365,12 @@ def _destination_problem(options: TruncateOptions, targets: list[Target]) -> str
     return None
 
 
-def _stage_outputs(stack: contextlib.ExitStack, options: TruncateOptions, targets: list[Target], rotation_path: Path | None) -> dict[Path, Path]:
+def _stage_outputs(
+    stack: contextlib.ExitStack,
+    options: TruncateOptions,
+    targets: list[Target],
+    rotation_path: Path | None,
+) -> dict[Path, Path]:
     """Temporary paths for every final path; all appear together, or none."""
     paths = [t.path for t in targets] + ([rotation_path] if rotation_path else [])
     if len(targets) == 1:
@@ -301,7 +399,9 @@ def _metadata(pipeline: Pipeline, dim: int) -> dict[str, str]:
     return meta
 
 
-def _writer(target: Target, path: Path, pipeline: Pipeline, rows: int, bad: np.ndarray) -> EmbeddingWriter:
+def _writer(
+    target: Target, path: Path, pipeline: Pipeline, rows: int, bad: np.ndarray
+) -> EmbeddingWriter:
     source, dtype, width = pipeline.source, pipeline.out_dtype, pipeline.width(target.dim)
     meta = _metadata(pipeline, target.dim)
     if target.format == "npy":
@@ -321,7 +421,9 @@ def _writer(target: Target, path: Path, pipeline: Pipeline, rows: int, bad: np.n
     return SafetensorsWriter(path, key, (rows, width), dtype, meta, extras)
 
 
-def _passthrough_tensors(source: EmbeddingSource, bad: np.ndarray) -> list[tuple[str, str, tuple[int, ...], bytes]]:
+def _passthrough_tensors(
+    source: EmbeddingSource, bad: np.ndarray
+) -> list[tuple[str, str, tuple[int, ...], bytes]]:
     """Other tensors of a safetensors input, row-filtered when rows were skipped."""
     if not isinstance(source, SafetensorsSource):
         return []
@@ -336,7 +438,9 @@ def _passthrough_tensors(source: EmbeddingSource, bad: np.ndarray) -> list[tuple
     return extras
 
 
-def write_rotation(path: Path, rotation: transform.Rotation, pre_norm: str | None, provenance: dict[str, str]) -> None:
+def write_rotation(
+    path: Path, rotation: transform.Rotation, pre_norm: str | None, provenance: dict[str, str]
+) -> None:
     """The rotation (columns = components) and mean, with what it was fitted on."""
     dim = len(rotation.mean)
     metadata = {
@@ -367,14 +471,24 @@ def _stored_tensor(path: Path, key: str, flag: str, what: str) -> SafetensorsSou
 
 def load_rotation(path: Path, dim: int, pre_norm: str | None) -> transform.Rotation:
     """A rotation written by --pca, checked against the input's dimension and --pre-norm."""
-    rotation_file = _stored_tensor(path, "rotation", "--rotation", "the rotation.safetensors written by --pca")
-    if rotation_file.dim != dim or rotation_file.rows != dim or "mean" not in rotation_file.passthrough.tensors:
-        raise MatcliError(f"--rotation {path} is for {rotation_file.rows}-d inputs with a mean vector; the input has {dim} dimensions")
+    rotation_file = _stored_tensor(
+        path, "rotation", "--rotation", "the rotation.safetensors written by --pca"
+    )
+    if (
+        rotation_file.dim != dim
+        or rotation_file.rows != dim
+        or "mean" not in rotation_file.passthrough.tensors
+    ):
+        raise MatcliError(
+            f"--rotation {path} is for {rotation_file.rows}-d inputs with a mean vector; the input has {dim} dimensions"
+        )
     fitted, wanted = rotation_file.header.metadata.get("pre_norm", "none"), pre_norm or "none"
     if fitted != wanted:
         # The rotation only fits vectors prepared the way its own fit saw them.
         fix = f"add --pre-norm {fitted}" if wanted == "none" else f"remove --pre-norm {wanted}"
-        raise MatcliError(f"--rotation {path} was fitted with {_pre_norm_flag(fitted)} but this run has {_pre_norm_flag(wanted)}; {fix}")
+        raise MatcliError(
+            f"--rotation {path} was fitted with {_pre_norm_flag(fitted)} but this run has {_pre_norm_flag(wanted)}; {fix}"
+        )
     matrix = np.concatenate([x for _, x in rotation_file.chunks(dim)])
     mean = np.frombuffer(rotation_file.read_tensor_bytes("mean"), dtype=np.float32)
     return transform.Rotation(matrix, mean)
@@ -386,7 +500,12 @@ def _pre_norm_flag(value: str) -> str:
 
 def load_ranges(path: Path, dim: int) -> transform.Int8Ranges:
     """int8 ranges written by an earlier --quantize int8 run (e.g. the corpus's, for queries)."""
-    ranges_file = _stored_tensor(path, "int8_ranges", "--ranges", "the .safetensors written by an earlier --quantize int8 run")
+    ranges_file = _stored_tensor(
+        path,
+        "int8_ranges",
+        "--ranges",
+        "the .safetensors written by an earlier --quantize int8 run",
+    )
     if (ranges_file.rows, ranges_file.dim) != (2, dim):
         raise MatcliError(
             f"--ranges {path} holds int8_ranges of shape [{ranges_file.rows}, {ranges_file.dim}], not [2, {dim}]: "

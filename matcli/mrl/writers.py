@@ -15,7 +15,15 @@ import numpy as np
 from matcli.checkpoint.writer import OutputTensor, header_bytes
 from matcli.errors import MatcliError
 
-NUMPY_CODES = {"float16": "F16", "float32": "F32", "float64": "F64", "int8": "I8", "uint8": "U8", "int64": "I64", "int32": "I32"}
+NUMPY_CODES = {
+    "float16": "F16",
+    "float32": "F32",
+    "float64": "F64",
+    "int8": "I8",
+    "uint8": "U8",
+    "int64": "I64",
+    "int32": "I32",
+}
 
 
 class EmbeddingWriter(ABC):
@@ -56,18 +64,39 @@ class _RowsAfterHeader(EmbeddingWriter):
 class SafetensorsWriter(_RowsAfterHeader):
     """One tensor written row by row, then passthrough tensors (name, dtype code, shape, bytes)."""
 
-    def __init__(self, path: Path, key: str, shape: tuple[int, ...], dtype: str, metadata: dict[str, str], extras: list[tuple[str, str, tuple[int, ...], bytes]]):
+    def __init__(
+        self,
+        path: Path,
+        key: str,
+        shape: tuple[int, ...],
+        dtype: str,
+        metadata: dict[str, str],
+        extras: list[tuple[str, str, tuple[int, ...], bytes]],
+    ):
         specs = [OutputTensor(key, storage_code(dtype), shape, lambda: iter([]))]
-        specs += [OutputTensor(name, code, shape, lambda: iter([])) for name, code, shape, _ in extras]
-        super().__init__(path, header_bytes(specs, metadata), specs[0].nbytes, b"".join(data for *_, data in extras))
+        specs += [
+            OutputTensor(name, code, shape, lambda: iter([])) for name, code, shape, _ in extras
+        ]
+        super().__init__(
+            path,
+            header_bytes(specs, metadata),
+            specs[0].nbytes,
+            b"".join(data for *_, data in extras),
+        )
 
 
 class NpyWriter(_RowsAfterHeader):
     def __init__(self, path: Path, rows: int, width: int, dtype: str):
         if dtype == "bfloat16":
-            raise MatcliError(".npy cannot store bfloat16; choose --dtype float16 or float32, or write .safetensors")
+            raise MatcliError(
+                ".npy cannot store bfloat16; choose --dtype float16 or float32, or write .safetensors"
+            )
         header = io.BytesIO()
-        fields = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": (rows, width)}
+        fields = {
+            "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+            "fortran_order": False,
+            "shape": (rows, width),
+        }
         np.lib.format.write_array_header_2_0(header, fields)
         super().__init__(path, header.getvalue(), rows * width * np.dtype(dtype).itemsize)
 
@@ -75,7 +104,15 @@ class NpyWriter(_RowsAfterHeader):
 class ParquetWriter(EmbeddingWriter):
     """An embedding column of fixed-size lists, plus the passthrough columns, row group by chunk."""
 
-    def __init__(self, path: Path, column: str, width: int, dtype: str, metadata: dict[str, str], passthrough_schema=None):
+    def __init__(
+        self,
+        path: Path,
+        column: str,
+        width: int,
+        dtype: str,
+        metadata: dict[str, str],
+        passthrough_schema=None,
+    ):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -86,7 +123,9 @@ class ParquetWriter(EmbeddingWriter):
         fields = [pa.field(column, pa.list_(value_type, width))]
         if passthrough_schema is not None:
             fields += list(passthrough_schema)
-        self.schema = pa.schema(fields, metadata={k.encode(): v.encode() for k, v in metadata.items()})
+        self.schema = pa.schema(
+            fields, metadata={k.encode(): v.encode() for k, v in metadata.items()}
+        )
         self.writer = pq.ParquetWriter(path, self.schema)
         self.column, self.width = column, width
 

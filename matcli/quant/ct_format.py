@@ -75,7 +75,11 @@ def quantization_config(groups: list[tuple[str, WeightScheme]], ignore: list[str
         "format": "pack-quantized",
         "quantization_status": "compressed",
         "config_groups": {
-            f"group_{i}": {"targets": [f"re:{regex}"], "weights": scheme.ct_args(), "format": "pack-quantized"}
+            f"group_{i}": {
+                "targets": [f"re:{regex}"],
+                "weights": scheme.ct_args(),
+                "format": "pack-quantized",
+            }
             for i, (regex, scheme) in enumerate(groups)
         },
         "ignore": ignore,
@@ -111,10 +115,14 @@ def _config_groups(folder: ModelFolder, qc: dict) -> list[tuple[list[str], Weigh
     for gname, group in (qc.get("config_groups") or {}).items():
         weights = (group or {}).get("weights") or {}
         if weights.get("type", "int") != "int" or not isinstance(weights.get("num_bits"), int):
-            raise MatcliError(f"{folder.path}: config group {gname!r} is not integer weight quantization; matcli slices integer parents only")
+            raise MatcliError(
+                f"{folder.path}: config group {gname!r} is not integer weight quantization; matcli slices integer parents only"
+            )
         strategy = weights.get("strategy", "channel")
         if strategy not in ("channel", "group"):
-            raise MatcliError(f"{folder.path}: config group {gname!r} uses strategy {strategy!r}; matcli reads channel and group strategies")
+            raise MatcliError(
+                f"{folder.path}: config group {gname!r} uses strategy {strategy!r}; matcli reads channel and group strategies"
+            )
         scheme = WeightScheme(
             bits=weights["num_bits"],
             symmetric=bool(weights.get("symmetric", True)),
@@ -130,20 +138,26 @@ def _matches(module: str, target: str) -> bool:
     return target == module or target == "Linear"
 
 
-def _scheme_of(folder: ModelFolder, module: str, groups: list[tuple[list[str], WeightScheme]]) -> WeightScheme:
+def _scheme_of(
+    folder: ModelFolder, module: str, groups: list[tuple[list[str], WeightScheme]]
+) -> WeightScheme:
     # Name and regex targets take precedence over class-name targets, as in compressed-tensors.
     for precise in (True, False):
         for targets, scheme in groups:
             if any(_matches(module, t) for t in targets if (t != "Linear") == precise):
                 return scheme
-    raise MatcliError(f"{folder.path}: {module} has packed weights but no quantization_config group targets it; the config is inconsistent")
+    raise MatcliError(
+        f"{folder.path}: {module} has packed weights but no quantization_config group targets it; the config is inconsistent"
+    )
 
 
 def _packed_linear(folder: ModelFolder, module: str, scheme: WeightScheme) -> PackedLinear:
     def info(suffix: str):
         name = f"{module}.{suffix}"
         if name not in folder.tensors:
-            raise MatcliError(f"{folder.path}: {module} has {PACKED} but no {suffix}; the checkpoint is incomplete")
+            raise MatcliError(
+                f"{folder.path}: {module} has {PACKED} but no {suffix}; the checkpoint is incomplete"
+            )
         return folder.tensors[name]
 
     shape = folder.read(info(SHAPE).name).tolist()
@@ -163,7 +177,9 @@ def _packed_linear(folder: ModelFolder, module: str, scheme: WeightScheme) -> Pa
         expected[ZERO] = (packed_columns(out_features, scheme.bits), groups)
     for suffix, want in expected.items():
         if info(suffix).shape != want:
-            raise MatcliError(f"{folder.path}: {module}.{suffix} has shape {list(info(suffix).shape)}, expected {list(want)} for {scheme.bits}-bit codes of a {shape} weight")
+            raise MatcliError(
+                f"{folder.path}: {module}.{suffix} has shape {list(info(suffix).shape)}, expected {list(want)} for {scheme.bits}-bit codes of a {shape} weight"
+            )
     return linear
 
 

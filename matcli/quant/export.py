@@ -24,10 +24,14 @@ QuantizedWeight = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # uint8 codes
 
 def _in_memory(name: str, tensor: torch.Tensor, label: str) -> OutputTensor:
     tensor = tensor.detach().cpu().contiguous()
-    return OutputTensor(name, dtype_code(tensor.dtype), tuple(tensor.shape), lambda: iter([tensor]), label)
+    return OutputTensor(
+        name, dtype_code(tensor.dtype), tuple(tensor.shape), lambda: iter([tensor]), label
+    )
 
 
-def ct_tensors(module: str, quantized: QuantizedWeight, scheme: WeightScheme, label: str) -> list[OutputTensor]:
+def ct_tensors(
+    module: str, quantized: QuantizedWeight, scheme: WeightScheme, label: str
+) -> list[OutputTensor]:
     """The compressed-tensors tensors of one Linear from its codes, scale and zero point."""
     codes, scale, zero = quantized
     out_features, in_features = codes.shape
@@ -39,11 +43,20 @@ def ct_tensors(module: str, quantized: QuantizedWeight, scheme: WeightScheme, la
         _in_memory(f"{module}.{SHAPE}", torch.tensor([out_features, in_features]), label),
     ]
     if not scheme.symmetric:
-        tensors.append(_in_memory(f"{module}.{ZERO}", ct_format.pack_zero_point(zero, scheme.bits), label))
+        tensors.append(
+            _in_memory(f"{module}.{ZERO}", ct_format.pack_zero_point(zero, scheme.bits), label)
+        )
     return tensors
 
 
-def plan_parent(targets: QuantTargets, quantized: dict[str, QuantizedWeight], dense: dict[str, torch.Tensor], info: ParentInfo, options: QuantizeOptions, report: dict) -> Plan:
+def plan_parent(
+    targets: QuantTargets,
+    quantized: dict[str, QuantizedWeight],
+    dense: dict[str, torch.Tensor],
+    info: ParentInfo,
+    options: QuantizeOptions,
+    report: dict,
+) -> Plan:
     source, label = targets.folder, f"{info.method} int{targets.scheme.bits}"
     tensors = []
     for module in targets.modules:
@@ -53,7 +66,11 @@ def plan_parent(targets: QuantTargets, quantized: dict[str, QuantizedWeight], de
         if name in quantized_names:
             continue
         if name in dense:
-            tensors.append(_in_memory(name, dense[name].to(torch_dtype(tensor.dtype)), f"{info.method} (trained)"))
+            tensors.append(
+                _in_memory(
+                    name, dense[name].to(torch_dtype(tensor.dtype)), f"{info.method} (trained)"
+                )
+            )
         else:
             tensors.append(copy_tensor(source, name))
     return parent_plan(targets, tensors, info, options, report)

@@ -36,7 +36,9 @@ def fake_codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: i
     return q.clamp(0, (1 << bits) - 1)
 
 
-def fake_slice(q: torch.Tensor, parent_bits: int, bits: int, extra_precision: bool = False) -> torch.Tensor:
+def fake_slice(
+    q: torch.Tensor, parent_bits: int, bits: int, extra_precision: bool = False
+) -> torch.Tensor:
     """S(q, c, r) on the c-bit grid: clamp(round_half_up(q / 2^k), 0, 2^r - 1) * 2^k, STE."""
     k = parent_bits - bits
     if k == 0:
@@ -74,7 +76,14 @@ class _MatQuantSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (inside,) = ctx.saved_tensors
-        return (grad.reshape(inside.shape) * inside).reshape(grad.shape), None, None, None, None, None
+        return (
+            (grad.reshape(inside.shape) * inside).reshape(grad.shape),
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 class FakeQuantLinear(nn.Module):
@@ -86,7 +95,13 @@ class FakeQuantLinear(nn.Module):
     weight clipping (OmniQuant's LWC) multiplies the range by sigmoid(clip) per channel/group.
     """
 
-    def __init__(self, linear: nn.Linear, scheme: WeightScheme, scale_dtype: torch.dtype, extra_precision: bool = False):
+    def __init__(
+        self,
+        linear: nn.Linear,
+        scheme: WeightScheme,
+        scale_dtype: torch.dtype,
+        extra_precision: bool = False,
+    ):
         super().__init__()
         self.linear = linear
         self.scheme = scheme
@@ -111,7 +126,9 @@ class FakeQuantLinear(nn.Module):
             self.clip_low = nn.Parameter(torch.full(shape, init, device=self.weight.device))
 
     def enable_let(self) -> None:
-        self.input_scale = nn.Parameter(torch.ones(self.linear.in_features, device=self.weight.device))
+        self.input_scale = nn.Parameter(
+            torch.ones(self.linear.in_features, device=self.weight.device)
+        )
 
     def transformed_weight(self) -> torch.Tensor:
         w = self.linear.weight
@@ -120,7 +137,13 @@ class FakeQuantLinear(nn.Module):
     def params(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Scale and zero point: MinMax of the weights (times the learned clip factors)."""
         if self.clip_high is None:
-            scale, zero = grid.minmax_params(w.detach(), self.scheme.bits, self.scheme.symmetric, self.scheme.group_size, self.scale_dtype)
+            scale, zero = grid.minmax_params(
+                w.detach(),
+                self.scheme.bits,
+                self.scheme.symmetric,
+                self.scheme.group_size,
+                self.scale_dtype,
+            )
             return scale.to(w.dtype), zero.to(w.dtype)
         levels = (1 << self.scheme.bits) - 1
         g = w.reshape(w.shape[0], self.clip_high.shape[1], -1)
@@ -138,7 +161,9 @@ class FakeQuantLinear(nn.Module):
     def quantized_weight(self, bits: int) -> torch.Tensor:
         w = self.transformed_weight()
         scale, zero = self.params(w)
-        if self.clip_high is None and self.input_scale is None:  # QAT: scale and zero carry no gradient
+        if (
+            self.clip_high is None and self.input_scale is None
+        ):  # QAT: scale and zero carry no gradient
             return _MatQuantSTE.apply(w, scale, zero, self.scheme.bits, bits, self.extra_precision)
         q = fake_codes(w, scale, zero, self.scheme.bits)
         q = fake_slice(q, self.scheme.bits, bits, self.extra_precision)
@@ -149,10 +174,14 @@ class FakeQuantLinear(nn.Module):
             return self.linear(x)
         if self.input_scale is not None:
             x = x / self.input_scale
-        return nn.functional.linear(x, self.quantized_weight(self.bits).to(x.dtype), self.linear.bias)
+        return nn.functional.linear(
+            x, self.quantized_weight(self.bits).to(x.dtype), self.linear.bias
+        )
 
     @torch.no_grad()
-    def export(self, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def export(
+        self, weight: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(uint8 codes, scale in its storage dtype, integer zero point) of the current weights,
         or of `weight` (the same Linear's weight gathered from its shards)."""
         if weight is not None:
@@ -165,13 +194,23 @@ class FakeQuantLinear(nn.Module):
         return grid.quantize_codes(w, scale, zero, self.scheme.bits), scale, zero
 
 
-def minmax_codes(w: torch.Tensor, scheme: WeightScheme, scale_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def minmax_codes(
+    w: torch.Tensor, scheme: WeightScheme, scale_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Q(w, c) with MinMax parameters: exactly what the fake-quantized forward computed."""
-    scale, zero = grid.minmax_params(w, scheme.bits, scheme.symmetric, scheme.group_size, scale_dtype)
+    scale, zero = grid.minmax_params(
+        w, scheme.bits, scheme.symmetric, scheme.group_size, scale_dtype
+    )
     return grid.quantize_codes(w, scale, zero, scheme.bits), scale, zero
 
 
-def wrap_linears(model: nn.Module, modules: list[str], scheme: WeightScheme, scale_dtype: torch.dtype, extra_precision: bool = False) -> dict[str, FakeQuantLinear]:
+def wrap_linears(
+    model: nn.Module,
+    modules: list[str],
+    scheme: WeightScheme,
+    scale_dtype: torch.dtype,
+    extra_precision: bool = False,
+) -> dict[str, FakeQuantLinear]:
     """Replace the named nn.Linear modules by FakeQuantLinear, in place."""
     wrapped = {}
     for name in modules:

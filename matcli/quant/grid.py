@@ -91,7 +91,9 @@ def _round_up_to(scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     stored = scale.to(dtype)
     too_small = stored.to(scale.dtype) < scale
     if too_small.any():
-        stored = torch.where(too_small, torch.nextafter(stored, torch.full_like(stored, float("inf"))), stored)
+        stored = torch.where(
+            too_small, torch.nextafter(stored, torch.full_like(stored, float("inf"))), stored
+        )
     return stored
 
 
@@ -187,7 +189,9 @@ def from_signed(codes: torch.Tensor, bits: int) -> torch.Tensor:
     return (codes.to(torch.int16) + (1 << (bits - 1))).to(torch.uint8)
 
 
-def weighted_code_table(parent_bits: int, widths: list[int], weights: list[float], extra_precision: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def weighted_code_table(
+    parent_bits: int, widths: list[int], weights: list[float], extra_precision: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """The best c-bit code as a function of the continuous code u = w / scale + zero.
 
     MatGPTQ's multi-width rounding without its error feedback: each weight takes the code q
@@ -197,7 +201,15 @@ def weighted_code_table(parent_bits: int, widths: list[int], weights: list[float
     breakpoints[i - 1] and breakpoints[i] being codes[i].
     """
     q = torch.arange(1 << parent_bits, dtype=torch.int32).to(torch.uint8)
-    table = np.stack([codes_on_parent_grid(slice_codes(q, parent_bits, r, extra_precision), parent_bits, r).numpy().astype(np.float64) for r in widths], 1)
+    table = np.stack(
+        [
+            codes_on_parent_grid(slice_codes(q, parent_bits, r, extra_precision), parent_bits, r)
+            .numpy()
+            .astype(np.float64)
+            for r in widths
+        ],
+        1,
+    )
     lam = np.asarray(weights, dtype=np.float64)
     slope = -2 * table @ lam  # non-increasing in q: S is monotone in q
     intercept = (table**2) @ lam
@@ -207,7 +219,9 @@ def weighted_code_table(parent_bits: int, widths: list[int], weights: list[float
             if intercept[i] >= intercept[hull[-1]]:
                 continue
             hull.pop()
-        while len(hull) >= 2 and _crossing(slope, intercept, hull[-2], hull[-1]) >= _crossing(slope, intercept, hull[-1], i):
+        while len(hull) >= 2 and _crossing(slope, intercept, hull[-2], hull[-1]) >= _crossing(
+            slope, intercept, hull[-1], i
+        ):
             hull.pop()
         hull.append(i)
     breaks = np.array([_crossing(slope, intercept, a, b) for a, b in zip(hull, hull[1:])])
@@ -218,7 +232,9 @@ def _crossing(slope: np.ndarray, intercept: np.ndarray, a: int, b: int) -> float
     return (intercept[b] - intercept[a]) / (slope[a] - slope[b])
 
 
-def weighted_codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, table: tuple[np.ndarray, np.ndarray]) -> torch.Tensor:
+def weighted_codes(
+    w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, table: tuple[np.ndarray, np.ndarray]
+) -> torch.Tensor:
     """Codes minimising the lambda-weighted error of every slice (see weighted_code_table)."""
     rows, cols = w.shape
     g = _grouped(w.to(_compute_dtype(w.dtype)), cols // scale.shape[1])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from matcli.checkpoint.atomic import check_destination
 from matcli.checkpoint.plan import Plan
@@ -13,7 +13,9 @@ from matcli.recipe import QuantizeOptions
 Progress = Callable[[int, int, dict[int, float]], None]  # (done, total, loss per width)
 
 
-def plan_quantize(options: QuantizeOptions, progress: Progress = lambda d, t, l: None) -> Plan | None:
+def plan_quantize(
+    options: QuantizeOptions, progress: Progress = lambda d, t, l: None
+) -> Plan | None:
     """The parent's plan; training methods train first (None on torchrun ranks other than 0)."""
     from matcli.quant.rtn import plan_rtn
 
@@ -39,7 +41,9 @@ def plan_quantize(options: QuantizeOptions, progress: Progress = lambda d, t, l:
     report.update({"data": str(options.data), "data_sha256": data_digest(options.data)})
     from matcli.quant.export import plan_parent
 
-    return plan_parent(qm.targets, quantized, dense, info_from_options(options, options.method), options, report)
+    return plan_parent(
+        qm.targets, quantized, dense, info_from_options(options, options.method), options, report
+    )
 
 
 def _training_dry_run(options: QuantizeOptions) -> Plan:
@@ -52,11 +56,19 @@ def _training_dry_run(options: QuantizeOptions) -> Plan:
     plan.outputs[0].config[CONFIG_KEY] = info_from_options(options, options.method).model_dump()
     if options.method == "qat":
         tokens = options.steps * options.batch_size * options.grad_accum * options.seq_len
-        what = {"steps": options.steps, "tokens_per_step": options.batch_size * options.grad_accum * options.seq_len}
+        what = {
+            "steps": options.steps,
+            "tokens_per_step": options.batch_size * options.grad_accum * options.seq_len,
+        }
     else:
         tokens = min(options.samples, len(windows)) * options.seq_len * options.epochs
         what = {"samples": min(options.samples, len(windows)), "epochs": options.epochs}
-    plan.report = {"method": options.method, "windows_available": len(windows), "tokens_to_train": tokens, **what}
+    plan.report = {
+        "method": options.method,
+        "windows_available": len(windows),
+        "tokens_to_train": tokens,
+        **what,
+    }
     return plan
 
 

@@ -53,7 +53,9 @@ def strategy_bits(
 ) -> list[int]:
     """Per-layer widths for a named strategy; `layer_weights` are quantized weights per layer."""
     if strategy not in MIX_N_MATCH_STRATEGIES:
-        raise MatcliError(f"unknown Mix'n'Match strategy {strategy!r}; use one of {', '.join(MIX_N_MATCH_STRATEGIES)} or a file")
+        raise MatcliError(
+            f"unknown Mix'n'Match strategy {strategy!r}; use one of {', '.join(MIX_N_MATCH_STRATEGIES)} or a file"
+        )
     widths = sorted(set(widths), reverse=True)
     num_layers = len(layer_weights)
     order = _rank(strategy, num_layers)
@@ -69,7 +71,9 @@ def strategy_bits(
         if best is None or key > best[0]:
             best = (key, bits)
     if best is None:
-        raise MatcliError(f"--target-bits {target_bits} is below the smallest width {min(widths)}; raise it")
+        raise MatcliError(
+            f"--target-bits {target_bits} is below the smallest width {min(widths)}; raise it"
+        )
     return best[1]
 
 
@@ -83,7 +87,11 @@ def _compositions(total: int, parts: int):
 def file_bits(path: Path, num_layers: int) -> list[int]:
     """Widths from a YAML/JSON file: a list (one per layer) or {default: r, layers: {i: r}}."""
     try:
-        data = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
+        data = (
+            yaml.safe_load(path.read_text())
+            if path.suffix in (".yaml", ".yml")
+            else json.loads(path.read_text())
+        )
     except (OSError, yaml.YAMLError, json.JSONDecodeError) as e:
         raise MatcliError(f"cannot read --bits-config {path}: {e}") from e
     if isinstance(data, list):
@@ -92,15 +100,23 @@ def file_bits(path: Path, num_layers: int) -> list[int]:
         default = data.get("default")
         layers = data.get("layers") or {}
         bits = [layers.get(i, layers.get(str(i), default)) for i in range(num_layers)]
-        if not all(isinstance(k, int) or (isinstance(k, str) and k.isdigit()) for k in layers) or any(int(k) >= num_layers for k in layers):
-            raise MatcliError(f"--bits-config {path}: layer keys must be indices 0..{num_layers - 1}")
+        if not all(
+            isinstance(k, int) or (isinstance(k, str) and k.isdigit()) for k in layers
+        ) or any(int(k) >= num_layers for k in layers):
+            raise MatcliError(
+                f"--bits-config {path}: layer keys must be indices 0..{num_layers - 1}"
+            )
     else:
-        raise MatcliError(f"--bits-config {path} must hold a list of widths or {{default: r, layers: {{index: r}}}}")
+        raise MatcliError(
+            f"--bits-config {path} must hold a list of widths or {{default: r, layers: {{index: r}}}}"
+        )
     if len(bits) != num_layers:
         raise MatcliError(f"--bits-config {path} gives {len(bits)} widths for {num_layers} layers")
     missing = [i for i, b in enumerate(bits) if b is None]
     if missing:
-        raise MatcliError(f"--bits-config {path} gives no width for layer {missing[0]} (add it or a default)")
+        raise MatcliError(
+            f"--bits-config {path} gives no width for layer {missing[0]} (add it or a default)"
+        )
     if not all(isinstance(b, int) and not isinstance(b, bool) for b in bits):
         raise MatcliError(f"--bits-config {path}: widths must be integers")
     return bits

@@ -24,14 +24,20 @@ Choices the paper leaves open, and matcli's answers:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from matcli.quant.fakequant import FakeQuantLinear, at_bits
-from matcli.quant.training import QuantModel, decoder_layers, load_quant_model, pick_device, training_windows
+from matcli.quant.training import (
+    QuantModel,
+    decoder_layers,
+    load_quant_model,
+    pick_device,
+    training_windows,
+)
 from matcli.recipe import QuantizeOptions
 
 LWC_LR = 1e-2  # OmniQuant's default for the clipping factors; MatQuant: constant 1e-3 overall
@@ -43,7 +49,10 @@ class Captured:
     def __init__(self, layers: nn.ModuleList):
         self.calls: list[list[tuple[tuple, dict]]] = [[] for _ in layers]
         self.first_inputs: list[torch.Tensor] = []
-        self.handles = [layer.register_forward_pre_hook(self._hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+        self.handles = [
+            layer.register_forward_pre_hook(self._hook(i), with_kwargs=True)
+            for i, layer in enumerate(layers)
+        ]
 
     def _hook(self, index: int):
         def hook(module, args, kwargs):
@@ -68,7 +77,9 @@ def _run(layer: nn.Module, hidden: torch.Tensor, call: tuple[tuple, dict]) -> to
 
 
 def _layer_modules(qm: QuantModel, index: int) -> dict[str, FakeQuantLinear]:
-    return {name: fq for name, fq in qm.wrapped.items() if qm.arch.split_layer(name + ".")[0] == index}
+    return {
+        name: fq for name, fq in qm.wrapped.items() if qm.arch.split_layer(name + ".")[0] == index
+    }
 
 
 def _enable(qm: QuantModel, modules: dict[str, FakeQuantLinear], let: bool) -> tuple[list, list]:
@@ -80,7 +91,9 @@ def _enable(qm: QuantModel, modules: dict[str, FakeQuantLinear], let: bool) -> t
         clips += [p for p in (fq.clip_high, fq.clip_low) if p is not None]
     if not let or qm.arch.family.ffn_input_norm is None:
         return clips, scales
-    by_relative = {qm.arch.split_layer(name + ".")[1].removesuffix("."): fq for name, fq in modules.items()}
+    by_relative = {
+        qm.arch.split_layer(name + ".")[1].removesuffix("."): fq for name, fq in modules.items()
+    }
     shared = [by_relative[n] for n in (ffn.gate, ffn.up) if n in by_relative]
     if shared and ffn.up in by_relative:
         shared[0].enable_let()
@@ -93,7 +106,10 @@ def _enable(qm: QuantModel, modules: dict[str, FakeQuantLinear], let: bool) -> t
     return clips, scales
 
 
-def calibrate(options: QuantizeOptions, on_layer: Callable[[int, int, dict[int, float]], None] = lambda i, n, l: None):
+def calibrate(
+    options: QuantizeOptions,
+    on_layer: Callable[[int, int, dict[int, float]], None] = lambda i, n, l: None,
+):
     device = pick_device(options.device)
     torch.manual_seed(options.seed)
     qm = load_quant_model(options, device)
@@ -142,7 +158,16 @@ def calibrate(options: QuantizeOptions, on_layer: Callable[[int, int, dict[int, 
     return qm, history, report
 
 
-def _train_layer(layer, modules, qm, q_inputs, targets, calls, weights: dict[int, float], options: QuantizeOptions) -> dict[int, float]:
+def _train_layer(
+    layer,
+    modules,
+    qm,
+    q_inputs,
+    targets,
+    calls,
+    weights: dict[int, float],
+    options: QuantizeOptions,
+) -> dict[int, float]:
     clips, scales = _enable(qm, modules, options.let)
     groups = [{"params": clips, "lr": options.lr or LWC_LR}]
     if scales:
@@ -156,7 +181,9 @@ def _train_layer(layer, modules, qm, q_inputs, targets, calls, weights: dict[int
             total = 0.0
             for bits, weight in weights.items():
                 with at_bits(modules, bits):
-                    loss = F.mse_loss(_run(layer, q_inputs[i], calls[i]).float(), targets[i].float())
+                    loss = F.mse_loss(
+                        _run(layer, q_inputs[i], calls[i]).float(), targets[i].float()
+                    )
                 total = total + weight * loss
                 sums[bits] += loss.item() / len(q_inputs)
             optimizer.zero_grad(set_to_none=True)

@@ -52,7 +52,9 @@ def parent_info(config: dict) -> ParentInfo | None:
     try:
         return ParentInfo.model_validate(block)
     except ValidationError as e:
-        raise MatcliError(f"config.json key {CONFIG_KEY!r} is malformed ({e.errors()[0]['msg']}); re-create the parent with matcli quantize") from e
+        raise MatcliError(
+            f"config.json key {CONFIG_KEY!r} is malformed ({e.errors()[0]['msg']}); re-create the parent with matcli quantize"
+        ) from e
 
 
 def info_from_options(options, method: str) -> ParentInfo:

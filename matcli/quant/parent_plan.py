@@ -37,15 +37,24 @@ def quant_targets(options: QuantizeOptions) -> QuantTargets:
     """Open the source and check everything about it before any work starts."""
     folder = ModelFolder(options.model)
     if "quantization_config" in folder.config:
-        raise MatcliError(f"{options.model} is already quantized (config.json has quantization_config); quantize the dense model")
+        raise MatcliError(
+            f"{options.model} is already quantized (config.json has quantization_config); quantize the dense model"
+        )
     arch = resolve(folder.config, list(folder.tensors))
     modules = select_linears(arch, {n: t.shape for n, t in folder.tensors.items()}, options.layers)
     weights = [folder.tensors[m + ".weight"] for m in modules]
     for weight in weights:
         if weight.dtype not in FLOAT_DTYPES:
-            raise MatcliError(f"{weight.name} is {weight.dtype}, not a float weight; quantize a dense model")
+            raise MatcliError(
+                f"{weight.name} is {weight.dtype}, not a float weight; quantize a dense model"
+            )
     check_group_size(options.group_size, weights)
-    return QuantTargets(folder, arch, modules, WeightScheme(options.bits, options.scheme == "symmetric", options.group_size))
+    return QuantTargets(
+        folder,
+        arch,
+        modules,
+        WeightScheme(options.bits, options.scheme == "symmetric", options.group_size),
+    )
 
 
 def check_group_size(group_size: int | None, weights: list[TensorInfo]) -> None:
@@ -53,21 +62,35 @@ def check_group_size(group_size: int | None, weights: list[TensorInfo]) -> None:
     if bad is None:
         return
     fitting = [g for g in (32, 64, 128, 256) if all(w.shape[1] % g == 0 for w in weights)]
-    hint = f"sizes that fit every layer: {', '.join(map(str, fitting))}" if fitting else "no power of two from 32 to 256 fits every layer"
+    hint = (
+        f"sizes that fit every layer: {', '.join(map(str, fitting))}"
+        if fitting
+        else "no power of two from 32 to 256 fits every layer"
+    )
     raise MatcliError(
         f"--group-size {group_size} does not divide the {bad.shape[1]} input columns of {bad.name}; "
         f"{hint}; or omit --group-size for per-channel scales"
     )
 
 
-def parent_plan(targets: QuantTargets, tensors: list[OutputTensor], info: ParentInfo, options: QuantizeOptions, report: dict | None = None) -> Plan:
+def parent_plan(
+    targets: QuantTargets,
+    tensors: list[OutputTensor],
+    info: ParentInfo,
+    options: QuantizeOptions,
+    report: dict | None = None,
+) -> Plan:
     """The plan that writes a parent: the tensors given, and the parent's config."""
     config = dict(targets.folder.config)
     regex = targets_regex(targets.arch, targets.modules)
-    config["quantization_config"] = ct_format.quantization_config([(regex, targets.scheme)], ignore=["lm_head"])
+    config["quantization_config"] = ct_format.quantization_config(
+        [(regex, targets.scheme)], ignore=["lm_head"]
+    )
     config[CONFIG_KEY] = info.model_dump()
     metadata = {"matcli.role": "parent", "matcli.bits": str(targets.scheme.bits)}
-    output = OutputCheckpoint(name="", config=config, tensors=sorted(tensors, key=lambda t: t.name), metadata=metadata)
+    output = OutputCheckpoint(
+        name="", config=config, tensors=sorted(tensors, key=lambda t: t.name), metadata=metadata
+    )
     return Plan(
         command="quantize",
         source=targets.folder,

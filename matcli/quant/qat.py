@@ -16,8 +16,8 @@ import contextlib
 import math
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,14 @@ from torch import nn
 
 from matcli.errors import MatcliError
 from matcli.quant.fakequant import at_bits
-from matcli.quant.training import QuantModel, decoder_layers, load_quant_model, pick_device, training_windows, unwrapped_state
+from matcli.quant.training import (
+    QuantModel,
+    decoder_layers,
+    load_quant_model,
+    pick_device,
+    training_windows,
+    unwrapped_state,
+)
 from matcli.recipe import QuantizeOptions, parse_distill
 
 QAT_LR = 1e-5  # paper App. B: linear warmup to 1e-5, then cosine decay
@@ -47,14 +54,21 @@ class MultiWidthLoss:
         order = sorted(range(len(options.train_bits)), key=lambda i: -options.train_bits[i])
         self.widths = [options.train_bits[i] for i in order]
         self.weights = [options.loss_weights[i] for i in order]
-        self.teacher, self.students = parse_distill(options.distill) if options.distill else (None, [])
+        self.teacher, self.students = (
+            parse_distill(options.distill) if options.distill else (None, [])
+        )
         self.distill_only = options.distill_only
 
     def _logits(self, input_ids: torch.Tensor, bits: int) -> torch.Tensor:
         with at_bits(self.wrapped, bits):
             return self.model(input_ids=input_ids).logits[:, :-1].float()
 
-    def backward(self, input_ids: torch.Tensor, scale: float, sync: Callable[[bool], contextlib.AbstractContextManager]) -> dict[int, float]:
+    def backward(
+        self,
+        input_ids: torch.Tensor,
+        scale: float,
+        sync: Callable[[bool], contextlib.AbstractContextManager],
+    ) -> dict[int, float]:
         """Accumulate scale * gradient of the objective; return each width's loss.
 
         `sync(last)` gives the context of each backward: DDP's no_sync unless `last`.
@@ -71,7 +85,12 @@ class MultiWidthLoss:
                 flat = logits.reshape(-1, logits.shape[-1])
                 loss = F.cross_entropy(flat, targets)
                 if bits in self.students and teacher is not None:
-                    kl = F.kl_div(F.log_softmax(flat, -1), F.log_softmax(teacher.reshape(flat.shape), -1), log_target=True, reduction="batchmean")
+                    kl = F.kl_div(
+                        F.log_softmax(flat, -1),
+                        F.log_softmax(teacher.reshape(flat.shape), -1),
+                        log_target=True,
+                        reduction="batchmean",
+                    )
                     loss = kl if self.distill_only else loss + kl
                 if bits == self.teacher:
                     teacher = logits.detach()
@@ -106,12 +125,16 @@ def _batch_indices(num_windows: int, step: int, global_batch: int, seed: int) ->
     out = []
     while len(out) < global_batch:
         epoch, offset = divmod(start + len(out), num_windows)
-        order = torch.randperm(num_windows, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        order = torch.randperm(
+            num_windows, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)
+        )
         out += order[offset : offset + global_batch - len(out)].tolist()
     return torch.tensor(out)
 
 
-def train_qat(options: QuantizeOptions, on_step: Callable[[int, dict[int, float]], None] = lambda s, l: None):
+def train_qat(
+    options: QuantizeOptions, on_step: Callable[[int, dict[int, float]], None] = lambda s, l: None
+):
     """Train; return (QuantModel, final losses, report) for export (None on ranks > 0)."""
     import torch.distributed as dist
 
@@ -132,15 +155,25 @@ def train_qat(options: QuantizeOptions, on_step: Callable[[int, dict[int, float]
             fq.linear.weight.requires_grad_(True)
     model = _distribute(qm, options, device, world)
     params = [p for p in qm.model.parameters() if p.requires_grad]  # after sharding: the shards
-    optimizer = torch.optim.AdamW(params, lr=options.lr or QAT_LR, weight_decay=options.weight_decay)
-    warmup = options.warmup_steps if options.warmup_steps is not None else min(PAPER_WARMUP, options.steps // 5)
+    optimizer = torch.optim.AdamW(
+        params, lr=options.lr or QAT_LR, weight_decay=options.weight_decay
+    )
+    warmup = (
+        options.warmup_steps
+        if options.warmup_steps is not None
+        else min(PAPER_WARMUP, options.steps // 5)
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(options, warmup))
     objective = MultiWidthLoss(qm, options, model)
     global_batch = options.batch_size * options.grad_accum * world
     start = _restore(options, qm, optimizer, scheduler, global_batch) if options.resume else 0
     if not options.resume and state_dir(options).exists() and rank == 0:
         shutil.rmtree(state_dir(options))
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if options.precision == "bf16" else contextlib.nullcontext()
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if options.precision == "bf16"
+        else contextlib.nullcontext()
+    )
     history: dict[int, float] = {}
     with _stop_requests() as stop:
         for step in range(start, options.steps):
@@ -153,12 +186,16 @@ def train_qat(options: QuantizeOptions, on_step: Callable[[int, dict[int, float]
                 def sync(last_width: bool, last_micro=last_micro):
                     # DDP all-reduces only on a step's last backward. FSDP reduce-scatters
                     # every backward: skipping it would keep whole, unsharded gradients.
-                    if isinstance(model, nn.parallel.DistributedDataParallel) and not (last_micro and last_width):
+                    if isinstance(model, nn.parallel.DistributedDataParallel) and not (
+                        last_micro and last_width
+                    ):
                         return model.no_sync()
                     return contextlib.nullcontext()
 
                 with autocast:
-                    losses = objective.backward(windows[mine[micro]].to(device), 1 / options.grad_accum, sync)
+                    losses = objective.backward(
+                        windows[mine[micro]].to(device), 1 / options.grad_accum, sync
+                    )
                 for bits, value in losses.items():
                     sums[bits] = sums.get(bits, 0.0) + value / options.grad_accum
             torch.nn.utils.clip_grad_norm_(params, options.max_grad_norm)
@@ -206,13 +243,17 @@ def _any_rank(flag: bool, world: int, device: torch.device) -> bool:
     return bool(value.item())
 
 
-def _distribute(qm: QuantModel, options: QuantizeOptions, device: torch.device, world: int) -> nn.Module:
+def _distribute(
+    qm: QuantModel, options: QuantizeOptions, device: torch.device, world: int
+) -> nn.Module:
     """The model every rank runs: itself alone; under torchrun wrapped in DDP, or sharded with
     FSDP2 (one unit per decoder layer, so only one layer is ever whole on a device)."""
     if world == 1:
         return qm.model
     if options.parallel == "ddp":
-        return nn.parallel.DistributedDataParallel(qm.model, device_ids=[device.index] if device.type == "cuda" else None)
+        return nn.parallel.DistributedDataParallel(
+            qm.model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -227,7 +268,9 @@ def _full_model_state(qm: QuantModel) -> dict[str, torch.Tensor]:
     """Every weight gathered from the shards, layer by layer, on rank 0's CPU (empty elsewhere)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(qm.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return get_model_state_dict(
+        qm.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
 
 
 class _StopFlag:
@@ -253,13 +296,23 @@ def _stop_requests():
             signal.signal(sig, handler)
 
 
-def _save(options: QuantizeOptions, qm: QuantModel, optimizer, scheduler, step: int, rank: int, global_batch: int) -> None:
+def _save(
+    options: QuantizeOptions,
+    qm: QuantModel,
+    optimizer,
+    scheduler,
+    step: int,
+    rank: int,
+    global_batch: int,
+) -> None:
     """Trainable weights, optimizer and scheduler state and the step, written atomically by
     rank 0. torch's distributed state-dict API gathers them whole, however they are sharded,
     so a run can resume with any number of processes and either --parallel."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-    weights, optimizer_state = get_state_dict(qm.model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    weights, optimizer_state = get_state_dict(
+        qm.model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
     if rank != 0:
         return
     trainable = {n for n, p in qm.model.named_parameters() if p.requires_grad}
@@ -280,7 +333,9 @@ def _save(options: QuantizeOptions, qm: QuantModel, optimizer, scheduler, step: 
     tmp.rename(folder)
 
 
-def _restore(options: QuantizeOptions, qm: QuantModel, optimizer, scheduler, global_batch: int) -> int:
+def _restore(
+    options: QuantizeOptions, qm: QuantModel, optimizer, scheduler, global_batch: int
+) -> int:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
     path = state_dir(options) / "state.pt"
@@ -296,7 +351,9 @@ def _restore(options: QuantizeOptions, qm: QuantModel, optimizer, scheduler, glo
         now.pop(key, None)
     if saved != now:
         changed = sorted(k for k in now if saved.get(k) != now[k])
-        raise MatcliError(f"--resume: options differ from the interrupted run ({', '.join(changed)}); use the same command")
+        raise MatcliError(
+            f"--resume: options differ from the interrupted run ({', '.join(changed)}); use the same command"
+        )
     saved_batch = state.get("global_batch", global_batch)  # states saved before it was recorded
     if saved_batch != global_batch:
         raise MatcliError(
@@ -322,9 +379,15 @@ def finish(options: QuantizeOptions) -> None:
 def export_inputs(qm: QuantModel) -> tuple[dict, dict]:
     """(quantized Linears as codes/scale/zero, every other trained tensor) for the parent."""
     if qm.gathered is not None:
-        quantized = {name: fq.export(qm.gathered[name + ".linear.weight"]) for name, fq in qm.wrapped.items()}
+        quantized = {
+            name: fq.export(qm.gathered[name + ".linear.weight"]) for name, fq in qm.wrapped.items()
+        }
     else:
         quantized = {name: fq.export() for name, fq in qm.wrapped.items()}
     state = unwrapped_state(qm)
-    dense = {n: t for n, t in state.items() if n in qm.source.tensors and n.removesuffix(".weight") not in quantized}
+    dense = {
+        n: t
+        for n, t in state.items()
+        if n in qm.source.tensors and n.removesuffix(".weight") not in quantized
+    }
     return quantized, dense

@@ -29,5 +29,7 @@ def dequantized_state_dict(
         codes = ct_format.read_codes(folder, lin, 0, lin.out_features)
         sliced = grid.slice_codes(codes, c, r, extra_precision)
         scale, zero = ct_format.read_scale_zero(folder, lin)
-        state[module + ".weight"] = grid.dequantize(grid.codes_on_parent_grid(sliced, c, r), scale, zero)
+        state[module + ".weight"] = grid.dequantize(
+            grid.codes_on_parent_grid(sliced, c, r), scale, zero
+        )
     return state

@@ -30,8 +30,20 @@ class RtnLinear:
     kept until written, then dropped, so a model's worth of scales is never held at once.
     """
 
-    def __init__(self, folder: ModelFolder, module: str, scheme: WeightScheme, chunk_bytes: int, code_table=None):
-        self.folder, self.module, self.scheme, self.chunk_bytes = folder, module, scheme, chunk_bytes
+    def __init__(
+        self,
+        folder: ModelFolder,
+        module: str,
+        scheme: WeightScheme,
+        chunk_bytes: int,
+        code_table=None,
+    ):
+        self.folder, self.module, self.scheme, self.chunk_bytes = (
+            folder,
+            module,
+            scheme,
+            chunk_bytes,
+        )
         self.code_table = code_table  # weighted-rtn's best-code table; None: round to nearest
         self.weight = folder.tensors[module + ".weight"]
         self._scale: torch.Tensor | None = None
@@ -43,18 +55,42 @@ class RtnLinear:
         bits = self.scheme.bits
         label = f"quantize int{bits}"
         tensors = [
-            OutputTensor(f"{self.module}.{PACKED}", "I32", (out_features, packed_columns(in_features, bits)), self._packed, label),
-            OutputTensor(f"{self.module}.{SCALE}", self.weight.dtype, (out_features, groups), self._scale_chunks, label),
-            OutputTensor(f"{self.module}.{SHAPE}", "I64", (2,), lambda: iter([torch.tensor(self.weight.shape)]), label),
+            OutputTensor(
+                f"{self.module}.{PACKED}",
+                "I32",
+                (out_features, packed_columns(in_features, bits)),
+                self._packed,
+                label,
+            ),
+            OutputTensor(
+                f"{self.module}.{SCALE}",
+                self.weight.dtype,
+                (out_features, groups),
+                self._scale_chunks,
+                label,
+            ),
+            OutputTensor(
+                f"{self.module}.{SHAPE}",
+                "I64",
+                (2,),
+                lambda: iter([torch.tensor(self.weight.shape)]),
+                label,
+            ),
         ]
         if not self.scheme.symmetric:
             zero_shape = (packed_columns(out_features, bits), groups)
-            tensors.append(OutputTensor(f"{self.module}.{ZERO}", "I32", zero_shape, self._zero_chunks, label))
+            tensors.append(
+                OutputTensor(f"{self.module}.{ZERO}", "I32", zero_shape, self._zero_chunks, label)
+            )
         return tensors
 
-    def _quantize_rows(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _quantize_rows(
+        self, start: int, stop: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         w = self.folder.read_rows(self.weight.name, start, stop)
-        scale, zero = grid.minmax_params(w, self.scheme.bits, self.scheme.symmetric, self.scheme.group_size)
+        scale, zero = grid.minmax_params(
+            w, self.scheme.bits, self.scheme.symmetric, self.scheme.group_size
+        )
         if self.code_table is not None:
             return grid.weighted_codes(w, scale, zero, self.code_table), scale, zero
         return grid.quantize_codes(w, scale, zero, self.scheme.bits), scale, zero
@@ -95,8 +131,13 @@ def plan_rtn(options: QuantizeOptions) -> Plan:
     folder, scheme = targets.folder, targets.scheme
     table = None
     if options.method == "weighted-rtn":
-        table = grid.weighted_code_table(scheme.bits, options.train_bits, options.loss_weights, options.extra_precision)
-    quantized = {m + ".weight": RtnLinear(folder, m, scheme, options.chunk_size, table) for m in targets.modules}
+        table = grid.weighted_code_table(
+            scheme.bits, options.train_bits, options.loss_weights, options.extra_precision
+        )
+    quantized = {
+        m + ".weight": RtnLinear(folder, m, scheme, options.chunk_size, table)
+        for m in targets.modules
+    }
     tensors = []
     for name in sorted(folder.tensors):
         if name in quantized:
@@ -106,5 +147,12 @@ def plan_rtn(options: QuantizeOptions) -> Plan:
     if options.method == "weighted-rtn":
         info = info_from_options(options, "weighted-rtn")
     else:
-        info = ParentInfo(parent_bits=scheme.bits, scheme=options.scheme, group_size=scheme.group_size, trained_bits=[scheme.bits], method="rtn", layers=options.layers)
+        info = ParentInfo(
+            parent_bits=scheme.bits,
+            scheme=options.scheme,
+            group_size=scheme.group_size,
+            trained_bits=[scheme.bits],
+            method="rtn",
+            layers=options.layers,
+        )
     return parent_plan(targets, tensors, info, options)

@@ -42,7 +42,14 @@ class ExtraBucketCount:
 class LinearSlicer:
     """Produces one quantized Linear of an r-bit slice from the parent's codes."""
 
-    def __init__(self, folder: ModelFolder, linear: PackedLinear, bits: int, options: SliceOptions, count: ExtraBucketCount):
+    def __init__(
+        self,
+        folder: ModelFolder,
+        linear: PackedLinear,
+        bits: int,
+        options: SliceOptions,
+        count: ExtraBucketCount,
+    ):
         self.folder, self.linear, self.bits = folder, linear, bits
         self.parent_bits = linear.scheme.bits
         self.extra_precision = options.extra_precision and bits < self.parent_bits
@@ -68,7 +75,13 @@ class LinearSlicer:
         lin, label = self.linear, self._label()
         scale_info = self.folder.tensors[lin.tensor(SCALE)]
         return [
-            OutputTensor(lin.tensor(PACKED), "I32", (lin.out_features, packed_columns(lin.in_features, self.storage_bits)), self._packed, label),
+            OutputTensor(
+                lin.tensor(PACKED),
+                "I32",
+                (lin.out_features, packed_columns(lin.in_features, self.storage_bits)),
+                self._packed,
+                label,
+            ),
             OutputTensor(lin.tensor(SCALE), scale_info.dtype, scale_info.shape, self._scale, label),
             copy_tensor(self.folder, lin.tensor(SHAPE)),
         ]
@@ -93,10 +106,18 @@ class LinearSlicer:
         def chunks():
             scale, zero = ct_format.read_scale_zero(self.folder, lin)
             for start, stop, sliced in self._sliced_rows(chunk_bytes):
-                on_grid = grid.codes_on_parent_grid(torch.from_numpy(sliced), self.parent_bits, self.bits)
+                on_grid = grid.codes_on_parent_grid(
+                    torch.from_numpy(sliced), self.parent_bits, self.bits
+                )
                 yield grid.dequantize(on_grid, scale[start:stop], zero[start:stop]).to(dtype)
 
-        return OutputTensor(lin.module + ".weight", dtype_code(dtype), (lin.out_features, lin.in_features), chunks, self._label())
+        return OutputTensor(
+            lin.module + ".weight",
+            dtype_code(dtype),
+            (lin.out_features, lin.in_features),
+            chunks,
+            self._label(),
+        )
 
     def _label(self) -> str:
         ep = " extra-precision" if self.extra_precision else ""
@@ -121,8 +142,13 @@ def plan_slice(options: SliceOptions) -> Plan:
     if options.bits is not None:
         for r in options.bits:
             if r > parent_bits:
-                raise MatcliError(f"--bits {r}: cannot slice int{r} out of an int{parent_bits} parent; widths go up to {parent_bits}")
-        choices = [(f"int{r}" if len(options.bits) > 1 else "", {m: r for m in linears}, r) for r in options.bits]
+                raise MatcliError(
+                    f"--bits {r}: cannot slice int{r} out of an int{parent_bits} parent; widths go up to {parent_bits}"
+                )
+        choices = [
+            (f"int{r}" if len(options.bits) > 1 else "", {m: r for m in linears}, r)
+            for r in options.bits
+        ]
     else:
         choices = [("", _layer_widths(options, arch, folder, linears, parent_bits, info), None)]
 
@@ -130,9 +156,14 @@ def plan_slice(options: SliceOptions) -> Plan:
     for width in sorted({r for _, widths, _ in choices for r in widths.values()}, reverse=True):
         if width not in trained:
             origin = f"method {info.method}" if info else "not made by matcli"
-            warnings.append(f"the parent was not trained for int{width} (trained widths: {trained}; {origin}); expect lower quality than a MatQuant-trained parent")
+            warnings.append(
+                f"the parent was not trained for int{width} (trained widths: {trained}; {origin}); expect lower quality than a MatQuant-trained parent"
+            )
 
-    outputs = [_output(folder, arch, linears, name, widths, uniform, options, info) for name, widths, uniform in choices]
+    outputs = [
+        _output(folder, arch, linears, name, widths, uniform, options, info)
+        for name, widths, uniform in choices
+    ]
     return Plan(
         command="slice",
         source=folder,
@@ -147,7 +178,9 @@ def plan_slice(options: SliceOptions) -> Plan:
 def _parent_bits(folder: ModelFolder, linears: dict[str, PackedLinear]) -> int:
     widths = {lin.scheme.bits for lin in linears.values()}
     if len(widths) > 1:
-        raise MatcliError(f"{folder.path} mixes widths {sorted(widths)}; slice the uniform parent it was cut from instead")
+        raise MatcliError(
+            f"{folder.path} mixes widths {sorted(widths)}; slice the uniform parent it was cut from instead"
+        )
     return widths.pop()
 
 
@@ -183,12 +216,16 @@ def _layer_widths(
             widths = info.trained_bits
         else:
             widths = sorted({parent_bits} | {w for w in (8, 4, 2) if w < parent_bits})
-        per_layer = mixnmatch.strategy_bits(options.bits_config, widths, [max(w, 1) for w in weights_per_layer], options.target_bits)
+        per_layer = mixnmatch.strategy_bits(
+            options.bits_config, widths, [max(w, 1) for w in weights_per_layer], options.target_bits
+        )
     else:
         per_layer = mixnmatch.file_bits(Path(options.bits_config), num_layers)
     for i, r in enumerate(per_layer):
         if not 1 <= r <= parent_bits:
-            raise MatcliError(f"--bits-config gives layer {i} width {r}; widths go from 1 to the parent's {parent_bits}")
+            raise MatcliError(
+                f"--bits-config gives layer {i} width {r}; widths go from 1 to the parent's {parent_bits}"
+            )
     # Quantized Linears outside the decoder layers keep the parent's width.
     return {m: per_layer[layer_of[m]] if m in layer_of else parent_bits for m in linears}
 
@@ -204,7 +241,9 @@ def _output(
     info: ParentInfo | None,
 ) -> OutputCheckpoint:
     count = ExtraBucketCount()
-    slicers = {m: LinearSlicer(folder, lin, widths[m], options, count) for m, lin in linears.items()}
+    slicers = {
+        m: LinearSlicer(folder, lin, widths[m], options, count) for m, lin in linears.items()
+    }
     owned = set().union(*(lin.tensor_names() for lin in linears.values()))
     tensors = [copy_tensor(folder, n) for n in sorted(folder.tensors) if n not in owned]
     config = dict(folder.config)
@@ -213,7 +252,9 @@ def _output(
         for slicer in slicers.values():
             tensors.append(slicer.dense_tensor(dense_dtype))
         config.pop("quantization_config", None)
-        config["torch_dtype" if "torch_dtype" in config else "dtype"] = str(dense_dtype).removeprefix("torch.")
+        config["torch_dtype" if "torch_dtype" in config else "dtype"] = str(
+            dense_dtype
+        ).removeprefix("torch.")
     else:
         for slicer in slicers.values():
             tensors += slicer.compressed_tensors()
@@ -239,20 +280,29 @@ def _output(
             cfg[CONFIG_KEY]["extra_bucket_fraction"] = round(count.fraction, 6)
 
     metadata = {"matcli.role": "slice", "matcli.bits": str(uniform) if uniform else "mixed"}
-    return OutputCheckpoint(name=name, config=config, tensors=tensors, metadata=metadata, finish_config=finish)
+    return OutputCheckpoint(
+        name=name, config=config, tensors=tensors, metadata=metadata, finish_config=finish
+    )
 
 
-def _sliced_quantization_config(folder: ModelFolder, arch: Architecture, slicers: dict[str, LinearSlicer]) -> dict:
+def _sliced_quantization_config(
+    folder: ModelFolder, arch: Architecture, slicers: dict[str, LinearSlicer]
+) -> dict:
     by_scheme: dict[WeightScheme, list[str]] = defaultdict(list)
     for module, slicer in slicers.items():
         scheme = WeightScheme(slicer.storage_bits, True, slicer.linear.scheme.group_size)
         by_scheme[scheme].append(module)
-    groups = [(targets_regex(arch, modules), scheme) for scheme, modules in sorted(by_scheme.items(), key=lambda kv: -kv[0].bits)]
+    groups = [
+        (targets_regex(arch, modules), scheme)
+        for scheme, modules in sorted(by_scheme.items(), key=lambda kv: -kv[0].bits)
+    ]
     ignore = folder.config["quantization_config"].get("ignore") or []
     return ct_format.quantization_config(groups, ignore)
 
 
-def _dense_dtype(options: SliceOptions, folder: ModelFolder, linears: dict[str, PackedLinear]) -> torch.dtype:
+def _dense_dtype(
+    options: SliceOptions, folder: ModelFolder, linears: dict[str, PackedLinear]
+) -> torch.dtype:
     name = options.dtype or folder.config.get("dtype") or folder.config.get("torch_dtype")
     if name in ("bfloat16", "float16", "float32"):
         return getattr(torch, name)

@@ -17,7 +17,9 @@ LAYER_SETS: dict[str, set[LinearKind]] = {
 }
 
 
-def select_linears(arch: Architecture, tensors: dict[str, tuple[int, ...]], layers: str) -> list[str]:
+def select_linears(
+    arch: Architecture, tensors: dict[str, tuple[int, ...]], layers: str
+) -> list[str]:
     """Module names (tensor name without `.weight`) of the 2-D weights chosen by `--layers`.
 
     `layers` is one of LAYER_SETS or `re:REGEX`, matched against module names.
@@ -43,7 +45,9 @@ def select_linears(arch: Architecture, tensors: dict[str, tuple[int, ...]], laye
         if name.endswith(".weight") and len(shape) == 2 and chosen(name.removesuffix(".weight"))
     ]
     if not modules:
-        raise MatcliError(f"--layers {layers!r} matches no 2-D Linear weight in this {arch.name} checkpoint")
+        raise MatcliError(
+            f"--layers {layers!r} matches no 2-D Linear weight in this {arch.name} checkpoint"
+        )
     return modules
 
 

@@ -30,7 +30,9 @@ def pick_device(name: str) -> torch.device:
         index = int(name.partition(":")[2] or 0)
         if not torch.cuda.is_available() or index >= torch.cuda.device_count():
             found = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            raise MatcliError(f"--device {name}: this machine has {found} CUDA device(s); use --device cpu or auto")
+            raise MatcliError(
+                f"--device {name}: this machine has {found} CUDA device(s); use --device cpu or auto"
+            )
     if name == "mps" and not torch.backends.mps.is_available():
         raise MatcliError("--device mps: no Apple GPU here; use --device cpu or auto")
     return torch.device(name)
@@ -67,15 +69,23 @@ def load_quant_model(options: QuantizeOptions, device: torch.device) -> QuantMod
     if not will_shard(options):
         model = model.to(device)
     model.config.use_cache = False
-    wrapped = wrap_linears(model, targets.modules, targets.scheme, scale_dtype, options.extra_precision)
+    wrapped = wrap_linears(
+        model, targets.modules, targets.scheme, scale_dtype, options.extra_precision
+    )
     if len(wrapped) != len(targets.modules):
         missing = sorted(set(targets.modules) - set(wrapped))
-        raise MatcliError(f"{missing[0]} is not an nn.Linear in the transformers model; check --layers")
+        raise MatcliError(
+            f"{missing[0]} is not an nn.Linear in the transformers model; check --layers"
+        )
     return QuantModel(model, targets, wrapped)
 
 
 def will_shard(options: QuantizeOptions) -> bool:
-    return options.method == "qat" and options.parallel == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return (
+        options.method == "qat"
+        and options.parallel == "fsdp"
+        and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    )
 
 
 def decoder_layers(qm: QuantModel) -> torch.nn.ModuleList:
@@ -87,7 +97,9 @@ def decoder_layers(qm: QuantModel) -> torch.nn.ModuleList:
             continue
         if isinstance(layers, torch.nn.ModuleList):
             return layers
-    raise MatcliError(f"cannot find the decoder layers of this {qm.arch.name} model (tried {list(qm.arch.family.layers)})")
+    raise MatcliError(
+        f"cannot find the decoder layers of this {qm.arch.name} model (tried {list(qm.arch.family.layers)})"
+    )
 
 
 def training_windows(options: QuantizeOptions, tokenizer_path: Path) -> torch.Tensor:
@@ -96,7 +108,9 @@ def training_windows(options: QuantizeOptions, tokenizer_path: Path) -> torch.Te
     from matcli.data import read_texts, token_windows
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-    return token_windows(tokenizer, read_texts(options.data, options.text_field), options.seq_len, options.max_tokens)
+    return token_windows(
+        tokenizer, read_texts(options.data, options.text_field), options.seq_len, options.max_tokens
+    )
 
 
 def unwrapped_state(qm: QuantModel) -> dict[str, torch.Tensor]:
