@@ -31,7 +31,7 @@ def child(kind: str, args) -> None:
 
     from matcli.quant.qat import MultiWidthLoss, _batch_indices
     from matcli.quant.training import load_quant_model, training_windows
-    from matcli.recipe import QuantizeOptions
+    from matcli.options import QuantizeOptions
 
     torch.manual_seed(0)
     options = QuantizeOptions(

@@ -25,7 +25,7 @@ def main() -> None:
 
     from matcli.quant.qat import PAPER_WARMUP, QAT_LR, _batch_indices, _schedule
     from matcli.quant.training import training_windows
-    from matcli.recipe import QuantizeOptions
+    from matcli.options import QuantizeOptions
 
     parser = argparse.ArgumentParser()
     parser.add_argument("model", type=Path)

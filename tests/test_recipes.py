@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import run_matcli
 
-from matcli.recipe import QuantizeOptions, SliceOptions, read_recipe
+from matcli.options import QuantizeOptions, SliceOptions, read_recipe
 
 RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml"))
 

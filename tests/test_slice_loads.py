@@ -209,7 +209,7 @@ def test_several_widths_read_the_parent_once(llama_parent, tmp_path, monkeypatch
     from matcli.checkpoint import reader
     from matcli.checkpoint.plan import execute
     from matcli.quant.slicing import plan_slice
-    from matcli.recipe import SliceOptions
+    from matcli.options import SliceOptions
 
     read = []
     original = reader.read_range

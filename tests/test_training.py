@@ -97,7 +97,7 @@ def test_gradients_flow_through_both_roundings():
 
 def test_qat_lowers_the_loss_of_every_width(llama, corpus):
     from matcli.quant.qat import train_qat
-    from matcli.recipe import QuantizeOptions
+    from matcli.options import QuantizeOptions
 
     options = QuantizeOptions(
         model=llama,
@@ -284,7 +284,7 @@ def test_omniquant_parent_loads_and_equals_its_fake_quant_model(llama, corpus, t
 
     from matcli.quant.fakequant import at_bits
     from matcli.quant.omniquant import calibrate
-    from matcli.recipe import QuantizeOptions
+    from matcli.options import QuantizeOptions
 
     out = tmp_path / "omni"
     options = QuantizeOptions(
@@ -321,7 +321,7 @@ def test_omniquant_parent_loads_and_equals_its_fake_quant_model(llama, corpus, t
 
 def test_omniquant_lowers_the_block_error(llama, corpus):
     from matcli.quant.omniquant import calibrate
-    from matcli.recipe import QuantizeOptions
+    from matcli.options import QuantizeOptions
 
     losses = {}
     for epochs in (1, 8):

@@ -63,7 +63,7 @@ def extract_command(
     recipe: Path | None = common.RECIPE,
 ) -> None:
     from matcli.matformer import plan_extract
-    from matcli.recipe import ExtractOptions, build_options, merge_recipe
+    from matcli.options import ExtractOptions, build_options, merge_recipe
 
     flags = common.option_values(ctx)
     options = build_options(ExtractOptions, **merge_recipe(recipe, flags, common.given_flags(ctx)))
@@ -111,7 +111,7 @@ def reorder_command(
     quiet: bool = common.QUIET,
 ) -> None:
     from matcli.matformer import plan_reorder
-    from matcli.recipe import ReorderOptions, build_options
+    from matcli.options import ReorderOptions, build_options
 
     options = build_options(
         ReorderOptions,

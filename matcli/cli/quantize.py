@@ -126,7 +126,7 @@ def quantize(
     quiet: bool = common.QUIET,
     recipe: Path | None = common.RECIPE,
 ) -> None:
-    from matcli.recipe import QuantizeOptions, build_options, merge_recipe
+    from matcli.options import QuantizeOptions, build_options, merge_recipe
 
     flags = common.option_values(
         ctx,

@@ -51,7 +51,7 @@ def slice_command(
     recipe: Path | None = common.RECIPE,
 ) -> None:
     from matcli.quant.slicing import plan_slice
-    from matcli.recipe import SliceOptions, build_options, merge_recipe
+    from matcli.options import SliceOptions, build_options, merge_recipe
 
     flags = common.option_values(
         ctx, bits=common.parse_int_list(bits, "--bits") if bits is not None else None

@@ -85,7 +85,7 @@ def truncate_command(
     json_output: bool = common.JSON_OUTPUT,
     quiet: bool = common.QUIET,
 ) -> None:
-    from matcli.recipe import TruncateOptions, build_options
+    from matcli.options import TruncateOptions, build_options
 
     common.return_freed_chunks()
     options = build_options(

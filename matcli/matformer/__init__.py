@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from matcli.checkpoint.plan import Plan
 from matcli.checkpoint.reader import ModelFolder
-from matcli.recipe import ExtractOptions, ReorderOptions
+from matcli.options import ExtractOptions, ReorderOptions
 
 
 def plan_extract(options: ExtractOptions) -> Plan:

@@ -21,7 +21,7 @@ from matcli.checkpoint.reader import ModelFolder
 from matcli.checkpoint.writer import OutputTensor
 from matcli.errors import MatcliError
 from matcli.matformer.ffn_config import FfnChoice, kept_layers, parse_layer_list, trained_widths
-from matcli.recipe import ExtractOptions, parse_size
+from matcli.options import ExtractOptions, parse_size
 
 if TYPE_CHECKING:
     from matcli.matformer.extract import Source

@@ -22,7 +22,7 @@ from matcli.errors import MatcliError
 from matcli.mrl.transform import Rotation
 from matcli.mrl.truncate import check_pca_rows, load_rotation, write_rotation
 from matcli.mrl.writers import SafetensorsWriter
-from matcli.recipe import TruncateOptions
+from matcli.options import TruncateOptions
 
 DENSE = "sentence_transformers.models.Dense"
 NORMALIZE = "sentence_transformers.models.Normalize"

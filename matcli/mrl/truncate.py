@@ -29,7 +29,7 @@ from matcli.mrl.sources import (
     rows_per_chunk,
 )
 from matcli.mrl.writers import EmbeddingWriter, NpyWriter, ParquetWriter, SafetensorsWriter
-from matcli.recipe import TruncateOptions
+from matcli.options import TruncateOptions
 
 SUFFIXES = {".safetensors": "safetensors", ".npy": "npy", ".parquet": "parquet"}
 COMMON_DIMS = {

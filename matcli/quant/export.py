@@ -17,7 +17,7 @@ from matcli.quant.ct_format import PACKED, SCALE, SHAPE, ZERO, WeightScheme
 from matcli.quant.packing import packed_columns
 from matcli.quant.parent import ParentInfo
 from matcli.quant.parent_plan import QuantTargets, parent_plan
-from matcli.recipe import QuantizeOptions
+from matcli.options import QuantizeOptions
 
 QuantizedWeight = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # uint8 codes, scale, zero
 

@@ -8,7 +8,7 @@ from matcli.checkpoint.atomic import check_destination
 from matcli.checkpoint.plan import Plan
 from matcli.data import data_digest
 from matcli.quant.parent import CONFIG_KEY, info_from_options
-from matcli.recipe import QuantizeOptions
+from matcli.options import QuantizeOptions
 
 Progress = Callable[[int, int, dict[int, float]], None]  # (done, total, loss per width)
 

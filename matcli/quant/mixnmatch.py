@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from matcli.errors import MatcliError
-from matcli.recipe import MIX_N_MATCH_STRATEGIES
+from matcli.options import MIX_N_MATCH_STRATEGIES
 
 
 def _rank(strategy: str, num_layers: int) -> list[int]:

@@ -38,7 +38,7 @@ from matcli.quant.training import (
     pick_device,
     training_windows,
 )
-from matcli.recipe import QuantizeOptions
+from matcli.options import QuantizeOptions
 
 LWC_LR = 1e-2  # OmniQuant's default for the clipping factors; MatQuant: constant 1e-3 overall
 

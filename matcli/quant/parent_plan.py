@@ -18,7 +18,7 @@ from matcli.quant import ct_format
 from matcli.quant.ct_format import WeightScheme
 from matcli.quant.parent import CONFIG_KEY, ParentInfo
 from matcli.quant.targets import select_linears, targets_regex
-from matcli.recipe import QuantizeOptions
+from matcli.options import QuantizeOptions
 
 FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 

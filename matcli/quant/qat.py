@@ -33,7 +33,7 @@ from matcli.quant.training import (
     training_windows,
     unwrapped_state,
 )
-from matcli.recipe import QuantizeOptions, parse_distill
+from matcli.options import QuantizeOptions, parse_distill
 
 QAT_LR = 1e-5  # paper App. B: linear warmup to 1e-5, then cosine decay
 PAPER_WARMUP = 150

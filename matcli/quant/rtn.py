@@ -19,7 +19,7 @@ from matcli.quant.ct_format import PACKED, SCALE, SHAPE, ZERO, WeightScheme
 from matcli.quant.packing import packed_columns
 from matcli.quant.parent import ParentInfo, info_from_options
 from matcli.quant.parent_plan import parent_plan, quant_targets
-from matcli.recipe import QuantizeOptions
+from matcli.options import QuantizeOptions
 
 
 class RtnLinear:

@@ -24,7 +24,7 @@ from matcli.quant.ct_format import PACKED, SCALE, SHAPE, PackedLinear, WeightSch
 from matcli.quant.packing import pack_unsigned, packed_columns
 from matcli.quant.parent import CONFIG_KEY, ParentInfo, SliceInfo, parent_info
 from matcli.quant.targets import targets_regex
-from matcli.recipe import MIX_N_MATCH_STRATEGIES, SliceOptions
+from matcli.options import MIX_N_MATCH_STRATEGIES, SliceOptions
 
 
 class ExtraBucketCount:

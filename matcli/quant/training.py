@@ -15,7 +15,7 @@ from matcli.checkpoint.safetensors_file import torch_dtype
 from matcli.errors import MatcliError
 from matcli.quant.fakequant import FakeQuantLinear, wrap_linears
 from matcli.quant.parent_plan import QuantTargets, quant_targets
-from matcli.recipe import QuantizeOptions
+from matcli.options import QuantizeOptions
 
 
 def pick_device(name: str) -> torch.device:
