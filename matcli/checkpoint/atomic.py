@@ -19,41 +19,67 @@ STAGING_MARK = ".matcli-tmp-"
 
 
 def check_destination(destination: Path, force: bool, inputs: list[Path]) -> None:
-    """Refuse destinations that would lose data, before any work is done."""
+    """Refuse a folder destination that would lose data, before any work is done."""
+    problem = destination_problem(destination, force, inputs)
+    if problem:
+        raise MatcliError(problem)
+
+
+def destination_problem(
+    destination: Path, force: bool, inputs: list[Path], is_file: bool = False
+) -> str | None:
+    """Why writing `destination` (a folder, or one file) would lose data; None if it is safe."""
     destination = destination.absolute()
+    problem = _overlaps_input(destination, inputs)
+    if problem is None:
+        problem = (_file_problem if is_file else _folder_problem)(destination, force)
+    return problem
+
+
+def _overlaps_input(destination: Path, inputs: list[Path]) -> str | None:
     resolved = destination.resolve()
     for source in inputs:
         source = source.resolve()
         if resolved == source or resolved in source.parents:
-            raise MatcliError(
-                f"output {destination} would replace the input {source}; choose another -o"
-            )
+            return f"output {destination} would replace the input {source}; choose another -o"
         if source in resolved.parents and source.is_dir():
-            raise MatcliError(
-                f"output {destination} is inside the input {source}, which must stay unchanged; choose an -o outside it"
+            return (
+                f"output {destination} is inside the input {source}, which must stay unchanged; "
+                "choose an -o outside it"
             )
+    return None
+
+
+def _folder_problem(destination: Path, force: bool) -> str | None:
     if destination.is_file():
-        raise MatcliError(f"output {destination} is a file; give a folder path for -o")
+        return f"output {destination} is a file; give a folder path for -o"
     existing = next(p for p in destination.parents if p.exists())
     if not existing.is_dir():
-        raise MatcliError(
-            f"output {destination} would be inside {existing}, which is a file; give a folder path for -o"
+        return (
+            f"output {destination} would be inside {existing}, which is a file; "
+            "give a folder path for -o"
         )
     if destination.is_dir() and any(destination.iterdir()) and not force:
-        raise MatcliError(
-            f"output folder {destination} exists and is not empty; choose another -o, or pass --force to replace it"
+        return (
+            f"output folder {destination} exists and is not empty; choose another -o, "
+            "or pass --force to replace it"
         )
+    return None
+
+
+def _file_problem(destination: Path, force: bool) -> str | None:
+    if destination.is_dir():
+        return f"output {destination} is a folder; give a file path for one dimension"
+    if destination.exists() and not force:
+        return f"output file {destination} exists; choose another -o, or pass --force to replace it"
+    return None
 
 
 @contextmanager
 def staged_folder(destination: Path, force: bool) -> Iterator[Path]:
     """Yield an empty staging folder; on success it replaces `destination` in one rename."""
     destination = destination.absolute()
-    parent = destination.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_staging(parent, destination.name)
-    staging = parent / f".{destination.name}{STAGING_MARK}{os.getpid()}"
-    staging.mkdir()
+    staging = _new_staging(destination)
     try:
         yield staging
         _fsync_dir(staging)
@@ -67,7 +93,8 @@ def _replace(staging: Path, destination: Path, force: bool) -> None:
     if destination.exists():
         if any(destination.iterdir()) and not force:  # appeared while we worked
             raise MatcliError(
-                f"output folder {destination} was filled by someone else during the run; nothing was replaced"
+                f"output folder {destination} was filled by someone else during the run; "
+                "nothing was replaced"
             )
         old = destination.parent / f".{destination.name}.matcli-old-{os.getpid()}"
         os.rename(destination, old)
@@ -126,3 +153,26 @@ def staged_file(destination: Path, force: bool) -> Iterator[Path]:
     except BaseException:
         staging.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def staged_files(destination: Path, force: bool) -> Iterator[Path]:
+    """Yield a staging folder for files that land beside `destination` (the file and its
+    companions, e.g. a rotation); on success each is renamed into place."""
+    staging = _new_staging(destination.absolute())
+    try:
+        yield staging
+        for staged in sorted(staging.iterdir()):
+            os.replace(staged, destination.absolute().parent / staged.name)
+        _fsync_dir(destination.absolute().parent)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _new_staging(destination: Path) -> Path:
+    """An empty folder beside `destination`, named so that a later run can remove it."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(destination.parent, destination.name)
+    staging = destination.parent / f".{destination.name}{STAGING_MARK}{os.getpid()}"
+    staging.mkdir()
+    return staging

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -50,37 +49,9 @@ def source_digest(folder: ModelFolder) -> str:
     return h.hexdigest()
 
 
-def write_manifest(folder: Path, manifest: dict) -> None:
+def write_manifest(folder: Path, invocation: dict, fields: dict) -> None:
+    """The manifest of one output folder: how matcli was called (command, command line,
+    recipe, options: handed in by the runner) and the plan's own fields (input, outputs)."""
+    manifest = {"matcli_version": __version__, **invocation, **fields}
+    manifest["packages"] = package_versions()
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-
-
-def invocation(argv: list[str] | None = None) -> dict:
-    """The command line as typed and, when a --recipe file was given, its path and sha256
-    (the options above are the recipe and the flags already merged)."""
-    argv = sys.argv[1:] if argv is None else argv
-    found: dict = {"command_line": ["matcli", *argv]}
-    for i, arg in enumerate(argv):
-        path = (
-            argv[i + 1]
-            if arg == "--recipe" and i + 1 < len(argv)
-            else arg.partition("=")[2]
-            if arg.startswith("--recipe=")
-            else None
-        )
-        if path and Path(path).is_file():
-            found["recipe"] = {
-                "path": path,
-                "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
-            }
-    return found
-
-
-def base_manifest(command: str, options: dict, source: ModelFolder) -> dict:
-    return {
-        "matcli_version": __version__,
-        "command": command,
-        **invocation(),
-        "options": options,
-        "input": describe_input(source),
-        "packages": package_versions(),
-    }

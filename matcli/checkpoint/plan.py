@@ -8,15 +8,15 @@ into a staging folder and renames it into place.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from matcli import __version__
-from matcli.checkpoint.atomic import check_destination, staged_folder
 from matcli.checkpoint.aux_files import aux_files, copy_aux_files
-from matcli.checkpoint.manifest import base_manifest, source_digest, write_manifest
+from matcli.checkpoint.manifest import describe_input, source_digest
 from matcli.checkpoint.reader import DEFAULT_CHUNK_BYTES, ModelFolder
 from matcli.checkpoint.writer import (
     DEFAULT_MAX_SHARD_BYTES,
@@ -55,7 +55,7 @@ class Plan:
     command: str
     source: ModelFolder
     outputs: list[OutputCheckpoint]
-    options: dict
+    options: dict | None = None  # unused: the runner records the options in the manifest
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     warnings: list[str] = field(default_factory=list)
@@ -63,8 +63,10 @@ class Plan:
     report: dict = field(default_factory=dict)
     uses_torch: bool = True
 
-    def __post_init__(self) -> None:
-        self.aux = aux_files(self.source.path)
+    @functools.cached_property
+    def aux(self) -> list[Path]:
+        """Tokenizer, chat template and other files copied byte for byte."""
+        return aux_files(self.source.path)
 
     def layout(self, output: OutputCheckpoint) -> ShardLayout:
         return ShardLayout.plan(output.tensors, self.max_shard_bytes)
@@ -82,6 +84,28 @@ class Plan:
 
     def total_bytes(self) -> int:
         return sum(t.nbytes for o in self.outputs for t in o.tensors)
+
+    def write(self, staging: Path, on_bytes: Callable[[int], None]) -> list[tuple[Path, dict]]:
+        return _write(self, staging, on_bytes)
+
+    def summary(self, destination: Path) -> dict:
+        """One row per output folder, from its final config."""
+        rows = []
+        for o in self.outputs:
+            folder = destination / o.name if o.name else destination
+            size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+            rows.append(
+                {"path": str(folder), "size_bytes": size, "matcli": o.config.get("matcli", {})}
+            )
+        return {
+            "command": self.command,
+            "outputs": rows,
+            "warnings": self.warnings,
+            "report": self.report,
+        }
+
+    def close(self) -> None:
+        self.source.close()
 
     def describe(self) -> dict:
         """The plan as JSON-able data: what --dry-run prints."""
@@ -158,47 +182,45 @@ def write_config(folder: Path, config: dict) -> None:
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def execute(
-    plan: Plan, destination: Path, force: bool, on_bytes: Callable[[int], None] = lambda n: None
-) -> None:
-    """Stream the plan into a staging folder, then rename it to `destination`."""
-    check_destination(destination, force, [plan.source.path])
+def _write(plan: Plan, staging: Path, on_bytes: Callable[[int], None]) -> list[tuple[Path, dict]]:
+    """Stream every output into its folder under `staging`; the manifest fields of each."""
     if plan.lockstep:
         plan.source.cache_entries = LOCKSTEP_CACHE_ENTRIES
-    with staged_folder(destination, force) as staging:
-        folders = [staging / o.name for o in plan.outputs]
-        for folder in folders:
-            folder.mkdir(parents=True, exist_ok=True)
-        provenance = {
-            "format": "pt",
-            "matcli.version": __version__,
-            "matcli.command": plan.command,
-            "matcli.source_sha256": source_digest(plan.source),
-        }
-        writers = [
-            CheckpointWriter(folder, plan.layout(o), {**provenance, **o.metadata}, on_bytes)
-            for folder, o in zip(folders, plan.outputs)
-        ]
-        if plan.lockstep:
-            write_in_lockstep(writers, [o.tensors for o in plan.outputs])
-        else:
-            for writer, output in zip(writers, plan.outputs):
-                for tensor in output.tensors:
-                    writer.write_tensor(tensor)
-        for writer, folder, output in zip(writers, folders, plan.outputs):
-            writer.finish()
-            if output.finish_config:
-                output.finish_config(output.config)
-            write_config(folder, output.config)
-            copy_aux_files(plan.source.path, folder, plan.aux)
-            manifest = base_manifest(plan.command, plan.options, plan.source)
-            if plan.report:
-                manifest["report"] = plan.report
-            manifest["output"] = {
-                "folder": output.name,
-                "files": [
-                    {"name": w.name, "size": w.size, "header_sha256": w.header_sha256}
-                    for w in writer.written
-                ],
-            }
-            write_manifest(folder, manifest)
+    folders = [staging / o.name for o in plan.outputs]
+    provenance = {
+        "format": "pt",
+        "matcli.version": __version__,
+        "matcli.command": plan.command,
+        "matcli.source_sha256": source_digest(plan.source),
+    }
+    writers = []
+    for folder, output in zip(folders, plan.outputs):
+        folder.mkdir(parents=True, exist_ok=True)
+        metadata = {**provenance, **output.metadata}
+        writers.append(CheckpointWriter(folder, plan.layout(output), metadata, on_bytes))
+    if plan.lockstep:
+        write_in_lockstep(writers, [o.tensors for o in plan.outputs])
+    else:
+        for writer, output in zip(writers, plan.outputs):
+            for tensor in output.tensors:
+                writer.write_tensor(tensor)
+    return [_finish(plan, w, f, o) for w, f, o in zip(writers, folders, plan.outputs)]
+
+
+def _finish(
+    plan: Plan, writer: CheckpointWriter, folder: Path, output: OutputCheckpoint
+) -> tuple[Path, dict]:
+    """Close the shards, write config and auxiliary files; the folder's manifest fields."""
+    writer.finish()
+    if output.finish_config:
+        output.finish_config(output.config)
+    write_config(folder, output.config)
+    copy_aux_files(plan.source.path, folder, plan.aux)
+    written = [
+        {"name": w.name, "size": w.size, "header_sha256": w.header_sha256} for w in writer.written
+    ]
+    fields = {"input": describe_input(plan.source)}
+    if plan.report:
+        fields["report"] = plan.report
+    fields["output"] = {"folder": output.name, "files": written}
+    return folder, fields

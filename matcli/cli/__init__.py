@@ -1,4 +1,4 @@
-"""The `matcli` command line. Thin: options -> plan -> run -> render.
+"""The `matcli` command line: every command is an options model plus what it runs.
 
 Command modules import torch and transformers inside their functions, so that
 `matcli --help` starts instantly.
@@ -14,25 +14,32 @@ import traceback
 import typer
 
 from matcli import __version__
-from matcli.cli import demo, eval, extract, inspect, quantize, retrieval, slice, truncate
+from matcli.cli import demo, evaluation, extract, quantize, retrieval, slicing, summary, truncate
+from matcli.cli.generate import register
 from matcli.errors import RUNTIME, MatcliError
+
+COMMANDS = [
+    quantize.COMMAND,
+    slicing.COMMAND,
+    extract.EXTRACT,
+    extract.REORDER,
+    truncate.COMMAND,
+    retrieval.COMMAND,
+    summary.COMMAND,
+    evaluation.COMMAND,
+    demo.COMMAND,
+]
 
 app = typer.Typer(
     name="matcli",
-    help="Turn one trained model into many: Matryoshka quantization (quantize, slice), MatFormer submodels (extract), MRL embeddings (truncate-embeddings), inspect, eval, demo.",
+    help="Turn one trained model into many: Matryoshka quantization (quantize, slice), MatFormer "
+    "submodels (extract), MRL embeddings (truncate-embeddings), inspect, eval, demo.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-app.command("quantize", help=quantize.HELP)(quantize.quantize)
-app.command("slice", help=slice.HELP)(slice.slice_command)
-app.command("extract", help=extract.HELP)(extract.extract_command)
-app.command("reorder", help=extract.REORDER_HELP)(extract.reorder_command)
-app.command("truncate-embeddings", help=truncate.HELP)(truncate.truncate_command)
-app.command("eval-retrieval", help=retrieval.HELP)(retrieval.eval_retrieval_command)
-app.command("inspect", help=inspect.HELP)(inspect.inspect_command)
-app.command("eval", help=eval.HELP)(eval.eval_command)
-app.command("demo", help=demo.HELP)(demo.demo)
+for command in COMMANDS:
+    register(app, command)
 
 
 def _version(value: bool) -> None:
@@ -53,21 +60,30 @@ def root(
 
 # The disk, not the input: a full disk, a read-only or missing location, permissions.
 DISK_ERRNOS = {
-    errno.ENOSPC,
-    errno.EDQUOT,
-    errno.EROFS,
-    errno.EACCES,
-    errno.EPERM,
-    errno.ENOENT,
-    errno.EISDIR,
-    errno.ENOTDIR,
-    errno.EIO,
-}
+    errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+    errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EIO,
+}  # fmt: skip
 
 
 def _terminate(signum, frame):
     # SIGTERM unwinds like Ctrl-C, so staging folders are removed and nothing partial stays.
     raise KeyboardInterrupt
+
+
+def _os_error_line(e: OSError) -> str:
+    if e.errno in DISK_ERRNOS:
+        where = f"{e.filename}: " if e.filename else ""
+        return f"{where}{e.strerror}; check the path, its permissions and the free disk space"
+    # Other OSErrors (transformers raises them for unloadable tokenizers): their first line.
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _fail(message: str, code: int, debug: bool) -> None:
+    if debug:
+        traceback.print_exc()
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
 
 
 def main() -> None:
@@ -76,30 +92,10 @@ def main() -> None:
     try:
         app(prog_name="matcli")
     except MatcliError as e:
-        if debug:
-            traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        _fail(str(e), e.exit_code, debug)
     except KeyboardInterrupt:
-        print("error: interrupted; no output was written", file=sys.stderr)
-        sys.exit(130)
+        _fail("interrupted; no output was written", 130, False)
     except OSError as e:
-        if debug:
-            traceback.print_exc()
-        if e.errno in DISK_ERRNOS:
-            where = f"{e.filename}: " if e.filename else ""
-            print(
-                f"error: {where}{e.strerror}; check the path, its permissions and the free disk space",
-                file=sys.stderr,
-            )
-        else:  # other OSErrors (transformers raises them for unloadable tokenizers): their first line
-            print(
-                f"error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
-                file=sys.stderr,
-            )
-        sys.exit(RUNTIME)
+        _fail(_os_error_line(e), RUNTIME, debug)
     except MemoryError:
-        if debug:
-            traceback.print_exc()
-        print("error: out of memory; lower --chunk-size or free memory", file=sys.stderr)
-        sys.exit(RUNTIME)
+        _fail("out of memory; lower --chunk-size or free memory", RUNTIME, debug)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-import typer
 from rich.table import Table
 
-from matcli.cli import common
+from matcli.cli.generate import Command
+from matcli.cli.render import human_bytes, out
+from matcli.options import DemoOptions
 
 HELP = (
     "Build a tiny Llama (fixed seed), run quantize --method rtn and slice --bits 4 / --bits 2 on it, "
@@ -16,14 +17,8 @@ HELP = (
 )
 
 
-def demo(
-    workdir: Path = typer.Option(
-        Path("matcli-demo"),
-        "-o",
-        "--output",
-        help="Folder for the demo's models (replaced if it exists).",
-    ),
-) -> None:
+def run(options: DemoOptions, invocation) -> None:
+    workdir = options.output
     import os
     import shutil
 
@@ -45,7 +40,7 @@ def demo(
             )
     shutil.rmtree(workdir, ignore_errors=True)
     dense = workdir / "dense"
-    common.out.print(f"building a tiny Llama (4 layers, 3.4M parameters, seed 0) in {dense}")
+    out.print(f"building a tiny Llama (4 layers, 3.4M parameters, seed 0) in {dense}")
     build_tiny_llama(dense)
 
     steps = [
@@ -56,7 +51,7 @@ def demo(
     from matcli.cli import app
 
     for args in steps:
-        common.out.print("$ matcli " + shlex.join(args))
+        out.print("$ matcli " + shlex.join(args))
         app(args, prog_name="matcli", standalone_mode=False)
 
     torch.manual_seed(1)
@@ -84,7 +79,7 @@ def demo(
         rows.append(
             (
                 name,
-                common.folder_size(folder),
+                sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
                 ffn_error(dense_weights, reference),
                 agree,
                 kl,
@@ -101,14 +96,14 @@ def demo(
     for name, size, err, agree, kl, mismatch in rows:
         table.add_row(
             name,
-            common.human_bytes(size),
+            human_bytes(size),
             f"{err:.2%}",
             f"{agree:.1%}",
             f"{kl:.2e}",
             f"{mismatch:.1e}",
         )
-    common.out.print(table)
-    common.out.print(
+    out.print(table)
+    out.print(
         "* max |logits of the folder loaded by transformers - logits of matcli's own dequantized weights|.\n"
         "An RTN parent is not Matryoshka-trained, so int2 degrades sharply; "
         "`matcli quantize --method qat|omniquant --data TEXT` trains the parent so that its int4 and int2 "
@@ -122,3 +117,6 @@ def _quiet_stderr():
     import io
 
     return contextlib.redirect_stderr(io.StringIO())
+
+
+COMMAND = Command("demo", HELP, DemoOptions, run)

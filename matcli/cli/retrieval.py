@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import typer
 from rich.table import Table
 
-from matcli.cli import common
+from matcli.cli.generate import Command
+from matcli.cli.render import out
+from matcli.options import EvalRetrievalOptions
 from matcli.errors import MatcliError
 
 HELP = (
@@ -17,59 +18,28 @@ HELP = (
 )
 
 
-def eval_retrieval_command(
-    corpus: Path = typer.Option(
-        ..., "--corpus", help="Corpus embeddings (.npy, .safetensors, .parquet)."
-    ),
-    queries: Path = typer.Option(..., "--queries", help="Query embeddings, same dimension."),
-    qrels: Path | None = typer.Option(
-        None,
-        "--qrels",
-        help="Relevance labels: TSV/CSV query_id,doc_id[,relevance] or JSON {query: {doc: rel}}.",
-    ),
-    dims: str | None = typer.Option(
-        None, "--dims", help="Dimensions to evaluate (default: full, then halving down to 16)."
-    ),
-    k: int = typer.Option(10, "--k", help="Cut-off for recall@k (1 up to the corpus size)."),
-    funnel: list[str] = typer.Option(
-        [],
-        "--funnel",
-        help="Shortlist-then-rerank stages DIM:KEEP,..., e.g. 32:200,384:10 (repeatable).",
-    ),
-    key: str | None = typer.Option(
-        None, "--key", help="Tensor (.safetensors) or column (.parquet) of the embeddings."
-    ),
-    plot: Path | None = typer.Option(
-        None,
-        "--plot",
-        help="Write a plot of quality against dimension, .png/.svg/.pdf (needs matplotlib).",
-    ),
-    json_output: bool = common.JSON_OUTPUT,
-) -> None:
+def run(options: EvalRetrievalOptions, invocation) -> None:
     from matcli.mrl.retrieval import evaluate, load_matrix, parse_funnel, read_qrels
 
-    if plot:
-        _check_plot(plot)  # before the searches, which can take long
-    corpus_matrix, doc_ids = load_matrix(corpus, key)
-    query_matrix, query_ids = load_matrix(queries, key)
-    full = corpus_matrix.shape[1]
-    dim_list = common.parse_int_list(dims, "--dims") if dims else _halvings(full)
-    labels = read_qrels(qrels) if qrels else None
+    if options.plot:
+        _check_plot(options.plot)  # before the searches, which can take long
+    corpus_matrix, doc_ids = load_matrix(options.corpus, options.key)
+    query_matrix, query_ids = load_matrix(options.queries, options.key)
     report = evaluate(
         corpus_matrix,
         query_matrix,
-        dim_list,
-        k,
-        labels,
+        options.dims or _halvings(corpus_matrix.shape[1]),
+        options.k,
+        read_qrels(options.qrels) if options.qrels else None,
         (query_ids, doc_ids),
-        [parse_funnel(f) for f in funnel],
+        [parse_funnel(f) for f in options.funnel],
     )
-    if plot:
-        _plot(report, plot)
-    if json_output:
+    if options.plot:
+        _plot(report, options.plot)
+    if options.json_output:
         print(json.dumps(report, indent=2))
-        return
-    render(report)
+    elif not options.quiet:
+        render(report)
 
 
 def _halvings(full: int) -> list[int]:
@@ -90,12 +60,12 @@ def render(report: dict) -> None:
         table.add_column(c, justify="right")
     for row in rows:
         table.add_row(*(str(row[c]) if c == "dim" else f"{row[c]:.4f}" for c in columns))
-    common.out.print(table)
+    out.print(table)
     for f in report["funnels"]:
         recall = next(
             v for key, v in f.items() if key.startswith("recall@") and key.endswith("_vs_full")
         )
-        common.out.print(
+        out.print(
             f"funnel {f['funnel']}: recall vs full {recall:.4f}, {f['flops_vs_full']:.1f}x fewer FLOPs, "
             f"{f['ms_per_query']:.3f} ms/query vs {f['full_ms_per_query']:.3f} ms full ({f['speedup_vs_full']:.1f}x faster)"
         )
@@ -139,3 +109,6 @@ def _plot(report: dict, path: Path) -> None:
         path, force=True
     ) as staging:  # an existing plot is replaced, never half-written
         fig.savefig(staging, dpi=120, format=path.suffix[1:].lower())
+
+
+COMMAND = Command("eval-retrieval", HELP, EvalRetrievalOptions, run)

@@ -1,0 +1,423 @@
+"""The options of every command: one pydantic model each, holding every default, help text
+and constraint. The command line is generated from these fields (`matcli/cli/generate.py`),
+and a `--recipe` YAML file loads into the same models, so an option is written once."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import field_validator, model_validator
+
+from matcli.devices import DEVICE_HELP, check_device
+from matcli.options.base import (
+    FloatList,
+    IntList,
+    Options,
+    OutputOptions,
+    ShardOptions,
+    StreamOptions,
+    WriteOptions,
+    option,
+)
+from matcli.quant.widths import check_widths, default_widths
+
+MIX_N_MATCH_STRATEGIES = ("pyramid", "reverse-pyramid", "increasing", "decreasing")
+PAPER_LOSS_WEIGHTS = {(8, 4, 2): [0.1, 0.1, 1.0]}  # MatQuant App. B, every Gemma run
+QUANTIZE_METHODS = ("rtn", "weighted-rtn", "qat", "omniquant")
+TRAINING_METHODS = ("qat", "omniquant")
+
+
+def _widths(
+    widths: list[int] | None, parent_bits: int = 8, what: str = "width"
+) -> list[int] | None:
+    """Pydantic's spelling of `check_widths`: its message becomes the option's error."""
+    from matcli.errors import MatcliError
+
+    if widths is None:
+        return None
+    try:
+        return check_widths(widths, parent_bits, what)
+    except MatcliError as e:
+        raise ValueError(str(e)) from None
+
+
+class QuantizeOptions(WriteOptions, ShardOptions, StreamOptions):
+    model: Path = option(..., "Dense Hugging Face model folder.", argument=True)
+    method: Literal["rtn", "weighted-rtn", "qat", "omniquant"] = option(
+        "rtn", "rtn | weighted-rtn | qat | omniquant."
+    )
+    bits: int = option(8, "Parent bit-width c (the paper uses 8).", ge=2, le=8)
+    scheme: Literal["symmetric", "asymmetric"] = option(
+        "symmetric",
+        "symmetric (slices load exactly as compressed-tensors) or asymmetric (paper Eq. 1).",
+    )
+    group_size: int | None = option(
+        None, "Input columns per scale; default: one scale per output channel.", gt=0
+    )
+    layers: str = option(
+        "ffn", "Which Linears: ffn (paper default), attention, ffn,attention, all, or re:REGEX."
+    )
+    # --- the MatQuant objective ---------------------------------------------------------
+    train_bits: IntList | None = option(
+        None, "Widths R of the MatQuant loss, e.g. 8,4,2 (default: 8,4,2 below --bits, and --bits)."
+    )
+    loss_weights: FloatList | None = option(
+        None,
+        "lambda per --train-bits width (default: the paper's 0.1,0.1,1 for 8,4,2; else all 1).",
+    )
+    extra_precision: bool = option(
+        False, "Train/optimize the slices without the clamp (2^r + 1 levels)."
+    )
+    distill: str | None = option(
+        None, "Co-distillation TEACHER->STUDENT[;STUDENT], e.g. 8->2 or 8->4;2 (qat)."
+    )
+    distill_only: bool = option(False, "Students learn from the teacher alone (no labels).")
+    # --- data and loop (qat, omniquant) -------------------------------------------------
+    data: Path | None = option(
+        None, "Training/calibration text: .txt, .jsonl, .parquet, or a cached HF dataset name."
+    )
+    text_field: str = option("text", "Field/column holding the text in .jsonl/.parquet/datasets.")
+    max_tokens: int | None = option(None, "Use at most this many tokens of --data.", gt=0)
+    steps: int = option(100, "QAT optimizer steps.", gt=0)
+    seq_len: int = option(512, "Tokens per sequence.", gt=1)
+    batch_size: int = option(4, "Sequences per micro-batch (per process under torchrun).", gt=0)
+    grad_accum: int = option(1, "Micro-batches per optimizer step.", gt=0)
+    lr: float | None = option(
+        None, "Learning rate (qat default 1e-5 with warmup + cosine; omniquant LWC 1e-2).", gt=0
+    )
+    warmup_steps: int | None = option(
+        None, "Linear warmup steps (default min(150, steps / 5)).", ge=0
+    )
+    schedule: Literal["cosine", "constant"] | None = option(
+        None, "cosine (qat default) or constant."
+    )
+    weight_decay: float = option(0.0, "AdamW weight decay.", ge=0)
+    max_grad_norm: float = option(1.0, "Gradients are clipped to this global norm.", gt=0)
+    trainable: Literal["all", "quantized"] = option(
+        "all", "qat: all parameters (paper) or only the quantized weights."
+    )
+    precision: Literal["fp32", "bf16"] = option("fp32", "fp32 or bf16 (autocast).")
+    gradient_checkpointing: bool = option(False, "Trade compute for activation memory.")
+    device: str = option("auto", f"{DEVICE_HELP}.")
+    parallel: Literal["fsdp", "ddp"] = option(
+        "fsdp",
+        "qat under torchrun: fsdp (FSDP2: weights, gradients and optimizer state sharded; for "
+        "models that do not fit one device) or ddp (replicated; faster when the model fits).",
+    )
+    seed: int = option(0, "Seed of the data order and initialisation.")
+    save_every: int = option(
+        0, "qat: save the training state every N steps (it is also saved on Ctrl-C).", ge=0
+    )
+    resume: bool = option(False, "qat: continue from the saved training state.")
+    # --- OmniQuant ----------------------------------------------------------------------
+    epochs: int = option(2, "omniquant: passes over the calibration samples per block.", gt=0)
+    samples: int = option(32, "omniquant: calibration sequences.", gt=0)
+    let: bool = option(True, "omniquant: learnable equivalent transformation (scale) on the FFN.")
+    let_lr: float = option(5e-3, "omniquant: LET learning rate.", gt=0)
+
+    # A flag that overrides a recipe's value also resets the recipe's values that belong to
+    # it: a recipe's lambda are weights of its own widths.
+    RESETS: ClassVar[dict[str, tuple[str, ...]]] = {"train_bits": ("loss_weights",)}
+
+    _device = field_validator("device")(lambda cls, v: check_device(v))
+
+    @model_validator(mode="after")
+    def _objective(self) -> QuantizeOptions:
+        if self.train_bits is None:
+            self.train_bits = default_widths(self.bits)
+        _widths(self.train_bits, self.bits, "--train-bits width")
+        if self.loss_weights is None:
+            self.loss_weights = paper_loss_weights(self.train_bits)
+        if len(self.loss_weights) != len(self.train_bits):
+            raise ValueError(
+                f"--loss-weights gives {len(self.loss_weights)} weights for "
+                f"{len(self.train_bits)} --train-bits widths"
+            )
+        if self.method in TRAINING_METHODS and self.data is None:
+            raise ValueError(
+                f"--method {self.method} trains on text: add --data FILE (.txt, .jsonl or .parquet)"
+            )
+        if self.distill is not None:
+            teacher, students = parse_distill(self.distill)
+            if teacher > self.bits or any(s not in self.train_bits for s in students):
+                raise ValueError(
+                    f"--distill {self.distill}: the teacher must be a width up to {self.bits} "
+                    "and every student one of --train-bits"
+                )
+        return self
+
+
+def paper_loss_weights(widths: list[int]) -> list[float]:
+    """The paper's lambda for its widths (in the order given), else all 1."""
+    by_width = dict(zip(sorted(widths, reverse=True), [1.0] * len(widths)))
+    paper = PAPER_LOSS_WEIGHTS.get(tuple(sorted(widths, reverse=True)))
+    if paper is not None:
+        by_width = dict(zip(sorted(widths, reverse=True), paper))
+    return [by_width[w] for w in widths]
+
+
+def parse_distill(spec: str) -> tuple[int, list[int]]:
+    """`8->2` -> (8, [2]); `8->4;2` -> (8, [4, 2])."""
+    m = re.fullmatch(r"\s*(\d)\s*->\s*(\d(?:\s*;\s*\d)*)\s*", spec)
+    if not m:
+        raise ValueError(
+            f"--distill {spec!r} is not TEACHER->STUDENT[;STUDENT], e.g. 8->2 or 8->4;2"
+        )
+    teacher = int(m.group(1))
+    students = [int(x) for x in m.group(2).split(";")]
+    if any(s >= teacher for s in students):
+        raise ValueError(f"--distill {spec!r}: a student must be narrower than its teacher")
+    return teacher, students
+
+
+class SliceOptions(WriteOptions, ShardOptions, StreamOptions):
+    parent: Path = option(..., "Parent folder made by matcli quantize.", argument=True)
+    bits: IntList | None = option(None, "Width(s) to slice, e.g. 2 or 4,2.")
+    bits_config: str | None = option(
+        None,
+        "Per-layer widths (Mix'n'Match): a YAML/JSON file, or "
+        + ", ".join(MIX_N_MATCH_STRATEGIES)
+        + ".",
+    )
+    target_bits: float | None = option(
+        None, "Budget for a named --bits-config: average bits per quantized weight.", gt=0
+    )
+    extra_precision: bool = option(False, "No clamp: 2^r + 1 levels, stored with r + 1 bits.")
+    format: Literal["compressed-tensors", "dense"] = option(
+        "compressed-tensors",
+        "compressed-tensors (pack-quantized at r bits) or dense (dequantized).",
+    )
+    dtype: Literal["bfloat16", "float16", "float32"] | None = option(
+        None, "Dense weights dtype: bfloat16, float16 or float32 (default: the model's)."
+    )
+
+    _bits = field_validator("bits")(lambda cls, v: _widths(v))
+
+    @model_validator(mode="after")
+    def _one_way_to_choose_widths(self) -> SliceOptions:
+        if (self.bits is None) == (self.bits_config is None):
+            raise ValueError(
+                "give either --bits (e.g. 4,2) or --bits-config (a file or one of "
+                + ", ".join(MIX_N_MATCH_STRATEGIES)
+                + ")"
+            )
+        if self.target_bits is not None and self.bits_config not in MIX_N_MATCH_STRATEGIES:
+            raise ValueError(
+                "--target-bits needs --bits-config " + "|".join(MIX_N_MATCH_STRATEGIES)
+            )
+        if self.dtype is not None and self.format != "dense":
+            raise ValueError("--dtype applies to --format dense only")
+        return self
+
+
+class CalibrationOptions(Options):
+    """Text a model is run on to measure neuron importance or a submodel's loss."""
+
+    seq_len: int = option(256, "Tokens per calibration window.", gt=1)
+    max_tokens: int = option(16384, "Calibration tokens to use at most.", gt=1)
+
+
+class ExtractOptions(WriteOptions, ShardOptions, StreamOptions, CalibrationOptions):
+    model: Path = option(..., "Dense Hugging Face model folder.", argument=True)
+    ffn_config: str | None = option(
+        None,
+        "Widths of the kept layers: 8192 | 0.5 | s,m,l,xl | a list 8192,16384,... | "
+        'FILE.yaml/json | configs.csv:"ROW NAME".',
+    )
+    skip_layers: str | None = option(None, "Original layer indices to drop, e.g. 20-24.")
+    budget: str | None = option(
+        None, "Largest submodel: parameters (2.5e9, 900M, 2B) or bytes (4GB, 3GiB)."
+    )
+    budget_of: Literal["total", "effective"] | None = option(
+        None,
+        "What --budget counts: total (every tensor, the default) or effective (the parameter "
+        "report's effective count; Gemma 3n: Google's E2B/E4B figure).",
+    )
+    reorder: bool = option(
+        False, "Keep each layer's most important neurons (measured on --data), not the first ones."
+    )
+    data: Path | None = option(
+        None, "Calibration text for --reorder and --rank-by-loss (.txt or .jsonl)."
+    )
+    rank_by_loss: bool = option(
+        False, "With --budget: pick the candidate with the lowest loss on --data."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExtractOptions:
+        if (self.ffn_config is None) == (self.budget is None):
+            raise ValueError("give either --ffn-config (widths) or --budget (a size to fit)")
+        if self.budget_of is not None and self.budget is None:
+            raise ValueError("--budget-of says what --budget counts: add --budget N")
+        if (self.reorder or self.rank_by_loss) and self.data is None:
+            raise ValueError(
+                "--reorder and --rank-by-loss measure on calibration text: add --data FILE"
+            )
+        return self
+
+
+class ReorderOptions(WriteOptions, ShardOptions, StreamOptions, CalibrationOptions):
+    model: Path = option(..., "Dense Hugging Face model folder.", argument=True)
+    data: Path = option(..., "Calibration text (.txt or .jsonl).")
+
+
+class TruncateOptions(WriteOptions, StreamOptions):
+    input: Path = option(
+        ...,
+        "Embeddings file (.npy, .safetensors, .parquet) or sentence-transformers model folder.",
+        argument=True,
+    )
+    output: Path = option(..., "A file for one dimension, a folder for several.", short="-o")
+    dims: IntList = option(..., "Dimension(s) to keep, e.g. 256 or 768,256,64.")
+    key: str | None = option(
+        None, "The tensor (.safetensors) or column (.parquet) holding the embeddings."
+    )
+    renormalize: bool = option(True, "L2-normalize each row after truncation.")
+    pre_norm: Literal["layer_norm"] | None = option(
+        None, "layer_norm: normalize the full vector first (nomic-embed-text-v1.5)."
+    )
+    pca: bool = option(
+        False,
+        "Rotate by PCA first (fitted on the input), so non-MRL embeddings truncate gracefully.",
+    )
+    pca_center: bool = option(
+        False,
+        "Centre before the PCA rotation (default: rotate only, which keeps full-dimension "
+        "similarities unchanged).",
+    )
+    rotation: Path | None = option(
+        None, "Apply a rotation saved by an earlier --pca run (e.g. to queries)."
+    )
+    quantize: Literal["int8", "binary"] | None = option(
+        None, "int8 (per-dimension ranges, .safetensors output) or binary (packed bits)."
+    )
+    ranges: Path | None = option(
+        None,
+        "With --quantize int8: use the int8_ranges of an earlier run's .safetensors "
+        "(e.g. the corpus's, for queries).",
+    )
+    dtype: Literal["float16", "bfloat16", "float32"] | None = option(
+        None, "Output float dtype: float16, bfloat16 or float32 (default: the input's)."
+    )
+    format: Literal["safetensors", "npy", "parquet"] | None = option(
+        None, "safetensors, npy or parquet (default: from the -o suffix, or the input's)."
+    )
+    skip_bad_rows: bool = option(False, "Drop rows with NaN or inf instead of refusing the input.")
+    data: Path | None = option(
+        None, "Model folder with --pca: texts to fit the rotation on (.txt lines or .jsonl)."
+    )
+
+    def writes_file(self) -> bool:
+        return len(self.dims) == 1
+
+    @field_validator("dims")
+    @classmethod
+    def _dims(cls, dims: list[int]) -> list[int]:
+        if not dims:
+            raise ValueError("give at least one dimension, e.g. --dims 256 or --dims 768,256,64")
+        for d in dims:
+            if d < 1:
+                raise ValueError(f"dimension {d} must be at least 1")
+        if len(set(dims)) != len(dims):
+            raise ValueError("a dimension is repeated")
+        return dims
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TruncateOptions:
+        for problem, message in self._conflicts():
+            if problem:
+                raise ValueError(message)
+        return self
+
+    def _conflicts(self) -> list[tuple[bool, str]]:
+        """Options that contradict each other, or would otherwise be silently ignored."""
+        return [
+            (
+                self.pca and self.rotation is not None,
+                "--pca fits a new rotation and --rotation applies a stored one; give one of them",
+            ),
+            (
+                bool(self.quantize and self.dtype),
+                "--dtype does not apply to quantized output (--quantize)",
+            ),
+            (
+                self.pca_center and not self.pca,
+                "--pca-center only changes how --pca fits its rotation; "
+                "add --pca or drop --pca-center",
+            ),
+            (
+                self.data is not None and not self.pca,
+                "--data gives the texts a model's --pca rotation is fitted on; "
+                "add --pca or drop --data",
+            ),
+            (
+                self.ranges is not None and self.quantize != "int8",
+                "--ranges gives the ranges of --quantize int8; "
+                "add --quantize int8 or drop --ranges",
+            ),
+            (
+                self.ranges is not None and len(self.dims) != 1,
+                "--ranges holds the int8 ranges of one dimension; give a single --dims",
+            ),
+        ]
+
+
+class InspectOptions(OutputOptions):
+    path: Path = option(..., "Model folder.", argument=True)
+
+
+class EvalOptions(OutputOptions):
+    model: Path = option(..., "Model folder: dense, parent or slice.", argument=True)
+    data: Path = option(..., "Evaluation text: .txt, or .jsonl with a text field.")
+    bits: IntList | None = option(None, "Parent only: widths to slice in memory, e.g. 8,6,4,3,2.")
+    extra_precision: bool = option(False, "Slice without the clamp.")
+    ffn_config: str | None = option(
+        None, "Evaluate a MatFormer submodel cut in memory (same forms as extract)."
+    )
+    skip_layers: str | None = option(None, "With --ffn-config: original layers to drop.")
+    seq_len: int = option(512, "Tokens per window.", gt=1)
+    max_tokens: int = option(32768, "Evaluate at most this many tokens.", gt=1)
+    batch_size: int = option(4, "Windows per forward pass.", gt=0)
+    device: str = option("auto", f"{DEVICE_HELP} (auto: the first GPU if there is one).")
+    plot: Path | None = option(None, "Write a PNG of perplexity against bits (needs matplotlib).")
+
+    _bits = field_validator("bits")(lambda cls, v: _widths(v))
+    _device = field_validator("device")(lambda cls, v: check_device(v))
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> EvalOptions:
+        if self.ffn_config is not None and self.bits:
+            raise ValueError(
+                "--ffn-config and --bits cannot be combined: extract first, then quantize and slice"
+            )
+        return self
+
+
+class EvalRetrievalOptions(OutputOptions):
+    corpus: Path = option(..., "Corpus embeddings (.npy, .safetensors, .parquet).")
+    queries: Path = option(..., "Query embeddings, same dimension.")
+    qrels: Path | None = option(
+        None,
+        "Relevance labels: TSV/CSV query_id,doc_id[,relevance] or JSON {query: {doc: rel}}.",
+    )
+    dims: IntList | None = option(
+        None, "Dimensions to evaluate (default: full, then halving down to 16)."
+    )
+    k: int = option(10, "Cut-off for recall@k (1 up to the corpus size).")
+    funnel: list[str] = option(
+        [],
+        "Shortlist-then-rerank stages DIM:KEEP,..., e.g. 32:200,384:10 (repeatable).",
+        repeat=True,
+    )
+    key: str | None = option(None, "Tensor (.safetensors) or column (.parquet) of the embeddings.")
+    plot: Path | None = option(
+        None, "Write a plot of quality against dimension, .png/.svg/.pdf (needs matplotlib)."
+    )
+
+
+class DemoOptions(Options):
+    output: Path = option(
+        Path("matcli-demo"), "Folder for the demo's models (replaced if it exists).", short="-o"
+    )
