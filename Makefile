@@ -1,7 +1,7 @@
 # Two commands for a newcomer (see README):  make demo   |   make test
-# Both create .venv and install what they need. torch is installed first and pinned to the
-# CPU build that our machines keep on local disk; a plain `torch` requirement would pull a
-# multi-GB CUDA build. Override with `make demo TORCH=torch` elsewhere.
+# Both create .venv and install what they need. torch is installed first and pinned to a CPU
+# build; a plain `torch` requirement can pull a multi-GB CUDA build. Override with
+# `make demo TORCH="torch==X.Y.Z"`. `make test` runs ruff (format and lint) before the tests.
 VENV  := .venv
 PY    := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
@@ -18,4 +18,6 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/matcli demo
 
 test: $(VENV)/.installed
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest

@@ -105,7 +105,8 @@ def table(results: dict[str, list[tuple[float, int]]], baseline: str) -> list[st
         wall = statistics.median(w for w, _ in runs)
         rss = [r for _, r in runs]
         lines.append(
-            f"| {name} | {wall:.1f} s | {wall / base:.2f}x | {statistics.median(rss) / 2**20:.0f} MiB | {max(rss) / 2**20:.0f} MiB |"
+            f"| {name} | {wall:.1f} s | {wall / base:.2f}x | {statistics.median(rss) / 2**20:.0f} "
+            f"MiB | {max(rss) / 2**20:.0f} MiB |"
         )
     return lines
 

@@ -135,8 +135,10 @@ def measure(work: Path, ple_vocab: int, runs: int) -> dict:
 
 def section(m: dict, ple_vocab: int) -> list[str]:
     return [
-        f"**Largest tensor {m['largest'] / 1e9:.2f} GB** (the per-layer embedding, {ple_vocab:,} x {LAYERS} x {PLE}); "
-        f"checkpoint {m['size'] / 1e9:.2f} GB. matcli's and the notebook's output tensors are {'identical' if m['same'] else 'DIFFERENT'}.",
+        f"**Largest tensor {m['largest'] / 1e9:.2f} GB** (the per-layer embedding, {ple_vocab:,} "
+        f"x {LAYERS} x {PLE}); "
+        f"checkpoint {m['size'] / 1e9:.2f} GB. matcli's and the notebook's output tensors are "
+        f"{'identical' if m['same'] else 'DIFFERENT'}.",
         "",
         *table(m["results"], NAIVE),
         "",
@@ -154,8 +156,10 @@ def main() -> None:
         generate(checkpoint_path(args.workdir, vocab), vocab)
         measured[vocab] = measure(args.workdir, vocab, args.runs)
     lines = [
-        f"Synthetic Gemma 3n text checkpoints (bf16), {LAYERS} layers of hidden {HIDDEN} and FFN {FFN}, that differ only in the "
-        f"rows of the per-layer embedding, their largest tensor. Extraction: FFN width {WIDTH}, layers {SKIP} skipped. "
+        f"Synthetic Gemma 3n text checkpoints (bf16), {LAYERS} layers of hidden {HIDDEN} and FFN "
+        f"{FFN}, that differ only in the "
+        f"rows of the per-layer embedding, their largest tensor. Extraction: FFN width {WIDTH}, "
+        f"layers {SKIP} skipped. "
         f"Medians of {args.runs} interleaved runs per checkpoint on {machine()}.",
         "",
     ]
@@ -164,9 +168,12 @@ def main() -> None:
     small, large = (measured[v] for v in PLE_VOCABS)
     ratios = ", ".join(f"{m['ratio']:.2f}x" for m in measured.values())
     lines.append(
-        f"Targets: wall time <= 1.0x the notebook: {'met' if max(m['ratio'] for m in measured.values()) <= 1.0 else 'MISSED'} ({ratios}); "
-        f"peak RSS <= 512 MiB regardless of the largest tensor: {'met' if max(small['rss'], large['rss']) <= 512 else 'MISSED'} "
-        f"({small['rss']:.0f} MiB with {small['largest'] / 1e9:.2f} GB, {large['rss']:.0f} MiB with {large['largest'] / 1e9:.2f} GB; "
+        "Targets: wall time <= 1.0x the notebook: "
+        f"{'met' if max(m['ratio'] for m in measured.values()) <= 1.0 else 'MISSED'} ({ratios}); "
+        "peak RSS <= 512 MiB regardless of the largest tensor: "
+        f"{'met' if max(small['rss'], large['rss']) <= 512 else 'MISSED'} "
+        f"({small['rss']:.0f} MiB with {small['largest'] / 1e9:.2f} GB, {large['rss']:.0f} MiB "
+        f"with {large['largest'] / 1e9:.2f} GB; "
         f"the notebook's grows by {_naive_growth(small, large):.0f} MiB)."
     )
     body = "\n".join(lines)

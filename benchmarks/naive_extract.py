@@ -43,7 +43,7 @@ def main() -> None:
 
     for shard in sorted(model.glob("*.safetensors")):
         with safe_open(shard, "pt") as f:
-            for name in f.keys():
+            for name in f.keys():  # noqa: SIM118 - safe_open is not iterable
                 m = re.search(r"\.layers\.(\d+)\.", name)
                 if m and int(m.group(1)) in skip:
                     continue

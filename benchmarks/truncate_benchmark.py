@@ -87,29 +87,41 @@ def funnel_benchmark() -> list[str]:
     funnels = report["funnels"]
     lines = [
         "",
-        "Funnel on 1,000,000 synthetic 384-d vectors with geometrically decaying variance (a stand-in for",
-        "MRL embeddings, whose leading dimensions carry the most), 1,000 noisy queries, exact brute-force search",
-        "(blocked matmul + torch.topk) in one process. Every row is timed the same way: the normalized prefixes",
-        "of corpus and queries that a search reads (the 384-d ones of exact search included) are built once and",
-        f"not timed, and each search runs once as a warm-up, then {TIMING_REPEATS} times; the median is shown.",
+        "Funnel on 1,000,000 synthetic 384-d vectors with geometrically decaying variance (a "
+        "stand-in for",
+        "MRL embeddings, whose leading dimensions carry the most), 1,000 noisy queries, exact "
+        "brute-force search",
+        "(blocked matmul + torch.topk) in one process. Every row is timed the same way: the "
+        "normalized prefixes",
+        "of corpus and queries that a search reads (the 384-d ones of exact search included) are "
+        "built once and",
+        f"not timed, and each search runs once as a warm-up, then {TIMING_REPEATS} times; the "
+        "median is shown.",
         "",
         "| search | recall@10 vs exact 384-d | FLOPs per query | ms per query | speed-up |",
         "|---|---|---|---|---|",
-        f"| exact, 384 dims | 1.000 | {1_000_000 * 384:,} | {funnels[0]['full_ms_per_query']:.2f} | 1.0x |",
-        f"| exact, 32 dims only | {report['dims'][1]['recall@10_vs_full']:.3f} | {1_000_000 * 32:,} | - | - |",
+        f"| exact, 384 dims | 1.000 | {1_000_000 * 384:,} | {funnels[0]['full_ms_per_query']:.2f} "
+        "| 1.0x |",
+        f"| exact, 32 dims only | {report['dims'][1]['recall@10_vs_full']:.3f} | "
+        f"{1_000_000 * 32:,} | - | - |",
     ]
     for f in funnels:
         lines.append(
-            f"| funnel {f['funnel']} | {f['recall@10_vs_full']:.3f} | {f['flops_per_query']:,} | {f['ms_per_query']:.2f} | {f['speedup_vs_full']:.1f}x |"
+            f"| funnel {f['funnel']} | {f['recall@10_vs_full']:.3f} | {f['flops_per_query']:,} | "
+            f"{f['ms_per_query']:.2f} | {f['speedup_vs_full']:.1f}x |"
         )
     flops = [f["flops_vs_full"] for f in funnels]
     speed = [f["speedup_vs_full"] for f in funnels]
     lines += [
         "",
-        f"FLOPs fall {min(flops):.0f}-{max(flops):.0f}x, wall time only {min(speed):.1f}-{max(speed):.1f}x: every query still scores all 1M",
-        "vectors and selects its shortlist among them, and at a small shortlist dimension that per-vector cost",
-        "(writing and scanning 1M scores, and a top-200 selection, dearer than exact search's top-10) outweighs",
-        "the multiply-adds. The MRL paper's 14x wall-clock speed-up is with an HNSW index, whose cost grows with",
+        f"FLOPs fall {min(flops):.0f}-{max(flops):.0f}x, wall time only "
+        f"{min(speed):.1f}-{max(speed):.1f}x: every query still scores all 1M",
+        "vectors and selects its shortlist among them, and at a small shortlist dimension that "
+        "per-vector cost",
+        "(writing and scanning 1M scores, and a top-200 selection, dearer than exact search's "
+        "top-10) outweighs",
+        "the multiply-adds. The MRL paper's 14x wall-clock speed-up is with an HNSW index, whose "
+        "cost grows with",
         "the dimension; exact search is bounded by the pass over the corpus.",
     ]
     return lines
@@ -155,12 +167,15 @@ def main() -> None:
         w for w, _ in results["matcli truncate-embeddings"]
     ) / statistics.median(w for w, _ in results[NAIVE])
     lines = [
-        f"An {big.stat().st_size / 1e9:.2f} GB float32 .npy ({ROWS:,} x {DIM}) truncated to {KEEP} dims with renormalization, "
-        f"medians of {args.runs} interleaved runs on {machine()}; the outputs differ by at most {same:.1e}.",
+        f"An {big.stat().st_size / 1e9:.2f} GB float32 .npy ({ROWS:,} x {DIM}) truncated to "
+        f"{KEEP} dims with renormalization, "
+        f"medians of {args.runs} interleaved runs on {machine()}; the outputs differ by at most "
+        f"{same:.1e}.",
         "",
         *table(results, NAIVE),
         "",
-        f"Targets: peak RSS <= 512 MiB: {'met' if rss <= 512 else 'MISSED'} ({rss:.0f} MiB); wall time {ratio:.2f}x numpy's.",
+        f"Targets: peak RSS <= 512 MiB: {'met' if rss <= 512 else 'MISSED'} ({rss:.0f} MiB); wall "
+        f"time {ratio:.2f}x numpy's.",
         *funnel_benchmark(),
     ]
     body = "\n".join(lines)

@@ -14,7 +14,8 @@ from matcli.quant.reference import dequantized_state_dict
 
 
 def load_model(path: Path, bits: int | None = None, extra_precision: bool = False):
-    """A float32 causal LM: loaded by stock transformers, or, with `bits`, a parent sliced in memory."""
+    """A float32 causal LM: loaded by stock transformers, or, with `bits`, a parent sliced in
+    memory."""
     from transformers import AutoModelForCausalLM
 
     if bits is None:
@@ -46,7 +47,8 @@ def model_from_state(config: dict, state: dict[str, torch.Tensor], what: str):
     tied = {k for k in missing if "lm_head" in k}
     if unexpected or set(missing) - tied:
         raise MatcliError(
-            f"{what}: weights do not fit the config (missing {sorted(set(missing) - tied)[:3]}, unexpected {unexpected[:3]})"
+            f"{what}: weights do not fit the config (missing {sorted(set(missing) - tied)[:3]}, "
+            f"unexpected {unexpected[:3]})"
         )
     model.tie_weights()
     return model.eval()

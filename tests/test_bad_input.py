@@ -320,7 +320,8 @@ def test_interrupted_write_leaves_no_destination(llama_parent, tmp_path, sig):
     ],
 )
 def test_os_errors_are_one_line(monkeypatch, capsys, error, expected):
-    """A full disk gets the disk hint; other OSErrors (transformers raises them) their first line."""
+    """A full disk gets the disk hint; other OSErrors (transformers raises them) their first
+    line."""
     import matcli.cli as cli
 
     def fail(*args, **kwargs):

@@ -91,7 +91,8 @@ def test_quantize_dry_run_plans_without_writing(llama, tmp_path):
 
 
 def test_demo_runs_end_to_end(tmp_path):
-    """The README's first command: the tiny Llama through quantize and slice, every artifact loaded."""
+    """The README's first command: the tiny Llama through quantize and slice, every artifact
+    loaded."""
     code, out, err = run_matcli("demo", "-o", str(tmp_path / "demo"))
     assert code == 0, err
     for name in ("dense", "parent-int8", "int4", "int2"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-from pathlib import Path
 
 from rich.table import Table
 
@@ -12,8 +11,9 @@ from matcli.cli.render import human_bytes, out
 from matcli.options import DemoOptions
 
 HELP = (
-    "Build a tiny Llama (fixed seed), run quantize --method rtn and slice --bits 4 / --bits 2 on it, "
-    "load each result with stock transformers and print sizes and quality against the dense model."
+    "Build a tiny Llama (fixed seed), run quantize --method rtn and slice --bits 4 / --bits 2 "
+    "on it, load each result with stock transformers and print sizes and quality against the "
+    "dense model."
 )
 
 
@@ -31,13 +31,10 @@ def run(options: DemoOptions, invocation) -> None:
     from matcli.demo import build_tiny_llama, compare, ffn_error
     from matcli.quant.reference import dequantized_state_dict
 
-    if workdir.exists() and not (workdir / "dense").is_dir():
-        if any(workdir.iterdir()):
-            from matcli.errors import MatcliError
+    if workdir.exists() and not (workdir / "dense").is_dir() and any(workdir.iterdir()):
+        from matcli.errors import MatcliError
 
-            raise MatcliError(
-                f"{workdir} exists and is not a previous demo folder; choose another -o"
-            )
+        raise MatcliError(f"{workdir} exists and is not a previous demo folder; choose another -o")
     shutil.rmtree(workdir, ignore_errors=True)
     dense = workdir / "dense"
     out.print(f"building a tiny Llama (4 layers, 3.4M parameters, seed 0) in {dense}")
@@ -104,10 +101,10 @@ def run(options: DemoOptions, invocation) -> None:
         )
     out.print(table)
     out.print(
-        "* max |logits of the folder loaded by transformers - logits of matcli's own dequantized weights|.\n"
-        "An RTN parent is not Matryoshka-trained, so int2 degrades sharply; "
-        "`matcli quantize --method qat|omniquant --data TEXT` trains the parent so that its int4 and int2 "
-        "slices stay good (docs/results.md has real-model numbers)."
+        "* max |logits of the folder loaded by transformers - logits of matcli's own "
+        "dequantized weights|.\nAn RTN parent is not Matryoshka-trained, so int2 degrades "
+        "sharply; `matcli quantize --method qat|omniquant --data TEXT` trains the parent so "
+        "that its int4 and int2 slices stay good (docs/results.md has real-model numbers)."
     )
 
 

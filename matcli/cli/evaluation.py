@@ -9,7 +9,10 @@ from matcli.cli.generate import Command
 from matcli.cli.render import table
 from matcli.options import EvalOptions
 
-HELP = "Held-out perplexity of a dense model, a sliced folder, or a parent sliced in memory at each --bits (nothing written)."
+HELP = (
+    "Held-out perplexity of a dense model, a sliced folder, or a parent sliced in memory at each "
+    "--bits (nothing written)."
+)
 
 
 def run(options: EvalOptions, invocation) -> None:
@@ -90,7 +93,8 @@ def _plot(results: list[dict], path: Path, title: str) -> None:
     points = sorted((r["bits"], r["perplexity"]) for r in results if r.get("bits"))
     if not points:
         raise MatcliError(
-            "--plot draws perplexity against bits: evaluate a parent with --bits, or a sliced folder"
+            "--plot draws perplexity against bits: evaluate a parent with --bits, or a sliced "
+            "folder"
         )
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([b for b, _ in points], [p for _, p in points], marker="o")

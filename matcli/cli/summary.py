@@ -12,7 +12,7 @@ from matcli.options import InspectOptions
 
 
 def run(options: InspectOptions, invocation) -> None:
-    from matcli.inspect import inspect_model
+    from matcli.inspection import inspect_model
 
     report = inspect_model(options.path)
     if options.json_output:
