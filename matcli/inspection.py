@@ -14,61 +14,64 @@ from matcli.quant.parent import CONFIG_KEY
 
 def inspect_model(path: Path) -> dict:
     with ModelFolder(path) as folder:
-        try:
-            arch = resolve(folder.config, list(folder.tensors))
-            family = arch.name
-            num_layers = arch.num_layers(folder.text_config(arch.family.text_config))
-        except MatcliError:
-            arch, family, num_layers = None, None, None
+        arch, num_layers = _architecture(folder)
         linears = ct_format.packed_linears(folder)
-        groups: dict[tuple, dict] = defaultdict(
-            lambda: {"modules": [], "weights": 0, "stored_bytes": 0}
-        )
-        for lin in linears.values():
-            g = groups[(lin.scheme.bits, lin.scheme.name, lin.scheme.group_size)]
-            g["modules"].append(lin.module)
-            g["weights"] += lin.weights
-            g["stored_bytes"] += sum(
-                folder.tensors[n].nbytes for n in lin.tensor_names() if n in folder.tensors
-            )
-        quantized = [
-            {
-                "bits": bits,
-                "scheme": scheme,
-                "group_size": group_size,
-                "modules": len(g["modules"]),
-                "which": _which(arch, g["modules"]),
-                "weights": g["weights"],
-                "stored_bytes": g["stored_bytes"],
-                "effective_bits": round(8 * g["stored_bytes"] / g["weights"], 4),
-            }
-            for (bits, scheme, group_size), g in sorted(groups.items(), reverse=True)
-        ]
+        quantized = _quantized_groups(folder, arch, linears)
         info = folder.config.get(CONFIG_KEY) or {}
         total_weights = sum(g["weights"] for g in quantized)
+        stored_bytes = sum(g["stored_bytes"] for g in quantized)
         storage = set().union(*(lin.tensor_names() for lin in linears.values()))
+        # A quantized Linear is out x in parameters, whatever tensors store it.
+        unquantized = sum(t.numel for t in folder.tensors.values() if t.name not in storage)
         return {
             "path": str(folder.path),
             "model_type": folder.config.get("model_type"),
-            "family": family,
+            "family": arch.name if arch else None,
             "num_layers": num_layers,
             "role": info.get("role") or ("quantized" if linears else "dense"),
             "trained_bits": info.get("trained_bits")
             or (info.get("parent") or {}).get("trained_bits"),
             "matcli": info or None,
             "tensors": len(folder.tensors),
-            # A quantized Linear is out x in parameters, whatever tensors store it.
-            "parameters": sum(t.numel for t in folder.tensors.values() if t.name not in storage)
-            + total_weights,
+            "parameters": unquantized + total_weights,
             "quantized": quantized,
             "quantized_weights": total_weights,
-            "effective_bits": round(
-                8 * sum(g["stored_bytes"] for g in quantized) / total_weights, 4
-            )
-            if total_weights
-            else None,
+            "effective_bits": round(8 * stored_bytes / total_weights, 4) if total_weights else None,
             "size_on_disk": sum(p.stat().st_size for p in folder.path.rglob("*") if p.is_file()),
         }
+
+
+def _architecture(folder: ModelFolder) -> tuple[Architecture | None, int | None]:
+    """The family and layer count when matcli knows the family; else (None, None)."""
+    try:
+        arch = resolve(folder.config, list(folder.tensors))
+        return arch, arch.num_layers(folder.text_config(arch.family.text_config))
+    except MatcliError:
+        return None, None
+
+
+def _quantized_groups(folder: ModelFolder, arch: Architecture | None, linears: dict) -> list[dict]:
+    """Quantized Linears grouped by (bits, scheme, group size), widest first."""
+    groups: dict[tuple, dict] = defaultdict(lambda: {"modules": [], "weights": 0, "stored": 0})
+    for lin in linears.values():
+        g = groups[(lin.scheme.bits, lin.scheme.name, lin.scheme.group_size)]
+        g["modules"].append(lin.module)
+        g["weights"] += lin.weights
+        names = [n for n in lin.tensor_names() if n in folder.tensors]
+        g["stored"] += sum(folder.tensors[n].nbytes for n in names)
+    return [
+        {
+            "bits": bits,
+            "scheme": scheme,
+            "group_size": group_size,
+            "modules": len(g["modules"]),
+            "which": _which(arch, g["modules"]),
+            "weights": g["weights"],
+            "stored_bytes": g["stored"],
+            "effective_bits": round(8 * g["stored"] / g["weights"], 4),
+        }
+        for (bits, scheme, group_size), g in sorted(groups.items(), reverse=True)
+    ]
 
 
 def _which(arch: Architecture | None, modules: list[str]) -> list[str]:

@@ -81,7 +81,8 @@ class _PlainLine:
 
     def __init__(self, label: str, interval_s: float):
         self.label, self.interval_s = label, interval_s
-        self.start = self.last = time.monotonic()
+        self.start = time.monotonic()
+        self.last = self.start - interval_s  # the first update is shown at once
 
     def maybe(self, text: str, force: bool = False) -> None:
         now = time.monotonic()
