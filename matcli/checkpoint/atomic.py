@@ -51,20 +51,21 @@ def _overlaps_input(destination: Path, inputs: list[Path]) -> str | None:
 
 
 def _folder_problem(destination: Path, force: bool) -> str | None:
-    if destination.is_file():
-        return f"output {destination} is a file; give a folder path for -o"
     existing = next(p for p in destination.parents if p.exists())
-    if not existing.is_dir():
-        return (
+    checks = [
+        (destination.is_file(), f"output {destination} is a file; give a folder path for -o"),
+        (
+            not existing.is_dir(),
             f"output {destination} would be inside {existing}, which is a file; "
-            "give a folder path for -o"
-        )
-    if destination.is_dir() and any(destination.iterdir()) and not force:
-        return (
+            "give a folder path for -o",
+        ),
+        (
+            destination.is_dir() and any(destination.iterdir()) and not force,
             f"output folder {destination} exists and is not empty; choose another -o, "
-            "or pass --force to replace it"
-        )
-    return None
+            "or pass --force to replace it",
+        ),
+    ]
+    return next((message for failed, message in checks if failed), None)
 
 
 def _file_problem(destination: Path, force: bool) -> str | None:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from matcli.cli.generate import Command
-from matcli.cli.render import CHECKPOINT, render_plan, render_written, table
+from matcli.cli.render import render_plan, render_written, table, writing_command
 from matcli.options import ExtractOptions, ReorderOptions
 from matcli.runner import Renderers
 
@@ -25,31 +24,30 @@ EXTRACTION = Renderers(
 )
 
 
-def run_extract(options: ExtractOptions, invocation) -> None:
+def plan_extract(options: ExtractOptions):
     from matcli.matformer import plan_extract
-    from matcli.runner import run_writing
 
-    run_writing(options, invocation, lambda reporter: plan_extract(options), EXTRACTION)
+    return plan_extract(options)
 
 
-def run_reorder(options: ReorderOptions, invocation) -> None:
+def plan_reorder(options: ReorderOptions):
     from matcli.matformer import plan_reorder
-    from matcli.runner import run_writing
 
-    run_writing(options, invocation, lambda reporter: plan_reorder(options), CHECKPOINT)
+    return plan_reorder(options)
 
 
-EXTRACT = Command(
+EXTRACT = writing_command(
     "extract",
     "Cut a MatFormer submodel: per-layer FFN widths (--ffn-config) and skipped layers, streamed "
     "without a model. Gemma 3n (text and multimodal) and Llama-family checkpoints.",
     ExtractOptions,
-    run_extract,
+    plan_extract,
+    EXTRACTION,
 )
-REORDER = Command(
+REORDER = writing_command(
     "reorder",
     "Sort every FFN's hidden neurons by importance measured on --data (a model forward), so "
     "that prefix extraction keeps the most important ones. The model's outputs do not change.",
     ReorderOptions,
-    run_reorder,
+    plan_reorder,
 )

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from rich.console import Console
 from rich.table import Table
 
+from matcli.cli.generate import Command
 from matcli.runner import Renderers
 
 out = Console()
@@ -84,3 +86,16 @@ def _what(info: dict) -> str:
 
 
 CHECKPOINT = Renderers(dry_run=render_plan, written=render_written)
+
+
+def writing_command(
+    name: str, description: str, options: type, plan: Callable, renderers: Renderers = CHECKPOINT
+) -> Command:
+    """A command that plans from its options alone (no training) and runs the plan."""
+
+    def run(values, invocation) -> None:
+        from matcli.runner import run_writing
+
+        run_writing(values, invocation, lambda reporter: plan(values), renderers)
+
+    return Command(name, description, options, run)
