@@ -126,3 +126,34 @@ def _default_after_validation(command: Command, name: str):
 
 def _plain(values: dict) -> dict:
     return {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
+
+
+@pytest.mark.parametrize(
+    ("args", "recipe", "message"),
+    [
+        (["--bits", "abc"], None, "invalid --bits: 'abc' is not a whole number"),
+        (["--bits", "4.5"], None, "invalid --bits: '4.5' is not a whole number"),
+        (["--bits", "9"], None, "invalid --bits: width 9 is out of range: widths are 1 to 8 bits"),
+        (["--bits", "4", "--chunk-size", "5XB"], None, "invalid --chunk-size: size '5XB'"),
+        (["--bits", "4"], b"bitz: 4\n", "unknown option 'bitz': did you mean 'bits'?"),
+        (["--bits", "4"], b"bits: [4\nx: 1\n", "is not valid YAML (line 2)"),
+        (["--bits", "4"], b"\xff\xfe\x00", "is not UTF-8 text"),
+        (["--bits", "4"], b"- 4\n- 2\n", "must be a mapping of option names to values"),
+    ],
+)
+def test_bad_values_are_one_line_from_flags_and_recipes(tmp_path, args, recipe, message):
+    from conftest import run_matcli
+
+    if recipe is not None:
+        (tmp_path / "r.yaml").write_bytes(recipe)
+        args = [*args, "--recipe", str(tmp_path / "r.yaml")]
+    code, _, err = run_matcli("slice", str(tmp_path / "parent"), "-o", str(tmp_path / "o"), *args)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_missing_argument_names_it(tmp_path):
+    from conftest import run_matcli
+
+    code, _, err = run_matcli("slice", "--bits", "4", "-o", str(tmp_path / "o"))
+    assert code == 2 and "missing PARENT: Parent folder made by matcli quantize." in err

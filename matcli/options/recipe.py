@@ -19,11 +19,16 @@ def read_recipe(path: Path) -> dict:
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise MatcliError(f"cannot read --recipe {path}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise MatcliError(f"--recipe {path} is not UTF-8 text: give a YAML file") from e
     except yaml.YAMLError as e:
-        raise MatcliError(f"--recipe {path} is not valid YAML: {e}") from e
+        where = getattr(e, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where else ""
+        problem = getattr(e, "problem", None) or "parse error"
+        raise MatcliError(f"--recipe {path} is not valid YAML{line}: {problem}") from e
     if not isinstance(data, dict):
         raise MatcliError(f"--recipe {path} must be a mapping of option names to values")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
@@ -47,8 +52,21 @@ def build_options(model: type[M], /, **values: object) -> M:
         raise MatcliError(_one_line(model, e.errors()[0])) from e
 
 
+# Pydantic's conversion errors, said as what the value should be.
+EXPECTED = {
+    "int_parsing": "a whole number",
+    "int_from_float": "a whole number",
+    "float_parsing": "a number",
+    "bool_parsing": "true or false",
+    "list_type": "a list",
+    "string_type": "text",
+}
+
+
 def _one_line(model: type[Options], error: dict) -> str:
     message = error["msg"].removeprefix("Value error, ")
+    if error["type"] in EXPECTED:
+        message = f"{error['input']!r} is not {EXPECTED[error['type']]}"
     if not error["loc"]:
         return message
     name = str(error["loc"][0])
