@@ -12,7 +12,8 @@ from safetensors.torch import save_file
 
 from matcli.checkpoint.atomic import check_destination, staged_folder
 from matcli.checkpoint.aux_files import aux_files
-from matcli.checkpoint.plan import OutputCheckpoint, Plan, copy_tensor, execute
+from matcli.checkpoint.manifest import write_manifest
+from matcli.checkpoint.plan import OutputCheckpoint, Plan, copy_tensor
 from matcli.checkpoint.reader import ModelFolder
 from matcli.checkpoint.safetensors_file import read_header
 from matcli.checkpoint.writer import CheckpointWriter, OutputTensor, ShardLayout, header_bytes
@@ -185,7 +186,9 @@ def test_aux_files_are_copied_byte_for_byte(tmp_path, tensors):
         ],
         {},
     )
-    execute(plan, tmp_path / "out", force=False)
+    with staged_folder(tmp_path / "out", force=False) as staging:
+        for folder_out, fields in plan.write(staging, lambda n: None):
+            write_manifest(folder_out, {"command": "copy"}, fields)
     assert (tmp_path / "out" / "tokenizer.json").read_text() == tokenizer
     assert (tmp_path / "out" / "1_Pooling" / "config.json").exists()
     assert not (tmp_path / "out" / "pytorch_model.bin").exists()

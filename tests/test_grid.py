@@ -11,6 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from matcli.errors import MatcliError
 from matcli.quant import grid
 
 
@@ -73,12 +74,14 @@ def test_slicing_at_the_parent_width_is_the_identity():
 
 
 def test_slice_refuses_wider_than_parent_and_out_of_range():
-    with pytest.raises(ValueError):
+    with pytest.raises(MatcliError, match="width 8 is out of range: widths of an int4 parent"):
         grid.slice_codes(codes([1]), 4, 8)
-    with pytest.raises(ValueError):
+    with pytest.raises(MatcliError, match="width 0 is out of range"):
         grid.slice_codes(codes([1]), 8, 0)
-    with pytest.raises(ValueError):
+    with pytest.raises(MatcliError, match="parent width 9 is out of range"):
         grid.slice_codes(codes([1]), 9, 2)
+    with pytest.raises(MatcliError, match="width 3 is out of range"):
+        grid.slice_table(2, 3)
 
 
 @settings(max_examples=300, deadline=None)
@@ -225,3 +228,45 @@ def test_signed_round_trip():
 def test_group_size_must_divide_columns():
     with pytest.raises(ValueError, match="does not divide"):
         grid.minmax_params(torch.randn(2, 10), 8, True, 4)
+
+
+@pytest.mark.parametrize(
+    ("code", "dtype", "unsigned"),
+    [("BF16", torch.bfloat16, torch.uint16), ("F16", torch.float16, torch.uint16)]
+    + [("F32", torch.float32, torch.uint32)],
+)
+def test_sliced_scale_bits_equal_torch(code, dtype, unsigned):
+    """The scale of a slice, computed on raw bits without torch, is torch's scale * 2^(c-r)
+    bit for bit: normal, subnormal, zero, negative and overflowing scales."""
+    finfo = torch.finfo(dtype)
+    special = [0.0, -0.0, finfo.tiny, finfo.tiny / 8, finfo.max, -finfo.max / 3, 1e-3, 7.0]
+    scale = torch.cat([torch.tensor(special), torch.randn(500) * 0.02]).to(dtype).reshape(-1, 4)
+    raw = scale.view(unsigned).numpy()
+    for r in range(1, 9):
+        ours = grid.sliced_scale_bits(raw, code, 8, r)
+        theirs = grid.sliced_params(scale, torch.zeros_like(scale, dtype=torch.int32), 8, r)[0]
+        assert np.array_equal(ours, theirs.view(unsigned).numpy())
+
+
+@pytest.mark.parametrize("parent_bits", [8, 4, 2])
+@pytest.mark.parametrize("extra_precision", [False, True])
+def test_stream_remap_slices_packed_words_like_unpack_slice_pack(parent_bits, extra_precision):
+    """Slicing packed words as a code stream gives the words of unpack, slice, pack; the
+    extra-precision bucket is counted."""
+    from matcli.quant.packing import StreamRemap, pack_unsigned, rows_are_streams
+
+    rng = np.random.default_rng(parent_bits)
+    q = rng.integers(0, 1 << parent_bits, size=(300, 1024), dtype=np.uint8)
+    for bits in range(1, parent_bits + (0 if extra_precision else 1)):
+        storage = bits + 1 if extra_precision else bits
+        if not StreamRemap.supports(parent_bits, storage):
+            continue
+        assert rows_are_streams(q.shape[1], parent_bits, storage)
+        table = grid.slice_table(parent_bits, bits, extra_precision)
+        stored = table + np.uint8((1 << (storage - 1)) - (1 << (bits - 1)))
+        remap = StreamRemap(stored, parent_bits, storage)
+        remap.count_codes(table == (1 << bits))
+        words = pack_unsigned(q, parent_bits)
+        ours = remap(words.reshape(-1).view(np.uint8))
+        assert np.array_equal(ours, pack_unsigned(stored[q], storage).reshape(-1).view(np.uint8))
+        assert remap.counted == np.count_nonzero(table[q] == (1 << bits))

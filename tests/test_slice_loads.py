@@ -207,16 +207,16 @@ def test_sharded_output_and_aux_files(llama, llama_parent, tmp_path):
 
 def test_several_widths_read_the_parent_once(llama_parent, tmp_path, monkeypatch):
     from matcli.checkpoint import reader
-    from matcli.checkpoint.plan import execute
-    from matcli.quant.slicing import plan_slice
+    from matcli.checkpoint.atomic import staged_folder
     from matcli.options import SliceOptions
+    from matcli.quant.slicing import plan_slice
 
     read = []
     original = reader.read_range
     monkeypatch.setattr(
         reader,
         "read_range",
-        lambda fd, start, n, path: read.append(n) or original(fd, start, n, path),
+        lambda fd, start, n, path, **kw: read.append(n) or original(fd, start, n, path, **kw),
     )
 
     def bytes_read(bits: list[int]) -> int:
@@ -226,7 +226,8 @@ def test_several_widths_read_the_parent_once(llama_parent, tmp_path, monkeypatch
                 parent=llama_parent, output=tmp_path / str(bits), bits=bits, chunk_size=4096
             )
         )
-        execute(plan, tmp_path / str(bits), force=False)
+        with staged_folder(tmp_path / str(bits), force=False) as staging:
+            plan.write(staging, lambda n: None)
         plan.source.close()
         return sum(read)
 

@@ -10,18 +10,19 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from matcli.checkpoint.defaults import DEFAULT_CHUNK_BYTES
 from matcli.checkpoint.safetensors_file import (
     DTYPES,
+    FileRange,
     SafetensorsHeader,
     TensorInfo,
     read_header,
     read_range,
 )
-from matcli.checkpoint.writer import DEFAULT_CHUNK_BYTES, FileRange
+from matcli.errors import MatcliError
 
 if TYPE_CHECKING:  # torch is imported on the first tensor read: byte-level commands never need it
     import torch
-from matcli.errors import MatcliError
 
 UNSIGNED_OF_SIZE = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 INDEX_NAME = "model.safetensors.index.json"
@@ -54,7 +55,8 @@ class ModelFolder:
             for tname, info in header.tensors.items():
                 if tname in self.tensors:
                     raise MatcliError(
-                        f"tensor {tname!r} appears in two shards of {self.path}; the checkpoint is inconsistent"
+                        f"tensor {tname!r} appears in two shards of {self.path}; "
+                        "the checkpoint is inconsistent"
                     )
                 self.tensors[tname] = info
         self._check_index()
@@ -86,14 +88,6 @@ class ModelFolder:
             )
         return weight_map
 
-    @property
-    def total_tensor_bytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors.values())
-
-    @property
-    def files_size(self) -> int:
-        return sum(h.file_size for h in self.headers.values())
-
     def text_config(self, key: str | None) -> dict:
         """The language-model part of the config (multimodal wrappers nest it under a key)."""
         if key and isinstance(self.config.get(key), dict):
@@ -119,6 +113,15 @@ class ModelFolder:
             if len(buf)
             else torch.empty(shape, dtype=dtype)
         )
+
+    def read_array(self, name: str) -> np.ndarray:
+        """A whole tensor as a numpy array of its dtype, without torch: for the dtypes numpy
+        has (every safetensors dtype but bfloat16 and the float8 types)."""
+        info = self.tensors[name]
+        torch_name = DTYPES[info.dtype][0]
+        if torch_name.startswith(("bfloat", "float8")):
+            raise ValueError(f"numpy has no {torch_name}: read {name} with read_rows")
+        return self.read_bytes(name, 0, info.nbytes).view(np.dtype(torch_name)).reshape(info.shape)
 
     def read_elements(self, name: str, start: int, stop: int, scratch: bool = False) -> np.ndarray:
         """Rows [start, stop) as an array of unsigned integers of the element size: for
@@ -241,7 +244,8 @@ def _check_inside(folder: Path, name: object) -> None:
         )
     if not (folder / name).is_file():
         raise MatcliError(
-            f"{folder / INDEX_NAME} names shard {name!r}, which is missing; re-download the checkpoint"
+            f"{folder / INDEX_NAME} names shard {name!r}, which is missing; "
+            "re-download the checkpoint"
         )
 
 

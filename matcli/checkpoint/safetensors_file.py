@@ -66,10 +66,6 @@ class TensorInfo:
     nbytes: int
 
     @property
-    def itemsize(self) -> int:
-        return DTYPES[self.dtype][1]
-
-    @property
     def numel(self) -> int:
         return math.prod(self.shape)
 
@@ -130,14 +126,16 @@ def read_header(path: Path) -> SafetensorsHeader:
         if info.start + info.nbytes > size:
             raise _corrupt(
                 path,
-                f"tensor {name!r} ends at byte {info.start + info.nbytes} beyond the end of the file ({size} bytes): the file is truncated",
+                f"tensor {name!r} ends at byte {info.start + info.nbytes} beyond the end of "
+                f"the file ({size} bytes): the file is truncated",
             )
         end_of_data = max(end_of_data, info.start + info.nbytes - data_start)
         tensors[name] = info
     if end_of_data != data_size:
         raise _corrupt(
             path,
-            f"its header describes {end_of_data} bytes of tensor data but the file holds {data_size}",
+            f"its header describes {end_of_data} bytes of tensor data "
+            f"but the file holds {data_size}",
         )
     return SafetensorsHeader(
         path=path,
@@ -184,7 +182,21 @@ def read_range(
         n = os.preadv(fd, [view[done:]], start + done)
         if n == 0:
             raise MatcliError(
-                f"{path} ended early while reading: the file was truncated or changed during the run"
+                f"{path} ended early while reading: "
+                "the file was truncated or changed during the run"
             )
         done += n
     return buf
+
+
+@dataclass(frozen=True)
+class FileRange:
+    """Bytes of another file, as a chunk the writer copies file to file in the kernel
+    (copy_file_range) without passing them through this process."""
+
+    fd: int
+    offset: int
+    nbytes: int
+
+    def read(self) -> np.ndarray:
+        return read_range(self.fd, self.offset, self.nbytes, Path(f"/proc/self/fd/{self.fd}"))

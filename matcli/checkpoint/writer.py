@@ -22,29 +22,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from matcli.checkpoint.safetensors_file import CODE_OF_TORCH_NAME, DTYPES
+# Re-exported: other modules import the sizes and FileRange from here.
+from matcli.checkpoint.defaults import DEFAULT_CHUNK_BYTES, DEFAULT_MAX_SHARD_BYTES  # noqa: F401
+from matcli.checkpoint.safetensors_file import CODE_OF_TORCH_NAME, DTYPES, FileRange
 from matcli.errors import MatcliError
-
-DEFAULT_MAX_SHARD_BYTES = 5_000_000_000  # transformers' default "5GB"
-# Default size of one read: large enough for full disk throughput, small enough that a few
-# chunks and their transforms stay well under the memory targets.
-DEFAULT_CHUNK_BYTES = 32 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class FileRange:
-    """A chunk that is bytes of another file, copied by the kernel (copy_file_range) without
-    passing through this process: byte-for-byte tensor copies cost no memory or CPU copies."""
-
-    fd: int
-    offset: int
-    nbytes: int
-
-    def read(self) -> np.ndarray:
-        from matcli.checkpoint.safetensors_file import read_range
-
-        return read_range(self.fd, self.offset, self.nbytes, Path(f"/proc/self/fd/{self.fd}"))
-
 
 if TYPE_CHECKING:  # torch is imported by the commands that make tensors, not by this module
     import torch
@@ -198,8 +179,9 @@ class CheckpointWriter:
 
     def _open_file(self, shard: int) -> None:
         self._shard = shard
-        self._file = open(self.folder / self._names[shard], "wb", buffering=0)
+        self._file = open(self.folder / self._names[shard], "wb", buffering=0)  # noqa: SIM115
         self._size = 0
+        self._flushed = 0
         header = header_bytes(self.layout.shards[shard], self.metadata)
         self._header_sha256 = hashlib.sha256(header).hexdigest()
         self._write(header, count=False)
@@ -220,27 +202,76 @@ class CheckpointWriter:
         except OSError as e:
             raise _write_error(self.folder, e) from e
         self._size += len(data)
+        self._start_writeback()
         if count:
             self.on_bytes(len(data))
 
+    def _start_writeback(self) -> None:
+        """Hand every WRITEBACK_BYTES written to the disk at once, without waiting: the disk
+        then writes while the next chunks are made, and the fsync at the end of the shard
+        waits only for the last ones."""
+        if self._size - self._flushed >= WRITEBACK_BYTES:
+            start_writeback(self._file.fileno(), self._flushed, self._size - self._flushed)
+            self._flushed = self._size
+
     def _copy_range(self, chunk: FileRange) -> None:
+        """Copy file to file in pieces of WRITEBACK_BYTES, by the kernel where it can."""
+        end = chunk.offset + chunk.nbytes
+        for offset in range(chunk.offset, end, WRITEBACK_BYTES):
+            piece = FileRange(chunk.fd, offset, min(WRITEBACK_BYTES, end - offset))
+            if self._kernel_copy(piece):
+                self._size += piece.nbytes
+                self._start_writeback()
+                self.on_bytes(piece.nbytes)
+            else:
+                self._write(piece.read())
+
+    def _kernel_copy(self, piece: FileRange) -> bool:
+        """copy_file_range; False when the kernel cannot copy between these files (across
+        some filesystems) and nothing was copied."""
         done = 0
         try:
-            while done < chunk.nbytes:
+            while done < piece.nbytes:
                 n = os.copy_file_range(
-                    chunk.fd, self._file.fileno(), chunk.nbytes - done, chunk.offset + done
+                    piece.fd, self._file.fileno(), piece.nbytes - done, piece.offset + done
                 )
                 if n == 0:
                     raise OSError(errno.EIO, "source ended early")
                 done += n
         except OSError as e:
-            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP) or done:
-                raise _write_error(self.folder, e) from e
-            self._write(
-                FileRange(chunk.fd, chunk.offset, chunk.nbytes).read(), count=False
-            )  # no kernel copy here
-        self._size += chunk.nbytes
-        self.on_bytes(chunk.nbytes)
+            if e.errno in _NO_KERNEL_COPY and not done:
+                return False
+            raise _write_error(self.folder, e) from e
+        return True
+
+
+_NO_KERNEL_COPY = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP)
+# Bytes written between two hand-overs to the disk (see CheckpointWriter._start_writeback).
+WRITEBACK_BYTES = 64 * 1024 * 1024
+# sync_file_range's flag: start writing the range's dirty pages, do not wait for them.
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int, offset: int, nbytes: int) -> None:
+    """Start writing a file's byte range to disk without waiting (Linux's sync_file_range);
+    elsewhere a no-op, and the fsync that closes the file writes everything."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)
+
+
+def _load_sync_file_range():
+    import ctypes
+
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (AttributeError, OSError):  # not Linux with glibc or musl
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_sync_file_range = _load_sync_file_range() if sys.platform.startswith("linux") else None
 
 
 def _write_error(folder: Path, e: OSError) -> MatcliError:

@@ -12,13 +12,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from importlib import metadata
-
-import torch
+from typing import TYPE_CHECKING
 
 from matcli.checkpoint.reader import ModelFolder
 from matcli.errors import MatcliError
 from matcli.quant import grid
 from matcli.quant.packing import pack_int32, packed_columns, unpack_int32, unpack_unsigned
+
+if TYPE_CHECKING:  # torch is imported by the functions on tensors: slicing reads without it
+    import torch
 
 PACKED, SCALE, SHAPE, ZERO = "weight_packed", "weight_scale", "weight_shape", "weight_zero_point"
 
@@ -116,12 +118,14 @@ def _config_groups(folder: ModelFolder, qc: dict) -> list[tuple[list[str], Weigh
         weights = (group or {}).get("weights") or {}
         if weights.get("type", "int") != "int" or not isinstance(weights.get("num_bits"), int):
             raise MatcliError(
-                f"{folder.path}: config group {gname!r} is not integer weight quantization; matcli slices integer parents only"
+                f"{folder.path}: config group {gname!r} is not integer weight quantization; "
+                "matcli slices integer parents only"
             )
         strategy = weights.get("strategy", "channel")
         if strategy not in ("channel", "group"):
             raise MatcliError(
-                f"{folder.path}: config group {gname!r} uses strategy {strategy!r}; matcli reads channel and group strategies"
+                f"{folder.path}: config group {gname!r} uses strategy {strategy!r}; "
+                "matcli reads channel and group strategies"
             )
         scheme = WeightScheme(
             bits=weights["num_bits"],
@@ -147,7 +151,8 @@ def _scheme_of(
             if any(_matches(module, t) for t in targets if (t != "Linear") == precise):
                 return scheme
     raise MatcliError(
-        f"{folder.path}: {module} has packed weights but no quantization_config group targets it; the config is inconsistent"
+        f"{folder.path}: {module} has packed weights but no quantization_config group "
+        "targets it; the config is inconsistent"
     )
 
 
@@ -156,11 +161,12 @@ def _packed_linear(folder: ModelFolder, module: str, scheme: WeightScheme) -> Pa
         name = f"{module}.{suffix}"
         if name not in folder.tensors:
             raise MatcliError(
-                f"{folder.path}: {module} has {PACKED} but no {suffix}; the checkpoint is incomplete"
+                f"{folder.path}: {module} has {PACKED} but no {suffix}; "
+                "the checkpoint is incomplete"
             )
         return folder.tensors[name]
 
-    shape = folder.read(info(SHAPE).name).tolist()
+    shape = folder.read_array(info(SHAPE).name).tolist()
     if len(shape) != 2:
         raise MatcliError(f"{folder.path}: {module}.{SHAPE} is {shape}, expected [out, in]")
     out_features, in_features = shape
@@ -178,20 +184,30 @@ def _packed_linear(folder: ModelFolder, module: str, scheme: WeightScheme) -> Pa
     for suffix, want in expected.items():
         if info(suffix).shape != want:
             raise MatcliError(
-                f"{folder.path}: {module}.{suffix} has shape {list(info(suffix).shape)}, expected {list(want)} for {scheme.bits}-bit codes of a {shape} weight"
+                f"{folder.path}: {module}.{suffix} has shape {list(info(suffix).shape)}, "
+                f"expected {list(want)} for {scheme.bits}-bit codes of a {shape} weight"
             )
     return linear
 
 
 def read_codes(folder: ModelFolder, linear: PackedLinear, start: int, stop: int) -> torch.Tensor:
     """Unsigned codes [stop - start, in] of rows [start, stop) of a quantized Linear."""
-    packed = folder.read_rows(linear.tensor(PACKED), start, stop)
+    import torch
+
+    return torch.from_numpy(read_code_array(folder, linear, start, stop))
+
+
+def read_code_array(folder: ModelFolder, linear: PackedLinear, start: int, stop: int):
+    """read_codes as a numpy uint8 array."""
+    packed = folder.read_elements(linear.tensor(PACKED), start, stop)
     # Stored codes are offset by 2^(b-1) from the signed ones: exactly the unsigned codes.
-    return torch.from_numpy(unpack_unsigned(packed, linear.scheme.bits, linear.in_features))
+    return unpack_unsigned(packed, linear.scheme.bits, linear.in_features)
 
 
 def read_scale_zero(folder: ModelFolder, linear: PackedLinear) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale [out, groups] (stored dtype) and unsigned integer zero point [out, groups]."""
+    import torch
+
     scale = folder.read(linear.tensor(SCALE))
     bits = linear.scheme.bits
     if linear.scheme.symmetric:

@@ -14,15 +14,14 @@ weight is recovered as scale * (code - zero).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
-MAX_BITS = 8
+from matcli.quant.widths import check_width
 
-
-def check_bits(bits: int, what: str = "bit-width") -> None:
-    if not 1 <= bits <= MAX_BITS:
-        raise ValueError(f"{what} must be between 1 and {MAX_BITS}, got {bits}")
+if TYPE_CHECKING:  # torch is imported by the functions on tensors: slicing's tables need none
+    import torch
 
 
 def groups_of(num_columns: int, group_size: int | None) -> int:
@@ -41,6 +40,8 @@ def _grouped(w: torch.Tensor, group_size: int | None) -> torch.Tensor:
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    import torch
+
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -66,7 +67,9 @@ def minmax_params(
     The scale is rounded up to `scale_dtype` (the dtype it will be stored in) before the zero
     point is computed, so codes, scale and zero stay consistent after saving.
     """
-    check_bits(bits)
+    import torch
+
+    check_width(bits, what="bit-width")
     levels = (1 << bits) - 1
     g = _grouped(w.to(_compute_dtype(w.dtype)), group_size)
     if symmetric:
@@ -88,6 +91,8 @@ def minmax_params(
 def _round_up_to(scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Cast to the storage dtype, rounding up: a scale rounded down would shrink the grid
     below the weights' range, and the clamp would then cost up to a whole extra step."""
+    import torch
+
     stored = scale.to(dtype)
     too_small = stored.to(scale.dtype) < scale
     if too_small.any():
@@ -105,7 +110,9 @@ def quantize_codes(
     `scale` and `zero` have shape [rows, groups]; ties of w / alpha round half to even (as
     torch.round does); for real-valued weights ties have measure zero.
     """
-    check_bits(bits)
+    import torch
+
+    check_width(bits, what="bit-width")
     rows, cols = w.shape
     group_size = cols // scale.shape[1]
     g = _grouped(w.to(_compute_dtype(w.dtype)), group_size)
@@ -125,29 +132,38 @@ def slice_codes(
     With `extra_precision` the clamp is dropped and the code 2^r is possible (2^r + 1 levels).
     Returns uint8 codes.
     """
-    check_bits(parent_bits, "parent bit-width")
-    check_bits(bits)
-    if bits > parent_bits:
-        raise ValueError(f"cannot slice {bits} bits out of a {parent_bits}-bit parent")
+    import torch
+
+    _check_slice(parent_bits, bits)
     if q.dtype != torch.uint8:
         raise TypeError(f"codes must be uint8, got {q.dtype}")
-    k = parent_bits - bits
-    if k == 0:
-        return q.clone()
-    rounded = (q >> k) + ((q >> (k - 1)) & 1)
-    if extra_precision:
-        return rounded
-    return rounded.clamp(max=(1 << bits) - 1)
+    return _sliced(q, parent_bits - bits, bits, extra_precision)
 
 
 def slice_table(parent_bits: int, bits: int, extra_precision: bool = False) -> np.ndarray:
     """S(q, c, r) for every c-bit code q, as a uint8 lookup table: one gather slices a chunk."""
-    codes = torch.arange(1 << parent_bits, dtype=torch.int32).to(torch.uint8)
-    return slice_codes(codes, parent_bits, bits, extra_precision).numpy()
+    _check_slice(parent_bits, bits)
+    codes = np.arange(1 << parent_bits, dtype=np.uint8)
+    return _sliced(codes, parent_bits - bits, bits, extra_precision)
+
+
+def _check_slice(parent_bits: int, bits: int) -> None:
+    check_width(parent_bits, what="parent width")
+    check_width(bits, parent_bits)
+
+
+def _sliced(q, k: int, bits: int, extra_precision: bool):
+    """S on uint8 codes, a torch tensor or a numpy array alike (see slice_codes)."""
+    if k == 0:
+        return q.clone() if hasattr(q, "clone") else q.copy()
+    rounded = (q >> k) + ((q >> (k - 1)) & 1)
+    return rounded if extra_precision else rounded.clip(max=(1 << bits) - 1)
 
 
 def codes_on_parent_grid(q_r: torch.Tensor, parent_bits: int, bits: int) -> torch.Tensor:
     """S's value on the c-bit grid: q_r * 2^(c-r), as int16 (extra precision can reach 2^c)."""
+    import torch
+
     return q_r.to(torch.int16) << (parent_bits - bits)
 
 
@@ -160,8 +176,33 @@ def sliced_params(
     float64 because it is fractional unless z is a multiple of 2^(c-r) (always true for the
     symmetric scheme).
     """
+    import torch
+
     k = parent_bits - bits
     return scale * (1 << k), zero.to(torch.float64) / (1 << k)
+
+
+# numpy types of the float dtypes a scale can have; bfloat16, which numpy lacks, is handled
+# through float32, whose upper half it is.
+_NUMPY_FLOATS = {"F16": np.float16, "F32": np.float32, "F64": np.float64}
+
+
+def sliced_scale_bits(raw: np.ndarray, dtype: str, parent_bits: int, bits: int) -> np.ndarray:
+    """sliced_params' scale alpha * 2^(c-r), on the raw bits of a float scale (unsigned
+    integers of its element size; numpy has no bfloat16), without torch.
+
+    Multiplying by a power of two only moves the exponent, so the product is exact in every
+    float format and equals torch's `scale * 2^k` bit for bit (overflow gives inf in both).
+    """
+    factor = 1 << (parent_bits - bits)
+    if dtype != "BF16" and dtype not in _NUMPY_FLOATS:
+        raise ValueError(f"a scale stored as {dtype} is not a float")
+    with np.errstate(over="ignore"):  # an overflowing scale becomes inf, as in torch
+        if dtype == "BF16":
+            wide = (raw.astype(np.uint32) << 16).view(np.float32) * np.float32(factor)
+            return (wide.view(np.uint32) >> 16).astype(np.uint16)
+        float_type = _NUMPY_FLOATS[dtype]
+        return (raw.view(float_type) * float_type(factor)).view(raw.dtype)
 
 
 def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
@@ -171,6 +212,8 @@ def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> 
     product is then rounded once, in the order compressed-tensors uses, so that the weights
     transformers materializes from a saved checkpoint equal this function's output bit for bit.
     """
+    import torch
+
     rows, cols = codes.shape
     groups = scale.shape[1]
     diff_dtype = torch.float64 if zero.is_floating_point() else torch.int32
@@ -181,11 +224,15 @@ def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> 
 
 def to_signed(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Unsigned codes [0, 2^b - 1] -> the signed int8 range compressed-tensors stores."""
+    import torch
+
     return (codes.to(torch.int16) - (1 << (bits - 1))).to(torch.int8)
 
 
 def from_signed(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Signed int8 codes from compressed-tensors -> unsigned codes [0, 2^b - 1] as uint8."""
+    import torch
+
     return (codes.to(torch.int16) + (1 << (bits - 1))).to(torch.uint8)
 
 
@@ -200,16 +247,11 @@ def weighted_code_table(
     the lower envelope of 2^c lines: returns (breakpoints, codes), the code for u between
     breakpoints[i - 1] and breakpoints[i] being codes[i].
     """
-    q = torch.arange(1 << parent_bits, dtype=torch.int32).to(torch.uint8)
-    table = np.stack(
-        [
-            codes_on_parent_grid(slice_codes(q, parent_bits, r, extra_precision), parent_bits, r)
-            .numpy()
-            .astype(np.float64)
-            for r in widths
-        ],
-        1,
-    )
+    on_grid = [
+        slice_table(parent_bits, r, extra_precision).astype(np.float64) * (1 << (parent_bits - r))
+        for r in widths
+    ]
+    table = np.stack(on_grid, 1)
     lam = np.asarray(weights, dtype=np.float64)
     slope = -2 * table @ lam  # non-increasing in q: S is monotone in q
     intercept = (table**2) @ lam
@@ -236,6 +278,8 @@ def weighted_codes(
     w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, table: tuple[np.ndarray, np.ndarray]
 ) -> torch.Tensor:
     """Codes minimising the lambda-weighted error of every slice (see weighted_code_table)."""
+    import torch
+
     rows, cols = w.shape
     g = _grouped(w.to(_compute_dtype(w.dtype)), cols // scale.shape[1])
     u = (g / scale.to(g.dtype).unsqueeze(-1) + zero.to(g.dtype).unsqueeze(-1)).reshape(rows, cols)

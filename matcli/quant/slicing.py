@@ -10,21 +10,25 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from matcli.arch import Architecture, resolve
 from matcli.checkpoint.plan import OutputCheckpoint, Plan, copy_tensor
 from matcli.checkpoint.reader import ModelFolder
 from matcli.checkpoint.writer import OutputTensor, dtype_code
 from matcli.errors import MatcliError
+from matcli.options import MIX_N_MATCH_STRATEGIES, SliceOptions
 from matcli.quant import ct_format, grid, mixnmatch
 from matcli.quant.ct_format import PACKED, SCALE, SHAPE, PackedLinear, WeightScheme
-from matcli.quant.packing import pack_unsigned, packed_columns
+from matcli.quant.packing import StreamRemap, pack_unsigned, packed_columns, rows_are_streams
 from matcli.quant.parent import CONFIG_KEY, ParentInfo, SliceInfo, parent_info
 from matcli.quant.targets import targets_regex
-from matcli.options import MIX_N_MATCH_STRATEGIES, SliceOptions
+from matcli.quant.widths import check_width, default_widths
+
+if TYPE_CHECKING:  # torch is imported for --format dense only
+    import torch
 
 
 class ExtraBucketCount:
@@ -61,51 +65,95 @@ class LinearSlicer:
         """Extra precision needs one more bit for the code 2^r."""
         return self.bits + 1 if self.extra_precision else self.bits
 
-    def _sliced_rows(self, chunk_bytes: int):
-        """(first row, last row, r-bit codes) per chunk: one table lookup per parent code."""
-        table = grid.slice_table(self.parent_bits, self.bits, self.extra_precision)
-        for start, stop in self.folder.row_chunks(self.linear.tensor(PACKED), chunk_bytes):
-            sliced = table[ct_format.read_codes(self.folder, self.linear, start, stop).numpy()]
-            if self.extra_precision:
-                self.count.extra += int(np.count_nonzero(sliced == (1 << self.bits)))
-                self.count.total += sliced.size
-            yield start, stop, sliced
+    def _stored_code_map(self) -> np.ndarray:
+        """The stored r-bit code of every stored c-bit code: S(q, c, r), then the offset of the
+        storage width, (q_r - 2^(r-1)) + 2^(b-1) for storage width b (r + 1 with extra
+        precision); stored codes are the unsigned codes q offset by nothing."""
+        offset = grid.symmetric_zero(self.storage_bits) - grid.symmetric_zero(self.bits)
+        return self._table() + np.uint8(offset)
+
+    def _table(self) -> np.ndarray:
+        return grid.slice_table(self.parent_bits, self.bits, self.extra_precision)
+
+    def _as_stream(self) -> bool:
+        """Whether the packed words can be remapped as one code stream (see StreamRemap)."""
+        cols, c, b = self.linear.in_features, self.parent_bits, self.storage_bits
+        return StreamRemap.supports(c, b) and rows_are_streams(cols, c, b)
 
     def compressed_tensors(self) -> list[OutputTensor]:
         lin, label = self.linear, self._label()
         scale_info = self.folder.tensors[lin.tensor(SCALE)]
+        if self.bits == self.parent_bits and not self.extra_precision and self._as_stream():
+            # S(q, c, c) = q: the packed words are the parent's, byte for byte.
+            packed = copy_tensor(self.folder, lin.tensor(PACKED))
+            packed.transform = label
+        else:
+            shape = (lin.out_features, packed_columns(lin.in_features, self.storage_bits))
+            chunks = self._packed_stream if self._as_stream() else self._packed_rows
+            packed = OutputTensor(lin.tensor(PACKED), "I32", shape, chunks, label)
         return [
-            OutputTensor(
-                lin.tensor(PACKED),
-                "I32",
-                (lin.out_features, packed_columns(lin.in_features, self.storage_bits)),
-                self._packed,
-                label,
-            ),
+            packed,
             OutputTensor(lin.tensor(SCALE), scale_info.dtype, scale_info.shape, self._scale, label),
             copy_tensor(self.folder, lin.tensor(SHAPE)),
         ]
 
-    def _packed(self):
-        # Stored code = (q_r - 2^(r-1)) + 2^(b-1) for storage width b (b = r + 1 with extra precision).
-        offset = np.uint8(grid.symmetric_zero(self.storage_bits) - grid.symmetric_zero(self.bits))
-        for _, _, sliced in self._sliced_rows(self.chunk_bytes):
-            yield pack_unsigned(sliced + offset, self.storage_bits)
+    def _packed_stream(self):
+        """Packed r-bit words straight from the parent's packed words, chunk by chunk: the
+        chunks are read into one reused buffer and remapped into another."""
+        remap = StreamRemap(self._stored_code_map(), self.parent_bits, self.storage_bits)
+        if self.extra_precision:
+            remap.count_codes(self._table() == (1 << self.bits))
+        name = self.linear.tensor(PACKED)
+        row_bytes = self.folder.tensors[name].row_bytes
+        out = None
+        for start, stop in self.folder.row_chunks(name, self.chunk_bytes):
+            raw = self.folder.read_bytes(name, start * row_bytes, stop * row_bytes, scratch=True)
+            size = remap.out_bytes(len(raw))
+            out = remap(raw, None if out is None else out[:size])
+            yield out
+        if self.extra_precision:
+            self.count.extra += remap.counted
+            self.count.total += self.linear.weights
+
+    def _packed_rows(self):
+        """Packed r-bit words through unpacked codes: any widths and row lengths."""
+        code_map = self._stored_code_map()
+        for _, _, codes in self._parent_rows(self.chunk_bytes):
+            if self.extra_precision:
+                self.count.extra += int(np.count_nonzero(codes >= self._first_extra_code()))
+                self.count.total += codes.size
+            yield pack_unsigned(code_map[codes], self.storage_bits)
+
+    def _first_extra_code(self) -> int:
+        """S is monotone in q: the codes that land in the bucket 2^r are the top ones."""
+        return int(np.argmax(self._table() == (1 << self.bits)))
+
+    def _parent_rows(self, chunk_bytes: int):
+        """(first row, last row, the parent's unsigned codes) per chunk."""
+        for start, stop in self.folder.row_chunks(self.linear.tensor(PACKED), chunk_bytes):
+            yield start, stop, ct_format.read_code_array(self.folder, self.linear, start, stop)
 
     def _scale(self):
-        scale, zero = ct_format.read_scale_zero(self.folder, self.linear)
-        yield grid.sliced_params(scale, zero, self.parent_bits, self.bits)[0]
+        name = self.linear.tensor(SCALE)
+        info = self.folder.tensors[name]
+        raw = self.folder.read_elements(name, 0, info.rows)
+        yield grid.sliced_scale_bits(raw, info.dtype, self.parent_bits, self.bits)
 
     def dense_tensor(self, dtype: torch.dtype) -> OutputTensor:
-        lin = self.linear
+        import torch
 
+        lin, table = self.linear, self._table()
         # Dequantizing widens each code to an int32 difference: read fewer rows per chunk so
         # that the widest intermediate, not the packed input, is the chunk size.
         chunk_bytes = max(1, self.chunk_bytes * self.parent_bits // 32)
 
         def chunks():
             scale, zero = ct_format.read_scale_zero(self.folder, lin)
-            for start, stop, sliced in self._sliced_rows(chunk_bytes):
+            for start, stop, codes in self._parent_rows(chunk_bytes):
+                sliced = table[codes]
+                if self.extra_precision:
+                    self.count.extra += int(np.count_nonzero(sliced == (1 << self.bits)))
+                    self.count.total += sliced.size
                 on_grid = grid.codes_on_parent_grid(
                     torch.from_numpy(sliced), self.parent_bits, self.bits
                 )
@@ -129,37 +177,17 @@ def plan_slice(options: SliceOptions) -> Plan:
     linears = ct_format.packed_linears(folder)
     if not linears:
         raise MatcliError(
-            f"{options.parent} is a dense (unquantized) model; slice cuts widths out of an integer parent. "
-            f"Make one first: matcli quantize {options.parent} -o PARENT --method rtn, then matcli slice PARENT"
+            f"{options.parent} is a dense (unquantized) model; slice cuts widths out of an "
+            f"integer parent. Make one first: matcli quantize {options.parent} -o PARENT "
+            "--method rtn, then matcli slice PARENT"
         )
     parent_bits = _parent_bits(folder, linears)
     info = parent_info(folder.config)
     arch = resolve(folder.config, list(folder.tensors))
-    warnings = []
     if options.format == "compressed-tensors":
         _require_symmetric(options.parent, linears)
-
-    if options.bits is not None:
-        for r in options.bits:
-            if r > parent_bits:
-                raise MatcliError(
-                    f"--bits {r}: cannot slice int{r} out of an int{parent_bits} parent; widths go up to {parent_bits}"
-                )
-        choices = [
-            (f"int{r}" if len(options.bits) > 1 else "", {m: r for m in linears}, r)
-            for r in options.bits
-        ]
-    else:
-        choices = [("", _layer_widths(options, arch, folder, linears, parent_bits, info), None)]
-
-    trained = info.trained_bits if info else [parent_bits]
-    for width in sorted({r for _, widths, _ in choices for r in widths.values()}, reverse=True):
-        if width not in trained:
-            origin = f"method {info.method}" if info else "not made by matcli"
-            warnings.append(
-                f"the parent was not trained for int{width} (trained widths: {trained}; {origin}); expect lower quality than a MatQuant-trained parent"
-            )
-
+    choices = _choices(options, arch, folder, linears, parent_bits, info)
+    warnings = _untrained_widths(choices, parent_bits, info)
     outputs = [
         _output(folder, arch, linears, name, widths, uniform, options, info)
         for name, widths, uniform in choices
@@ -172,14 +200,54 @@ def plan_slice(options: SliceOptions) -> Plan:
         max_shard_bytes=options.max_shard_size,
         chunk_bytes=options.chunk_size,
         warnings=warnings,
+        uses_torch=options.format == "dense",
     )
+
+
+# One output per choice: (folder name, width of every quantized Linear, the uniform width).
+Choice = tuple[str, dict[str, int], "int | None"]
+
+
+def _choices(
+    options: SliceOptions,
+    arch: Architecture,
+    folder: ModelFolder,
+    linears: dict[str, PackedLinear],
+    parent_bits: int,
+    info: ParentInfo | None,
+) -> list[Choice]:
+    if options.bits is None:
+        return [("", _layer_widths(options, arch, folder, linears, parent_bits, info), None)]
+    for r in options.bits:
+        if r > parent_bits:
+            raise MatcliError(
+                f"--bits {r}: cannot slice int{r} out of an int{parent_bits} parent; "
+                f"widths go up to {parent_bits}"
+            )
+    return [
+        (f"int{r}" if len(options.bits) > 1 else "", {m: r for m in linears}, r)
+        for r in options.bits
+    ]
+
+
+def _untrained_widths(choices: list[Choice], parent_bits: int, info: ParentInfo | None) -> list:
+    """A warning for each width the parent was not trained for."""
+    trained = info.trained_bits if info else [parent_bits]
+    origin = f"method {info.method}" if info else "not made by matcli"
+    return [
+        f"the parent was not trained for int{width} (trained widths: {trained}; {origin}); "
+        "expect lower quality than a MatQuant-trained parent"
+        for width in sorted({r for _, widths, _ in choices for r in widths.values()}, reverse=True)
+        if width not in trained
+    ]
 
 
 def _parent_bits(folder: ModelFolder, linears: dict[str, PackedLinear]) -> int:
     widths = {lin.scheme.bits for lin in linears.values()}
     if len(widths) > 1:
         raise MatcliError(
-            f"{folder.path} mixes widths {sorted(widths)}; slice the uniform parent it was cut from instead"
+            f"{folder.path} mixes widths {sorted(widths)}; "
+            "slice the uniform parent it was cut from instead"
         )
     return widths.pop()
 
@@ -188,7 +256,8 @@ def _require_symmetric(path: Path, linears: dict[str, PackedLinear]) -> None:
     if not all(lin.scheme.symmetric for lin in linears.values()):
         raise MatcliError(
             f"{path} is an asymmetric parent: its sliced zero points z / 2^(c-r) are fractional, "
-            "which compressed-tensors cannot store exactly. Use --format dense (exact), or re-quantize with --scheme symmetric"
+            "which compressed-tensors cannot store exactly. Use --format dense (exact), "
+            "or re-quantize with --scheme symmetric"
         )
 
 
@@ -215,17 +284,14 @@ def _layer_widths(
         if info and len(info.trained_bits) > 1:
             widths = info.trained_bits
         else:
-            widths = sorted({parent_bits} | {w for w in (8, 4, 2) if w < parent_bits})
+            widths = default_widths(parent_bits)
         per_layer = mixnmatch.strategy_bits(
             options.bits_config, widths, [max(w, 1) for w in weights_per_layer], options.target_bits
         )
     else:
         per_layer = mixnmatch.file_bits(Path(options.bits_config), num_layers)
     for i, r in enumerate(per_layer):
-        if not 1 <= r <= parent_bits:
-            raise MatcliError(
-                f"--bits-config gives layer {i} width {r}; widths go from 1 to the parent's {parent_bits}"
-            )
+        check_width(r, parent_bits, what=f"--bits-config: layer {i}'s width")
     # Quantized Linears outside the decoder layers keep the parent's width.
     return {m: per_layer[layer_of[m]] if m in layer_of else parent_bits for m in linears}
 
@@ -261,18 +327,7 @@ def _output(
         config["quantization_config"] = _sliced_quantization_config(folder, arch, slicers)
     tensors.sort(key=lambda t: t.name)
 
-    sizes = {m: lin.weights for m, lin in linears.items()}
-    average = sum(widths[m] * sizes[m] for m in linears) / sum(sizes.values())
-    storage = {s.storage_bits for s in slicers.values()}
-    slice_info = SliceInfo(
-        bits=uniform,
-        layer_bits=None if uniform is not None else _per_layer_summary(arch, widths),
-        average_bits=round(average, 4),
-        format=options.format,
-        storage_bits=storage.pop() if len(storage) == 1 and options.format != "dense" else None,
-        extra_precision=options.extra_precision,
-        parent=info,
-    )
+    slice_info = _slice_info(arch, linears, widths, uniform, options, info, slicers)
     config[CONFIG_KEY] = slice_info.model_dump(mode="json")
 
     def finish(cfg: dict) -> None:
@@ -282,6 +337,30 @@ def _output(
     metadata = {"matcli.role": "slice", "matcli.bits": str(uniform) if uniform else "mixed"}
     return OutputCheckpoint(
         name=name, config=config, tensors=tensors, metadata=metadata, finish_config=finish
+    )
+
+
+def _slice_info(
+    arch: Architecture,
+    linears: dict[str, PackedLinear],
+    widths: dict[str, int],
+    uniform: int | None,
+    options: SliceOptions,
+    info: ParentInfo | None,
+    slicers: dict[str, LinearSlicer],
+) -> SliceInfo:
+    """What the slice's config records about itself (key `matcli`)."""
+    sizes = {m: lin.weights for m, lin in linears.items()}
+    average = sum(widths[m] * sizes[m] for m in linears) / sum(sizes.values())
+    storage = {s.storage_bits for s in slicers.values()}
+    return SliceInfo(
+        bits=uniform,
+        layer_bits=None if uniform is not None else _per_layer_summary(arch, widths),
+        average_bits=round(average, 4),
+        format=options.format,
+        storage_bits=storage.pop() if len(storage) == 1 and options.format != "dense" else None,
+        extra_precision=options.extra_precision,
+        parent=info,
     )
 
 
@@ -303,6 +382,8 @@ def _sliced_quantization_config(
 def _dense_dtype(
     options: SliceOptions, folder: ModelFolder, linears: dict[str, PackedLinear]
 ) -> torch.dtype:
+    import torch
+
     name = options.dtype or folder.config.get("dtype") or folder.config.get("torch_dtype")
     if name in ("bfloat16", "float16", "float32"):
         return getattr(torch, name)
