@@ -1,6 +1,7 @@
 """MatQuant OmniQuant calibration of a model end to end, against single-width OmniQuant.
 
-    python benchmarks/omniquant_benchmark.py MODEL --data FILE [--recipe recipes/smollm2-135m-omniquant-cpu.yaml] [--runs 1]
+    python benchmarks/omniquant_benchmark.py MODEL --data FILE \
+        [--recipe recipes/smollm2-135m-omniquant-cpu.yaml] [--runs 1]
 
 Both run the full command (load, capture the calibration inputs, calibrate block by block,
 fold and write the parent), each in its own process, with the recipe's samples and epochs:
@@ -60,8 +61,9 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     matquant, single = (statistics.median(w for w, _ in runs) for runs in results.values())
+    recipe = args.recipe.relative_to(ROOT) if args.recipe.is_relative_to(ROOT) else args.recipe
     lines = [
-        f"{args.model.name}, `{args.recipe.relative_to(ROOT) if args.recipe.is_relative_to(ROOT) else args.recipe}` "
+        f"{args.model.name}, `{recipe}` "
         f"on {machine()}; the whole command (load, calibrate every block, write the parent); "
         f"median of {args.runs} run(s).",
         "",
@@ -70,9 +72,8 @@ def main() -> None:
     ]
     for name, runs in results.items():
         wall = statistics.median(w for w, _ in runs)
-        lines.append(
-            f"| {name} | {wall / 60:.1f} min | {wall / single:.2f}x | {max(r for _, r in runs) / 2**20:.0f} MiB |"
-        )
+        rss = max(r for _, r in runs) / 2**20
+        lines.append(f"| {name} | {wall / 60:.1f} min | {wall / single:.2f}x | {rss:.0f} MiB |")
     lines += [
         "",
         f"Target: MatQuant OmniQuant end to end <= 30 minutes on 2 CPU cores: "

@@ -1,6 +1,7 @@
 """Cost of a MatQuant QAT step (R = {8, 4, 2}) against a plain fine-tuning step.
 
-    python benchmarks/qat_benchmark.py MODEL --data FILE [--seq-len 128] [--batch-size 4] [--steps 6]
+    python benchmarks/qat_benchmark.py MODEL --data FILE \
+        [--seq-len 128] [--batch-size 4] [--steps 6]
 
 Each approach runs in its own process (so peak RSS is its own): the same model, batch and
 sequence length, AdamW; the first step is a warm-up and not timed; the median of the other
@@ -29,9 +30,9 @@ def child(kind: str, args) -> None:
     import torch
     import torch.nn.functional as F
 
-    from matcli.quant.qat import MultiWidthLoss, _batch_indices
-    from matcli.quant.training import load_quant_model, training_windows
     from matcli.options import QuantizeOptions
+    from matcli.train.qat import MultiWidthLoss, batch_indices
+    from matcli.train.training import load_quant_model, training_windows
 
     torch.manual_seed(0)
     options = QuantizeOptions(
@@ -50,7 +51,7 @@ def child(kind: str, args) -> None:
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     times = []
     for step in range(args.steps):
-        batch = windows[_batch_indices(len(windows), step, args.batch_size, 0)]
+        batch = windows[batch_indices(len(windows), step, args.batch_size, 0)]
         start = time.perf_counter()
         if kind == "qat":
             objective.backward(batch, 1.0, lambda last: contextlib.nullcontext())
@@ -99,18 +100,23 @@ def main() -> None:
             cmd, capture_output=True, text=True, check=True, env={**os.environ, "TQDM_DISABLE": "1"}
         ).stdout
         results[kind] = json.loads(out.strip().splitlines()[-1])
-    ratio = results["qat"]["step_seconds"] / results["plain"]["step_seconds"]
+    plain, qat = results["plain"], results["qat"]
+    ratio = qat["step_seconds"] / plain["step_seconds"]
     body = "\n".join(
         [
-            f"{args.model.name}, batch {args.batch_size} x {args.seq_len} tokens, AdamW, fp32 on {machine()}; median of {args.steps - 1} timed steps after one warm-up step.",
+            f"{args.model.name}, batch {args.batch_size} x {args.seq_len} tokens, AdamW, fp32 on "
+            f"{machine()}; median of {args.steps - 1} timed steps after one warm-up step.",
             "",
             "| step | time (median) | vs plain | peak RSS |",
             "|---|---|---|---|",
-            f"| plain fine-tuning | {results['plain']['step_seconds']:.2f} s | 1.00x | {results['plain']['peak_rss'] / 2**20:.0f} MiB |",
-            f"| MatQuant QAT, R = {{8, 4, 2}} | {results['qat']['step_seconds']:.2f} s | {ratio:.2f}x | {results['qat']['peak_rss'] / 2**20:.0f} MiB |",
+            f"| plain fine-tuning | {plain['step_seconds']:.2f} s | 1.00x | "
+            f"{plain['peak_rss'] / 2**20:.0f} MiB |",
+            f"| MatQuant QAT, R = {{8, 4, 2}} | {qat['step_seconds']:.2f} s | {ratio:.2f}x | "
+            f"{qat['peak_rss'] / 2**20:.0f} MiB |",
             "",
-            f"Target: <= 3.3x a plain step (<= 10% fake-quant overhead per width on top of the 3 forward/backward passes): "
-            f"{'met' if ratio <= 3.3 else 'MISSED'} ({ratio:.2f}x, i.e. {(ratio / 3 - 1) * 100:+.0f}% per width).",
+            "Target: <= 3.3x a plain step (<= 10% fake-quant overhead per width on top of the 3 "
+            f"forward/backward passes): {'met' if ratio <= 3.3 else 'MISSED'} ({ratio:.2f}x, "
+            f"i.e. {(ratio / 3 - 1) * 100:+.0f}% per width).",
         ]
     )
     print(body)

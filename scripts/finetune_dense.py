@@ -1,6 +1,7 @@
 """The dense baseline of docs/results.md: plain fine-tuning with QAT's exact loop and data.
 
-    python scripts/finetune_dense.py MODEL OUT --data FILE --steps N --seq-len L --batch-size B --lr X
+    python scripts/finetune_dense.py MODEL OUT --data FILE --steps N --seq-len L \
+        --batch-size B --lr X
 
 Same optimizer (AdamW), schedule (linear warmup + cosine), clipping, seed and batch order as
 `matcli quantize --method qat`, without quantization, so that the cost of quantization is
@@ -23,9 +24,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def main() -> None:
     from transformers import AutoModelForCausalLM
 
-    from matcli.quant.qat import PAPER_WARMUP, QAT_LR, _batch_indices, _schedule
-    from matcli.quant.training import training_windows
     from matcli.options import QuantizeOptions
+    from matcli.train.qat import QAT_LR, batch_indices, lr_schedule, warmup_steps
+    from matcli.train.training import training_windows
 
     parser = argparse.ArgumentParser()
     parser.add_argument("model", type=Path)
@@ -55,14 +56,11 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(options.model, dtype=torch.float32)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=options.weight_decay)
-    warmup = (
-        options.warmup_steps
-        if options.warmup_steps is not None
-        else min(PAPER_WARMUP, options.steps // 5)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_schedule(options, warmup_steps(options))
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(options, warmup))
     for step in range(options.steps):
-        batch = windows[_batch_indices(len(windows), step, options.batch_size, options.seed)]
+        batch = windows[batch_indices(len(windows), step, options.batch_size, options.seed)]
         logits = model(input_ids=batch).logits[:, :-1].float()
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
         loss.backward()

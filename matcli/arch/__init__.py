@@ -144,9 +144,11 @@ class Architecture:
         return (int(m.group(1)), m.group(2)) if m else None
 
     @property
-    def layers_module(self) -> str:
-        """The module path of the decoder layer list in this checkpoint's layout."""
-        return self.layer_template.split(".{layer}.")[0]
+    def layers_modules(self) -> list[str]:
+        """Where a loaded model may hold its list of decoder layers: one module path per
+        layout of the family (transformers renames old layouts on load, so the loaded model's
+        path need not be this checkpoint's)."""
+        return [template.split(".{layer}.")[0] for template in self.family.layers]
 
     def layer_name(self, layer: int, relative: str) -> str:
         """The full tensor name of `relative` in layer `layer`, in this checkpoint's layout."""

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from matcli.errors import MatcliError
+from matcli.quant.widths import widest_first
 
 CONFIG_KEY = "matcli"
 
@@ -59,13 +60,14 @@ def parent_info(config: dict) -> ParentInfo | None:
 
 def info_from_options(options, method: str) -> ParentInfo:
     """The record of a parent made by `method` with QuantizeOptions `options`."""
-    order = sorted(range(len(options.train_bits)), key=lambda i: -options.train_bits[i])
+    weight_of = dict(zip(options.train_bits, options.loss_weights))
+    trained_bits = widest_first(weight_of)
     return ParentInfo(
         parent_bits=options.bits,
         scheme=options.scheme,
         group_size=options.group_size,
-        trained_bits=[options.train_bits[i] for i in order],
-        loss_weights=[options.loss_weights[i] for i in order],
+        trained_bits=trained_bits,
+        loss_weights=[weight_of[bits] for bits in trained_bits],
         method=method,
         layers=options.layers,
         extra_precision=options.extra_precision,

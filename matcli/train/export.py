@@ -12,12 +12,12 @@ import torch
 from matcli.checkpoint.plan import Plan, copy_tensor
 from matcli.checkpoint.safetensors_file import torch_dtype
 from matcli.checkpoint.writer import OutputTensor, dtype_code
+from matcli.options import QuantizeOptions
 from matcli.quant import ct_format, grid
 from matcli.quant.ct_format import PACKED, SCALE, SHAPE, ZERO, WeightScheme
 from matcli.quant.packing import packed_columns
 from matcli.quant.parent import ParentInfo
-from matcli.quant.parent_plan import QuantTargets, parent_plan
-from matcli.options import QuantizeOptions
+from matcli.train.parent_plan import QuantTargets, parent_plan
 
 QuantizedWeight = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # uint8 codes, scale, zero
 

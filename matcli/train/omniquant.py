@@ -24,21 +24,21 @@ Choices the paper leaves open, and matcli's answers:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from matcli.quant.fakequant import FakeQuantLinear, at_bits
-from matcli.quant.training import (
+from matcli.devices import pick_device
+from matcli.options import QuantizeOptions
+from matcli.train.fakequant import FakeQuantLinear, at_bits
+from matcli.train.registry import Progress
+from matcli.train.training import (
     QuantModel,
     decoder_layers,
     load_quant_model,
-    pick_device,
     training_windows,
+    unwrapped_state,
 )
-from matcli.options import QuantizeOptions
 
 LWC_LR = 1e-2  # OmniQuant's default for the clipping factors; MatQuant: constant 1e-3 overall
 
@@ -106,10 +106,20 @@ def _enable(qm: QuantModel, modules: dict[str, FakeQuantLinear], let: bool) -> t
     return clips, scales
 
 
-def calibrate(
-    options: QuantizeOptions,
-    on_layer: Callable[[int, int, dict[int, float]], None] = lambda i, n, l: None,
-):
+def planned_work(options: QuantizeOptions, windows: int) -> dict:
+    """What a calibration would do, for the dry run."""
+    samples = min(options.samples, windows)
+    return {
+        "tokens_to_train": samples * options.seq_len * options.epochs,
+        "samples": samples,
+        "epochs": options.epochs,
+    }
+
+
+def train(
+    options: QuantizeOptions, progress: Progress = lambda done, total, losses: None
+) -> tuple[QuantModel, dict[int, float], dict]:
+    """Calibrate block by block; (QuantModel, the last block's MSE per width, report)."""
     device = pick_device(options.device)
     torch.manual_seed(options.seed)
     qm = load_quant_model(options, device)
@@ -119,34 +129,19 @@ def calibrate(
     order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(options.seed))
     samples = windows[order[: options.samples]]
     layers = decoder_layers(qm)
-    captured = Captured(layers)
-    with torch.no_grad():
-        for sample in samples.split(1):
-            qm.model(input_ids=sample.to(device))
-    captured.remove()
+    captured = _capture(qm, layers, samples.to(device))
     fp_inputs = captured.first_inputs
     q_inputs = [x.clone() for x in fp_inputs]
-    weights = dict(zip(options.train_bits, options.loss_weights))
     history: dict[int, float] = {}
     for index, layer in enumerate(layers):
-        modules = _layer_modules(qm, index)
         calls = captured.calls[index]
         with torch.no_grad():
             targets = [_run(layer, x, call) for x, call in zip(fp_inputs, calls)]
-        if modules:
-            history = _train_layer(layer, modules, qm, q_inputs, targets, calls, weights, options)
-            with torch.no_grad(), at_bits(modules, options.bits):
-                q_inputs = [_run(layer, x, call) for x, call in zip(q_inputs, calls)]
-            for fq in modules.values():
-                for p in fq.parameters(recurse=False):
-                    p.requires_grad_(False)
-        else:
-            with torch.no_grad():
-                q_inputs = [_run(layer, x, call) for x, call in zip(q_inputs, calls)]
+        losses, q_inputs = _calibrate_layer(qm, index, layer, q_inputs, targets, calls, options)
+        history = losses if losses is not None else history  # a layer with nothing to train
         fp_inputs = targets
-        on_layer(index + 1, len(layers), history)
+        progress(index + 1, len(layers), history)
     report = {
-        "method": "omniquant",
         "samples": len(samples),
         "seq_len": options.seq_len,
         "epochs": options.epochs,
@@ -156,6 +151,41 @@ def calibrate(
         "let": "scale only" if options.let else "off",
     }
     return qm, history, report
+
+
+def _capture(qm: QuantModel, layers: nn.ModuleList, samples: torch.Tensor) -> Captured:
+    """Every layer's call arguments, and the first layer's inputs, for each sample."""
+    captured = Captured(layers)
+    with torch.no_grad():
+        for sample in samples.split(1):
+            qm.model(input_ids=sample)
+    captured.remove()
+    return captured
+
+
+def _calibrate_layer(
+    qm: QuantModel,
+    index: int,
+    layer: nn.Module,
+    q_inputs: list[torch.Tensor],
+    targets: list[torch.Tensor],
+    calls: list[tuple[tuple, dict]],
+    options: QuantizeOptions,
+) -> tuple[dict[int, float] | None, list[torch.Tensor]]:
+    """Train layer `index` if it has quantized Linears (its final MSE per width, else None),
+    then propagate the quantized stream through it at the parent width."""
+    modules = _layer_modules(qm, index)
+    if not modules:
+        with torch.no_grad():
+            return None, [_run(layer, x, call) for x, call in zip(q_inputs, calls)]
+    weights = dict(zip(options.train_bits, options.loss_weights))
+    history = _train_layer(layer, modules, qm, q_inputs, targets, calls, weights, options)
+    with torch.no_grad(), at_bits(modules, options.bits):
+        q_inputs = [_run(layer, x, call) for x, call in zip(q_inputs, calls)]
+    for fq in modules.values():
+        for p in fq.parameters(recurse=False):
+            p.requires_grad_(False)
+    return history, q_inputs
 
 
 def _train_layer(
@@ -199,8 +229,6 @@ def _train_layer(
 def export_inputs(qm: QuantModel) -> tuple[dict, dict]:
     """Codes of the LET-transformed weights with the LET scales folded into the checkpoint:
     gate/up input scales into the FFN input norm, down input scales into up's row scales."""
-    from matcli.quant.training import unwrapped_state
-
     ffn, family = qm.arch.family.ffn, qm.arch.family
     quantized = {name: fq.export() for name, fq in qm.wrapped.items()}
     state = unwrapped_state(qm)

@@ -14,11 +14,11 @@ from matcli.checkpoint.reader import ModelFolder
 from matcli.checkpoint.safetensors_file import TensorInfo
 from matcli.checkpoint.writer import OutputTensor
 from matcli.errors import MatcliError
+from matcli.options import QuantizeOptions
 from matcli.quant import ct_format
 from matcli.quant.ct_format import WeightScheme
 from matcli.quant.parent import CONFIG_KEY, ParentInfo
 from matcli.quant.targets import select_linears, targets_regex
-from matcli.options import QuantizeOptions
 
 FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 
@@ -38,7 +38,8 @@ def quant_targets(options: QuantizeOptions) -> QuantTargets:
     folder = ModelFolder(options.model)
     if "quantization_config" in folder.config:
         raise MatcliError(
-            f"{options.model} is already quantized (config.json has quantization_config); quantize the dense model"
+            f"{options.model} is already quantized (config.json has quantization_config); "
+            "quantize the dense model"
         )
     arch = resolve(folder.config, list(folder.tensors))
     modules = select_linears(arch, {n: t.shape for n, t in folder.tensors.items()}, options.layers)
@@ -68,7 +69,8 @@ def check_group_size(group_size: int | None, weights: list[TensorInfo]) -> None:
         else "no power of two from 32 to 256 fits every layer"
     )
     raise MatcliError(
-        f"--group-size {group_size} does not divide the {bad.shape[1]} input columns of {bad.name}; "
+        f"--group-size {group_size} does not divide the {bad.shape[1]} input columns of "
+        f"{bad.name}; "
         f"{hint}; or omit --group-size for per-channel scales"
     )
 

@@ -23,17 +23,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from matcli.devices import pick_device
 from matcli.errors import MatcliError
-from matcli.quant.fakequant import at_bits
-from matcli.quant.training import (
+from matcli.options import QuantizeOptions, parse_distill
+from matcli.quant.widths import widest_first
+from matcli.train.fakequant import at_bits
+from matcli.train.registry import Progress
+from matcli.train.training import (
     QuantModel,
     decoder_layers,
     load_quant_model,
-    pick_device,
     training_windows,
     unwrapped_state,
 )
-from matcli.options import QuantizeOptions, parse_distill
 
 QAT_LR = 1e-5  # paper App. B: linear warmup to 1e-5, then cosine decay
 PAPER_WARMUP = 150
@@ -51,9 +53,9 @@ class MultiWidthLoss:
     def __init__(self, qm: QuantModel, options: QuantizeOptions, model: nn.Module):
         self.model = model  # the transformers model, or its DDP wrapper
         self.wrapped = qm.wrapped
-        order = sorted(range(len(options.train_bits)), key=lambda i: -options.train_bits[i])
-        self.widths = [options.train_bits[i] for i in order]
-        self.weights = [options.loss_weights[i] for i in order]
+        weight_of = dict(zip(options.train_bits, options.loss_weights))
+        self.widths = widest_first(weight_of)
+        self.weights = [weight_of[bits] for bits in self.widths]
         self.teacher, self.students = (
             parse_distill(options.distill) if options.distill else (None, [])
         )
@@ -99,7 +101,15 @@ class MultiWidthLoss:
         return losses
 
 
-def _schedule(options: QuantizeOptions, warmup: int) -> Callable[[int], float]:
+def warmup_steps(options: QuantizeOptions) -> int:
+    """--warmup-steps, by default the paper's 150 or a fifth of the steps if fewer."""
+    if options.warmup_steps is not None:
+        return options.warmup_steps
+    return min(PAPER_WARMUP, options.steps // 5)
+
+
+def lr_schedule(options: QuantizeOptions, warmup: int) -> Callable[[int], float]:
+    """The learning-rate factor of each step: linear warmup, then cosine decay or constant."""
     cosine = (options.schedule or "cosine") == "cosine"
 
     def factor(step: int) -> float:
@@ -119,7 +129,7 @@ def state_dir(options: QuantizeOptions) -> Path:
     return out.parent / f"{out.name}.train-state"
 
 
-def _batch_indices(num_windows: int, step: int, global_batch: int, seed: int) -> torch.Tensor:
+def batch_indices(num_windows: int, step: int, global_batch: int, seed: int) -> torch.Tensor:
     """Window indices of one global batch: a fresh seeded permutation every epoch."""
     start = step * global_batch
     out = []
@@ -132,103 +142,226 @@ def _batch_indices(num_windows: int, step: int, global_batch: int, seed: int) ->
     return torch.tensor(out)
 
 
-def train_qat(
-    options: QuantizeOptions, on_step: Callable[[int, dict[int, float]], None] = lambda s, l: None
-):
-    """Train; return (QuantModel, final losses, report) for export (None on ranks > 0)."""
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = pick_device(options.device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    rank = dist.get_rank() if world > 1 else 0
-    torch.manual_seed(options.seed)
-    qm = load_quant_model(options, device)
-    windows = training_windows(options, options.model)
-    if options.gradient_checkpointing:
-        qm.model.gradient_checkpointing_enable()
-    if options.trainable == "quantized":
-        for p in qm.model.parameters():
-            p.requires_grad_(False)
-        for fq in qm.wrapped.values():
-            fq.linear.weight.requires_grad_(True)
-    model = _distribute(qm, options, device, world)
-    params = [p for p in qm.model.parameters() if p.requires_grad]  # after sharding: the shards
-    optimizer = torch.optim.AdamW(
-        params, lr=options.lr or QAT_LR, weight_decay=options.weight_decay
-    )
-    warmup = (
-        options.warmup_steps
-        if options.warmup_steps is not None
-        else min(PAPER_WARMUP, options.steps // 5)
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(options, warmup))
-    objective = MultiWidthLoss(qm, options, model)
-    global_batch = options.batch_size * options.grad_accum * world
-    start = _restore(options, qm, optimizer, scheduler, global_batch) if options.resume else 0
-    if not options.resume and state_dir(options).exists() and rank == 0:
-        shutil.rmtree(state_dir(options))
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16)
-        if options.precision == "bf16"
-        else contextlib.nullcontext()
-    )
-    history: dict[int, float] = {}
-    with _stop_requests() as stop:
-        for step in range(start, options.steps):
-            indices = _batch_indices(len(windows), step, global_batch, options.seed)
-            mine = indices.view(options.grad_accum, world, options.batch_size)[:, rank]
-            sums: dict[int, float] = {}
-            for micro in range(options.grad_accum):
-                last_micro = micro == options.grad_accum - 1
-
-                def sync(last_width: bool, last_micro=last_micro):
-                    # DDP all-reduces only on a step's last backward. FSDP reduce-scatters
-                    # every backward: skipping it would keep whole, unsharded gradients.
-                    if isinstance(model, nn.parallel.DistributedDataParallel) and not (
-                        last_micro and last_width
-                    ):
-                        return model.no_sync()
-                    return contextlib.nullcontext()
-
-                with autocast:
-                    losses = objective.backward(
-                        windows[mine[micro]].to(device), 1 / options.grad_accum, sync
-                    )
-                for bits, value in losses.items():
-                    sums[bits] = sums.get(bits, 0.0) + value / options.grad_accum
-            torch.nn.utils.clip_grad_norm_(params, options.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            history = sums
-            on_step(step + 1, sums)
-            done = step + 1
-            stopping = _any_rank(stop.requested, world, device)
-            if stopping or (options.save_every and done % options.save_every == 0):
-                _save(options, qm, optimizer, scheduler, done, rank, global_batch)
-            if stopping:
-                raise MatcliError(
-                    f"interrupted after step {done} of {options.steps}; the training state is in {state_dir(options)}: "
-                    "run the same command with --resume to continue",
-                    exit_code=130,
-                )
-    if world > 1 and options.parallel == "fsdp":
-        qm.gathered = _full_model_state(qm)
-    if world > 1:
-        dist.barrier()
-    if rank != 0:
-        return None
-    report = {
-        "method": "qat",
+def planned_work(options: QuantizeOptions, windows: int) -> dict:
+    """What a run would do, for the dry run (one process; torchrun multiplies the batch)."""
+    per_step = options.batch_size * options.grad_accum * options.seq_len
+    return {
+        "tokens_to_train": options.steps * per_step,
         "steps": options.steps,
-        "global_batch": global_batch,
-        "tokens_seen": options.steps * global_batch * options.seq_len,
-        "parallel": f"{options.parallel}, {world} processes" if world > 1 else "one process",
-        "final_losses": {f"int{b}": round(v, 5) for b, v in history.items()},
+        "tokens_per_step": per_step,
     }
-    return qm, history, report
+
+
+def train(
+    options: QuantizeOptions, progress: Progress = lambda done, total, losses: None
+) -> tuple[QuantModel, dict[int, float], dict] | None:
+    """Train; return (QuantModel, final losses, report) for export (None on ranks > 0)."""
+    run = QatRun(options)
+    history = run.steps(progress)
+    return run.result(history)
+
+
+class QatRun:
+    """One QAT run on this process: its rank, the model, the data, optimizer and schedule."""
+
+    def __init__(self, options: QuantizeOptions):
+        import torch.distributed as dist
+
+        self.options = options
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.device = pick_device(options.device)
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
+        self.rank = dist.get_rank() if self.world > 1 else 0
+        self.sharded = self.world > 1 and options.parallel == "fsdp"
+        torch.manual_seed(options.seed)
+        self.qm = load_quant_model(options, self.device, shard=self.sharded)
+        self.windows = training_windows(options, options.model)
+        self._choose_trainable()
+        self.model = _distribute(self.qm, options, self.device, self.world)
+        # After sharding: this rank's shards.
+        self.params = [p for p in self.qm.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=options.lr or QAT_LR, weight_decay=options.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_schedule(options, warmup_steps(options))
+        )
+        self.objective = MultiWidthLoss(self.qm, options, self.model)
+        self.global_batch = options.batch_size * options.grad_accum * self.world
+
+    def _choose_trainable(self) -> None:
+        if self.options.gradient_checkpointing:
+            self.qm.model.gradient_checkpointing_enable()
+        if self.options.trainable == "quantized":
+            for p in self.qm.model.parameters():
+                p.requires_grad_(False)
+            for fq in self.qm.wrapped.values():
+                fq.linear.weight.requires_grad_(True)
+
+    def steps(self, progress: Progress) -> dict[int, float]:
+        """Every step left; saves the state every --save-every steps and when asked to stop.
+        The last step's loss per width."""
+        options, history = self.options, {}
+        start = self._restore() if options.resume else self._start_afresh()
+        with _stop_requests() as stop:
+            for step in range(start, options.steps):
+                history = self._step(step)
+                done = step + 1
+                progress(done, options.steps, history)
+                stopping = _any_rank(stop.requested, self.world, self.device)
+                if stopping or (options.save_every and done % options.save_every == 0):
+                    self._save(done)
+                if stopping:
+                    raise MatcliError(
+                        f"interrupted after step {done} of {options.steps}; the training state "
+                        f"is in {state_dir(options)}: run the same command with --resume to "
+                        "continue",
+                        exit_code=130,
+                    )
+        return history
+
+    def _start_afresh(self) -> int:
+        if state_dir(self.options).exists() and self.rank == 0:
+            shutil.rmtree(state_dir(self.options))
+        return 0
+
+    def _step(self, step: int) -> dict[int, float]:
+        """One optimizer step on this rank's share of global batch `step`; its mean loss per
+        width."""
+        options = self.options
+        indices = batch_indices(len(self.windows), step, self.global_batch, options.seed)
+        mine = indices.view(options.grad_accum, self.world, options.batch_size)[:, self.rank]
+        sums: dict[int, float] = {}
+        for micro in range(options.grad_accum):
+            with self._autocast():
+                losses = self.objective.backward(
+                    self.windows[mine[micro]].to(self.device),
+                    1 / options.grad_accum,
+                    self._sync(last_micro=micro == options.grad_accum - 1),
+                )
+            for bits, value in losses.items():
+                sums[bits] = sums.get(bits, 0.0) + value / options.grad_accum
+        torch.nn.utils.clip_grad_norm_(self.params, options.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return sums
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.options.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _sync(self, last_micro: bool) -> Callable[[bool], contextlib.AbstractContextManager]:
+        """The context of each width's backward. DDP all-reduces only on a step's last
+        backward; FSDP reduce-scatters every backward (skipping it would keep whole,
+        unsharded gradients)."""
+
+        def sync(last_width: bool) -> contextlib.AbstractContextManager:
+            if isinstance(self.model, nn.parallel.DistributedDataParallel) and not (
+                last_micro and last_width
+            ):
+                return self.model.no_sync()
+            return contextlib.nullcontext()
+
+        return sync
+
+    def result(self, history: dict[int, float]) -> tuple[QuantModel, dict[int, float], dict] | None:
+        """Rank 0's (model with the full weights, final losses, report); None elsewhere."""
+        import torch.distributed as dist
+
+        if self.sharded:
+            self.qm.gathered = _full_model_state(self.qm)
+        if self.world > 1:
+            dist.barrier()
+        if self.rank != 0:
+            return None
+        options = self.options
+        report = {
+            "steps": options.steps,
+            "global_batch": self.global_batch,
+            "tokens_seen": options.steps * self.global_batch * options.seq_len,
+            "parallel": f"{options.parallel}, {self.world} processes"
+            if self.world > 1
+            else "one process",
+            "final_losses": {f"int{b}": round(v, 5) for b, v in history.items()},
+        }
+        return self.qm, history, report
+
+    def _save(self, step: int) -> None:
+        """Trainable weights, optimizer and scheduler state and the step, written atomically
+        by rank 0. torch's distributed state-dict API gathers them whole, however they are
+        sharded, so a run can resume with any number of processes and either --parallel."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        weights, optimizer_state = get_state_dict(
+            self.qm.model,
+            self.optimizer,
+            options=StateDictOptions(full_state_dict=True, cpu_offload=True),
+        )
+        if self.rank != 0:
+            return
+        trainable = {n for n, p in self.qm.model.named_parameters() if p.requires_grad}
+        state = {
+            "step": step,
+            "params": {n: t for n, t in weights.items() if n in trainable},
+            "optimizer": optimizer_state,
+            "scheduler": self.scheduler.state_dict(),
+            "options": self.options.model_dump(mode="json"),
+            "global_batch": self.global_batch,
+        }
+        folder = state_dir(self.options)
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        torch.save(state, tmp / "state.pt")
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+
+    def _restore(self) -> int:
+        """The saved state loaded into the model, optimizer and schedule; the step to go on
+        from."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        path = state_dir(self.options) / "state.pt"
+        if not path.exists():
+            raise MatcliError(
+                f"--resume: no saved training state at {path}; start without --resume"
+            )
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        _check_resumable(self.options, state, self.global_batch)
+        set_state_dict(
+            self.qm.model,
+            self.optimizer,
+            model_state_dict=state["params"],
+            optim_state_dict=state["optimizer"],
+            options=StateDictOptions(full_state_dict=True, strict=False),
+        )
+        self.scheduler.load_state_dict(state["scheduler"])
+        return int(state["step"])
+
+
+def _check_resumable(options: QuantizeOptions, state: dict, global_batch: int) -> None:
+    """How the global batch is split (processes, --batch-size, --grad-accum, --parallel) may
+    change; the options and the global batch itself (it fixes the data order) may not."""
+    free = ("resume", "force", "dry_run", "batch_size", "grad_accum", "parallel")
+    saved, now = dict(state["options"]), options.model_dump(mode="json")
+    for key in free:
+        saved.pop(key, None)
+        now.pop(key, None)
+    if saved != now:
+        changed = sorted(k for k in now if saved.get(k) != now[k])
+        raise MatcliError(
+            f"--resume: options differ from the interrupted run ({', '.join(changed)}); "
+            "use the same command"
+        )
+    if state["global_batch"] != global_batch:
+        raise MatcliError(
+            f"--resume: the interrupted run's global batch was {state['global_batch']} "
+            f"sequences, now it is {global_batch} (--batch-size x --grad-accum x processes); "
+            "keep it the same"
+        )
 
 
 def _any_rank(flag: bool, world: int, device: torch.device) -> bool:
@@ -294,81 +427,6 @@ def _stop_requests():
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _save(
-    options: QuantizeOptions,
-    qm: QuantModel,
-    optimizer,
-    scheduler,
-    step: int,
-    rank: int,
-    global_batch: int,
-) -> None:
-    """Trainable weights, optimizer and scheduler state and the step, written atomically by
-    rank 0. torch's distributed state-dict API gathers them whole, however they are sharded,
-    so a run can resume with any number of processes and either --parallel."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-
-    weights, optimizer_state = get_state_dict(
-        qm.model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-    )
-    if rank != 0:
-        return
-    trainable = {n for n, p in qm.model.named_parameters() if p.requires_grad}
-    folder = state_dir(options)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    state = {
-        "step": step,
-        "params": {n: t for n, t in weights.items() if n in trainable},
-        "optimizer": optimizer_state,
-        "scheduler": scheduler.state_dict(),
-        "options": options.model_dump(mode="json"),
-        "global_batch": global_batch,
-    }
-    torch.save(state, tmp / "state.pt")
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-
-
-def _restore(
-    options: QuantizeOptions, qm: QuantModel, optimizer, scheduler, global_batch: int
-) -> int:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-
-    path = state_dir(options) / "state.pt"
-    if not path.exists():
-        raise MatcliError(f"--resume: no saved training state at {path}; start without --resume")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    # How the global batch is split (processes, --batch-size, --grad-accum, --parallel) may
-    # change; the global batch itself fixes the data order, so it may not.
-    free = ("resume", "force", "dry_run", "batch_size", "grad_accum", "parallel")
-    saved, now = dict(state["options"]), options.model_dump(mode="json")
-    for key in free:
-        saved.pop(key, None)
-        now.pop(key, None)
-    if saved != now:
-        changed = sorted(k for k in now if saved.get(k) != now[k])
-        raise MatcliError(
-            f"--resume: options differ from the interrupted run ({', '.join(changed)}); use the same command"
-        )
-    saved_batch = state.get("global_batch", global_batch)  # states saved before it was recorded
-    if saved_batch != global_batch:
-        raise MatcliError(
-            f"--resume: the interrupted run's global batch was {saved_batch} sequences, now it is {global_batch} "
-            "(--batch-size x --grad-accum x processes); keep it the same"
-        )
-    set_state_dict(
-        qm.model,
-        optimizer,
-        model_state_dict=state["params"],
-        optim_state_dict=state["optimizer"],
-        options=StateDictOptions(full_state_dict=True, strict=False),
-    )
-    scheduler.load_state_dict(state["scheduler"])
-    return int(state["step"])
 
 
 def finish(options: QuantizeOptions) -> None:

@@ -1,79 +1,112 @@
-"""`matcli quantize`: one entry for every method; each ends in a Plan that writes the parent."""
+"""The ways `matcli quantize` makes a parent: one entry per method, nothing else knows them.
+
+An entry says what the command line needs (help, whether it reads --data, what its progress
+counts) and holds the callables that plan, dry-run and finish the method. Importing this module
+imports neither torch nor transformers: the callables import their modules when called, so
+`matcli --help` and option checks stay fast. A new method is one more entry in `METHODS`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from importlib import import_module
+from typing import TYPE_CHECKING
 
-from matcli.checkpoint.atomic import check_destination
-from matcli.checkpoint.plan import Plan
-from matcli.data import data_digest
-from matcli.quant.parent import CONFIG_KEY, info_from_options
-from matcli.options import QuantizeOptions
+from matcli.errors import MatcliError
+
+if TYPE_CHECKING:
+    from matcli.checkpoint.plan import Plan
+    from matcli.options import QuantizeOptions
 
 Progress = Callable[[int, int, dict[int, float]], None]  # (done, total, loss per width)
 
 
-def plan_quantize(
-    options: QuantizeOptions, progress: Progress = lambda d, t, l: None
-) -> Plan | None:
-    """The parent's plan; training methods train first (None on torchrun ranks other than 0)."""
-    from matcli.quant.rtn import plan_rtn
+def _no_finish(options: QuantizeOptions) -> None:
+    """Nothing is left behind to clean up."""
 
-    if options.method in ("rtn", "weighted-rtn"):
-        return plan_rtn(options)
-    if options.dry_run:
-        return _training_dry_run(options)
-    check_destination(options.output, options.force, [options.model])  # before hours of training
-    if options.method == "qat":
-        from matcli.quant import qat
 
-        result = qat.train_qat(options, lambda step, losses: progress(step, options.steps, losses))
-        export = qat.export_inputs
-    else:
-        from matcli.quant import omniquant
+@dataclass(frozen=True)
+class Method:
+    name: str  # "rtn", "weighted-rtn", "qat", "omniquant"
+    help: str  # one line for --help
+    needs_data: bool  # trains or calibrates on --data text
+    progress_unit: str | None  # what `Progress` counts; None: the writer shows progress
+    # Train if the method trains, then the parent's Plan; None on torchrun ranks other than 0.
+    plan: Callable[[QuantizeOptions, Progress], Plan | None]
+    # The parent's layout and what training would do (the report); nothing is trained.
+    dry_run: Callable[[QuantizeOptions], Plan]
+    # After the output is written (qat removes its training state).
+    finish: Callable[[QuantizeOptions], None] = _no_finish
 
-        result = omniquant.calibrate(options, progress)
-        export = omniquant.export_inputs
-    if result is None:
-        return None
-    qm, _, report = result
-    quantized, dense = export(qm)
-    report.update({"data": str(options.data), "data_sha256": data_digest(options.data)})
-    from matcli.quant.export import plan_parent
 
-    return plan_parent(
-        qm.targets, quantized, dense, info_from_options(options, options.method), options, report
+def _lazy(module: str, function: str) -> Callable:
+    """`module.function`, imported at the first call."""
+
+    def call(*args, **kwargs):
+        return getattr(import_module(module), function)(*args, **kwargs)
+
+    return call
+
+
+def _streamed(name: str, help_text: str, planner: str) -> Method:
+    """A method that streams the parent from the source without a model or data: its plan
+    is built at once, and the dry run is that plan. `planner` is a function of
+    `matcli.train.rtn` taking (name, options)."""
+    plan = partial(_lazy("matcli.train.rtn", planner), name)
+    return Method(
+        name,
+        help_text,
+        needs_data=False,
+        progress_unit=None,
+        plan=lambda o, _: plan(o),
+        dry_run=plan,
     )
 
 
-def _training_dry_run(options: QuantizeOptions) -> Plan:
-    """The parent's layout (shapes do not depend on training) and what training would do."""
-    from matcli.quant.rtn import plan_rtn
-    from matcli.quant.training import training_windows
-
-    windows = training_windows(options, options.model)
-    plan = plan_rtn(options)
-    plan.outputs[0].config[CONFIG_KEY] = info_from_options(options, options.method).model_dump()
-    if options.method == "qat":
-        tokens = options.steps * options.batch_size * options.grad_accum * options.seq_len
-        what = {
-            "steps": options.steps,
-            "tokens_per_step": options.batch_size * options.grad_accum * options.seq_len,
-        }
-    else:
-        tokens = min(options.samples, len(windows)) * options.seq_len * options.epochs
-        what = {"samples": min(options.samples, len(windows)), "epochs": options.epochs}
-    plan.report = {
-        "method": options.method,
-        "windows_available": len(windows),
-        "tokens_to_train": tokens,
-        **what,
-    }
-    return plan
+def _trained(name: str, help_text: str, progress_unit: str, module: str, **fields) -> Method:
+    """A method that trains a model in memory on --data and exports it; `module` is a
+    `matcli.train.training.TrainedMethod` (train, export_inputs, planned_work)."""
+    return Method(
+        name,
+        help_text,
+        needs_data=True,
+        progress_unit=progress_unit,
+        plan=partial(_lazy("matcli.train.training", "plan_trained"), name, module),
+        dry_run=partial(_lazy("matcli.train.training", "dry_run_trained"), name, module),
+        **fields,
+    )
 
 
-def finish(options: QuantizeOptions) -> None:
-    if options.method == "qat":
-        from matcli.quant.qat import finish as finish_qat
+METHODS: dict[str, Method] = {
+    method.name: method
+    for method in (
+        _streamed("rtn", "round to nearest, streamed; no data, no training", "plan_rtn"),
+        _streamed(
+            "weighted-rtn",
+            "streamed; each code minimises the lambda-weighted error of the --train-bits slices",
+            "plan_weighted_rtn",
+        ),
+        _trained(
+            "qat",
+            "MatQuant quantization-aware fine-tuning on --data (every weight trains)",
+            "step",
+            "matcli.train.qat",
+            finish=_lazy("matcli.train.qat", "finish"),
+        ),
+        _trained(
+            "omniquant",
+            "MatQuant block-wise calibration on --data (clipping + LET learnt, weights frozen)",
+            "block",
+            "matcli.train.omniquant",
+        ),
+    )
+}
 
-        finish_qat(options)
+
+def get_method(name: str) -> Method:
+    method = METHODS.get(name)
+    if method is None:
+        raise MatcliError(f"unknown --method {name!r}; matcli knows {', '.join(METHODS)}")
+    return method

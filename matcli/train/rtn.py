@@ -9,17 +9,24 @@ objective, without its data-driven error feedback).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from matcli.checkpoint.plan import Plan, copy_tensor
 from matcli.checkpoint.reader import ModelFolder
 from matcli.checkpoint.writer import OutputTensor
+from matcli.options import QuantizeOptions
 from matcli.quant import ct_format, grid
 from matcli.quant.ct_format import PACKED, SCALE, SHAPE, ZERO, WeightScheme
 from matcli.quant.packing import packed_columns
 from matcli.quant.parent import ParentInfo, info_from_options
-from matcli.quant.parent_plan import parent_plan, quant_targets
-from matcli.options import QuantizeOptions
+from matcli.train.parent_plan import parent_plan, quant_targets
+
+if TYPE_CHECKING:
+    import numpy as np
+
+CodeTable = tuple["np.ndarray", "np.ndarray"]  # grid.weighted_code_table: breakpoints, codes
 
 
 class RtnLinear:
@@ -36,7 +43,7 @@ class RtnLinear:
         module: str,
         scheme: WeightScheme,
         chunk_bytes: int,
-        code_table=None,
+        code_table: CodeTable | None = None,
     ):
         self.folder, self.module, self.scheme, self.chunk_bytes = (
             folder,
@@ -126,16 +133,36 @@ class RtnLinear:
         yield ct_format.pack_zero_point(zero, self.scheme.bits)
 
 
-def plan_rtn(options: QuantizeOptions) -> Plan:
+def plan_rtn(name: str, options: QuantizeOptions) -> Plan:
+    """Round to nearest: codes made for the parent's own width, the only one it records."""
+    info = ParentInfo(
+        parent_bits=options.bits,
+        scheme=options.scheme,
+        group_size=options.group_size,
+        trained_bits=[options.bits],
+        method=name,
+        layers=options.layers,
+    )
+    return streamed_plan(options, info)
+
+
+def plan_weighted_rtn(name: str, options: QuantizeOptions) -> Plan:
+    """Codes that minimise the lambda-weighted error of every --train-bits slice."""
+    table = grid.weighted_code_table(
+        options.bits, options.train_bits, options.loss_weights, options.extra_precision
+    )
+    return streamed_plan(options, info_from_options(options, name), table)
+
+
+def streamed_plan(
+    options: QuantizeOptions, info: ParentInfo, code_table: CodeTable | None = None
+) -> Plan:
+    """The parent's plan with codes streamed from the source: round to nearest, or the best
+    code of `code_table` (`grid.weighted_code_table`)."""
     targets = quant_targets(options)
     folder, scheme = targets.folder, targets.scheme
-    table = None
-    if options.method == "weighted-rtn":
-        table = grid.weighted_code_table(
-            scheme.bits, options.train_bits, options.loss_weights, options.extra_precision
-        )
     quantized = {
-        m + ".weight": RtnLinear(folder, m, scheme, options.chunk_size, table)
+        m + ".weight": RtnLinear(folder, m, scheme, options.chunk_size, code_table)
         for m in targets.modules
     }
     tensors = []
@@ -144,15 +171,4 @@ def plan_rtn(options: QuantizeOptions) -> Plan:
             tensors += quantized[name].outputs()
         else:
             tensors.append(copy_tensor(folder, name))
-    if options.method == "weighted-rtn":
-        info = info_from_options(options, "weighted-rtn")
-    else:
-        info = ParentInfo(
-            parent_bits=scheme.bits,
-            scheme=options.scheme,
-            group_size=scheme.group_size,
-            trained_bits=[scheme.bits],
-            method="rtn",
-            layers=options.layers,
-        )
     return parent_plan(targets, tensors, info, options)

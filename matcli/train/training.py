@@ -1,41 +1,27 @@
-"""What QAT and OmniQuant share: devices, the model with fake-quantized Linears, data, export."""
+"""What the training methods (QAT, OmniQuant) share: the model with fake-quantized Linears,
+the token windows of --data, and the way a trained model becomes the parent's plan."""
 
 from __future__ import annotations
 
-import os
-import re
 from dataclasses import dataclass
+from importlib import import_module
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
 from matcli.arch import Architecture
+from matcli.checkpoint.plan import Plan
 from matcli.checkpoint.reader import ModelFolder
 from matcli.checkpoint.safetensors_file import torch_dtype
+from matcli.data import data_digest
+from matcli.devices import pick_device as pick_device  # where training code found it before
 from matcli.errors import MatcliError
-from matcli.quant.fakequant import FakeQuantLinear, wrap_linears
-from matcli.quant.parent_plan import QuantTargets, quant_targets
 from matcli.options import QuantizeOptions
-
-
-def pick_device(name: str) -> torch.device:
-    """`auto` takes the local GPU under torchrun (LOCAL_RANK), else the first, else the CPU."""
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", name):
-        raise MatcliError(f"--device {name!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        index = int(name.partition(":")[2] or 0)
-        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
-            found = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            raise MatcliError(
-                f"--device {name}: this machine has {found} CUDA device(s); use --device cpu or auto"
-            )
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise MatcliError("--device mps: no Apple GPU here; use --device cpu or auto")
-    return torch.device(name)
+from matcli.quant.parent import info_from_options
+from matcli.train.fakequant import FakeQuantLinear, wrap_linears
+from matcli.train.parent_plan import QuantTargets, quant_targets
+from matcli.train.registry import Progress
 
 
 @dataclass
@@ -58,7 +44,54 @@ class QuantModel:
         return self.targets.folder
 
 
-def load_quant_model(options: QuantizeOptions, device: torch.device) -> QuantModel:
+class TrainedMethod(Protocol):
+    """What the module of a training method provides (see `registry._trained`)."""
+
+    def train(
+        self, options: QuantizeOptions, progress: Progress
+    ) -> tuple[QuantModel, dict[int, float], dict] | None:
+        """(trained model, final loss per width, report); None on torchrun ranks but 0."""
+
+    def export_inputs(self, qm: QuantModel) -> tuple[dict, dict]:
+        """(quantized Linears as codes/scale/zero, dense tensors the training changed)."""
+
+    def planned_work(self, options: QuantizeOptions, windows: int) -> dict:
+        """What training would do with `windows` token windows: tokens_to_train and the
+        method's own counts, for the dry run's report."""
+
+
+def plan_trained(
+    name: str, module: str, options: QuantizeOptions, progress: Progress
+) -> Plan | None:
+    """Train with method `name` (its code in `module`), then the plan of the trained parent."""
+    from matcli.train.export import plan_parent
+
+    method: TrainedMethod = import_module(module)
+    result = method.train(options, progress)
+    if result is None:
+        return None
+    qm, _, report = result
+    quantized, dense = method.export_inputs(qm)
+    report = {"method": name, **report, "data": str(options.data)}
+    report["data_sha256"] = data_digest(options.data)
+    info = info_from_options(options, name)
+    return plan_parent(qm.targets, quantized, dense, info, options, report)
+
+
+def dry_run_trained(name: str, module: str, options: QuantizeOptions) -> Plan:
+    """The parent's layout (its shapes do not depend on training) and what training would do."""
+    from matcli.train.rtn import streamed_plan
+
+    windows = training_windows(options, options.model)
+    plan = streamed_plan(options, info_from_options(options, name))
+    work = import_module(module).planned_work(options, len(windows))
+    plan.report = {"method": name, "windows_available": len(windows), **work}
+    return plan
+
+
+def load_quant_model(
+    options: QuantizeOptions, device: torch.device, shard: bool = False
+) -> QuantModel:
     """The model in float32 on `device`; on the CPU when it is to be sharded (FSDP places
     each shard on its own device, so no rank ever holds the whole model there)."""
     from transformers import AutoModelForCausalLM
@@ -66,7 +99,7 @@ def load_quant_model(options: QuantizeOptions, device: torch.device) -> QuantMod
     targets = quant_targets(options)
     scale_dtype = torch_dtype(targets.folder.tensors[targets.modules[0] + ".weight"].dtype)
     model = AutoModelForCausalLM.from_pretrained(options.model, dtype=torch.float32)
-    if not will_shard(options):
+    if not shard:
         model = model.to(device)
     model.config.use_cache = False
     wrapped = wrap_linears(
@@ -80,25 +113,18 @@ def load_quant_model(options: QuantizeOptions, device: torch.device) -> QuantMod
     return QuantModel(model, targets, wrapped)
 
 
-def will_shard(options: QuantizeOptions) -> bool:
-    return (
-        options.method == "qat"
-        and options.parallel == "fsdp"
-        and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    )
-
-
 def decoder_layers(qm: QuantModel) -> torch.nn.ModuleList:
-    """The model's list of decoder layers, found from the family's layer templates."""
-    for template in qm.arch.family.layers:
+    """The model's list of decoder layers, where the family's layouts put it."""
+    for path in qm.arch.layers_modules:
         try:
-            layers = qm.model.get_submodule(template.split(".{layer}.")[0])
+            layers = qm.model.get_submodule(path)
         except AttributeError:
             continue
         if isinstance(layers, torch.nn.ModuleList):
             return layers
     raise MatcliError(
-        f"cannot find the decoder layers of this {qm.arch.name} model (tried {list(qm.arch.family.layers)})"
+        f"cannot find the decoder layers of this {qm.arch.name} model "
+        f"(tried {qm.arch.layers_modules})"
     )
 
 
