@@ -92,6 +92,50 @@ def test_gradients_flow_through_both_roundings():
     assert torch.all(grad[~inside] == 0)
 
 
+# --- the method registry ------------------------------------------------------------------------
+
+
+def test_registry_imports_no_torch_and_names_its_methods():
+    probe = (
+        "import sys, matcli.train.registry as r; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+    from matcli.errors import MatcliError
+    from matcli.train.registry import METHODS, get_method
+
+    assert list(METHODS) == ["rtn", "weighted-rtn", "qat", "omniquant"]
+    for name, method in METHODS.items():
+        assert get_method(name) is method and method.name == name
+        assert method.help and "\n" not in method.help
+    assert [m.progress_unit for m in METHODS.values()] == [None, None, "step", "block"]
+    assert [m.needs_data for m in METHODS.values()] == [False, False, True, True]
+    with pytest.raises(MatcliError, match="rtn, weighted-rtn, qat, omniquant"):
+        get_method("gptq")
+
+
+@pytest.mark.parametrize(
+    ("method", "work"),
+    [("qat", {"steps": 6, "tokens_per_step": 128}), ("omniquant", {"samples": 4, "epochs": 3})],
+)
+def test_training_dry_run_reports_the_work_and_trains_nothing(
+    llama, corpus, tmp_path, method, work
+):
+    out = tmp_path / "o"
+    args = qat_args(llama, out, corpus, "--method", method, "--samples", "4", "--epochs", "3")
+    code, text, err = run_matcli(*args, "--dry-run", "--json")
+    assert code == 0, err
+    (output,) = json.loads(text)["outputs"]
+    report = json.loads(text)["report"]
+    assert report["method"] == method and report["windows_available"] > 0
+    assert {k: report[k] for k in work} == work and report["tokens_to_train"] > 0
+    assert output["transforms"]["quantize int8"]["tensors"] == 6 * 3
+    (info,) = [c["after"] for c in output["config_changes"] if c["key"] == "matcli"]
+    assert info["method"] == method and info["trained_bits"] == [8, 4, 2]
+    assert not out.exists() and not (tmp_path / "o.train-state").exists()
+
+
 # --- QAT ---------------------------------------------------------------------------------------
 
 
