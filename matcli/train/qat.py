@@ -45,9 +45,9 @@ class MultiWidthLoss:
     """The MatQuant objective of one micro-batch, width by width.
 
     Each width's forward is followed at once by its backward, so only one width's autograd
-    graph is alive at a time (summing the losses first kept three graphs: 3.6x the memory of
-    a plain step); the gradients add up to those of the summed loss. Under DDP the
-    gradients are all-reduced only on the last backward of a step.
+    graph is alive at a time (summing the losses first would keep all of them); the
+    gradients add up to those of the summed loss. Under DDP the gradients are all-reduced
+    only on the last backward of a step.
     """
 
     def __init__(self, qm: QuantModel, options: QuantizeOptions, model: nn.Module):

@@ -29,6 +29,9 @@ def _no_finish(options: QuantizeOptions) -> None:
 
 @dataclass(frozen=True)
 class Method:
+    """One way of making a parent: what the command line shows of it, and the callables that
+    do its work."""
+
     name: str  # "rtn", "weighted-rtn", "qat", "omniquant"
     help: str  # one line for --help
     needs_data: bool  # trains or calibrates on --data text
@@ -42,7 +45,7 @@ class Method:
 
 
 def _lazy(module: str, function: str) -> Callable:
-    """`module.function`, imported at the first call."""
+    """`module.function`, its module imported when it is called."""
 
     def call(*args, **kwargs):
         return getattr(import_module(module), function)(*args, **kwargs)

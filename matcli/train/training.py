@@ -15,7 +15,7 @@ from matcli.checkpoint.plan import Plan
 from matcli.checkpoint.reader import ModelFolder
 from matcli.checkpoint.safetensors_file import torch_dtype
 from matcli.data import data_digest
-from matcli.devices import pick_device as pick_device  # where training code found it before
+from matcli.devices import pick_device as pick_device  # re-exported for older imports
 from matcli.errors import MatcliError
 from matcli.options import QuantizeOptions
 from matcli.quant.parent import info_from_options
