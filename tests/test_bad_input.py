@@ -103,7 +103,7 @@ def test_index_escaping_the_folder(parent_copy, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("bits", "match"), [("0", "out of range"), ("9", "out of range"), ("two", "integers")]
+    ("bits", "match"), [("0", "out of range"), ("9", "out of range"), ("two", "not a whole number")]
 )
 def test_bits_out_of_range(llama_parent, tmp_path, bits, match):
     assert_refused(

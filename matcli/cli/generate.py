@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import inspect
 import sys
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,13 +103,28 @@ def _parameter(model: type[Options], name: str) -> inspect.Parameter:
         info = typer.Option(None, *cli_spelling(name, extra), help=field.description)
         annotation = Optional[list[str]]  # noqa: UP045
     else:
+        metavar = extra.get("metavar") or _metavar(field.annotation)
+        spelling = cli_spelling(name, extra)
         info = typer.Option(
-            None, *cli_spelling(name, extra), help=field.description, show_default=shown
+            None, *spelling, help=field.description, show_default=shown, metavar=metavar
         )
         annotation = Optional[str]  # noqa: UP045
     return inspect.Parameter(
         name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation
     )
+
+
+def _metavar(annotation: object) -> str:
+    """How --help names a value: the choices of a Literal, else its kind."""
+    kind = annotation
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    if typing.get_origin(kind) is typing.Literal:
+        return "|".join(map(str, typing.get_args(kind)))
+    if typing.get_origin(kind) is typing.Annotated:
+        kind = typing.get_args(kind)[0]
+    names = {int: "INT", float: "NUMBER", Path: "PATH", str: "TEXT"}
+    return "LIST" if typing.get_origin(kind) is list else names.get(kind, "VALUE")
 
 
 def _shown_default(default: object) -> str | bool:

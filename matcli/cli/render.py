@@ -53,6 +53,9 @@ def render_plan(d: dict) -> None:
             table("config.json changes", ["key", "before", "after"], changes)
     if d["copied_files"]:
         out.print("copied byte for byte: " + ", ".join(d["copied_files"]))
+    simple = {k: v for k, v in (d.get("report") or {}).items() if not isinstance(v, (dict, list))}
+    if simple:
+        table("report", ["", "value"], [[k, v] for k, v in simple.items()])
     out.print(f"estimated peak memory: {human_bytes(d['estimated_peak_memory_bytes'])}")
 
 

@@ -61,12 +61,15 @@ def option(
     flag: str | None = None,
     argument: bool = False,
     repeat: bool = False,
+    metavar: str | None = None,
     **constraints: Any,
 ) -> Any:
     """A field with its help text and command-line spelling. By default a field `max_tokens`
     is the flag `--max-tokens`; `flag` renames it, `short` adds a one-letter alias,
-    `argument` makes it positional, and `repeat` takes the flag several times."""
+    `argument` makes it positional, `repeat` takes the flag several times, and `metavar`
+    names the value in --help (by default from the type)."""
     cli = {"short": short, "flag": flag, "argument": argument, "repeat": repeat}
+    cli["metavar"] = metavar
     extra = {k: v for k, v in cli.items() if v}
     return Field(default, description=help, json_schema_extra=extra or None, **constraints)
 
@@ -105,6 +108,7 @@ class StreamOptions(Options):
         DEFAULT_CHUNK_BYTES,
         "Bytes read at a time (32MiB, 1GB, ...); peak memory grows with it.",
         gt=0,
+        metavar="SIZE",
     )
 
 
@@ -115,6 +119,7 @@ class ShardOptions(Options):
         DEFAULT_MAX_SHARD_BYTES,
         "Largest output shard in bytes: a number, or 500MB, 5GB, 2GiB.",
         gt=0,
+        metavar="SIZE",
     )
 
 

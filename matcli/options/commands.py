@@ -22,11 +22,10 @@ from matcli.options.base import (
     option,
 )
 from matcli.quant.widths import check_widths, default_widths
+from matcli.train.registry import METHODS, get_method
 
 MIX_N_MATCH_STRATEGIES = ("pyramid", "reverse-pyramid", "increasing", "decreasing")
 PAPER_LOSS_WEIGHTS = {(8, 4, 2): [0.1, 0.1, 1.0]}  # MatQuant App. B, every Gemma run
-QUANTIZE_METHODS = ("rtn", "weighted-rtn", "qat", "omniquant")
-TRAINING_METHODS = ("qat", "omniquant")
 
 
 def _widths(
@@ -43,10 +42,18 @@ def _widths(
         raise ValueError(str(e)) from None
 
 
+def _known_method(name: str) -> str:
+    if name not in METHODS:
+        raise ValueError(f"{name!r} is not a method: use {', '.join(METHODS)}")
+    return name
+
+
 class QuantizeOptions(WriteOptions, ShardOptions, StreamOptions):
     model: Path = option(..., "Dense Hugging Face model folder.", argument=True)
-    method: Literal["rtn", "weighted-rtn", "qat", "omniquant"] = option(
-        "rtn", "rtn | weighted-rtn | qat | omniquant."
+    method: str = option(
+        "rtn",
+        "; ".join(f"{m.name}: {m.help}" for m in METHODS.values()) + ".",
+        metavar="|".join(METHODS),
     )
     bits: int = option(8, "Parent bit-width c (the paper uses 8).", ge=2, le=8)
     scheme: Literal["symmetric", "asymmetric"] = option(
@@ -122,6 +129,7 @@ class QuantizeOptions(WriteOptions, ShardOptions, StreamOptions):
     RESETS: ClassVar[dict[str, tuple[str, ...]]] = {"train_bits": ("loss_weights",)}
 
     _device = field_validator("device")(lambda cls, v: check_device(v))
+    _method = field_validator("method")(lambda cls, v: _known_method(v))
 
     @model_validator(mode="after")
     def _objective(self) -> QuantizeOptions:
@@ -135,7 +143,7 @@ class QuantizeOptions(WriteOptions, ShardOptions, StreamOptions):
                 f"--loss-weights gives {len(self.loss_weights)} weights for "
                 f"{len(self.train_bits)} --train-bits widths"
             )
-        if self.method in TRAINING_METHODS and self.data is None:
+        if get_method(self.method).needs_data and self.data is None:
             raise ValueError(
                 f"--method {self.method} trains on text: add --data FILE (.txt, .jsonl or .parquet)"
             )
