@@ -71,7 +71,12 @@ def generate_parent(path: Path, layers: int) -> None:
             specs[f"{p}self_attn.{proj}.weight"] = ("BF16", (out, HIDDEN))
         specs[f"{p}input_layernorm.weight"] = ("BF16", (HIDDEN,))
         specs[f"{p}post_attention_layernorm.weight"] = ("BF16", (HIDDEN,))
-    config = {
+    write_random_checkpoint(path, specs, parent_config(layers), SHARD_BYTES, fixed=shapes)
+
+
+def parent_config(layers: int) -> dict:
+    """config.json of an int8 channel-wise symmetric parent of the FFN, as quantize writes it."""
+    return {
         "model_type": "llama",
         "architectures": ["LlamaForCausalLM"],
         "hidden_size": HIDDEN,
@@ -109,7 +114,6 @@ def generate_parent(path: Path, layers: int) -> None:
             "layers": "ffn",
         },
     }
-    write_random_checkpoint(path, specs, config, SHARD_BYTES, fixed=shapes)
 
 
 def main() -> None:
