@@ -7,6 +7,9 @@ cut into little-endian int32 words: ceil(cols * b / 32) words per row, no paddin
 elements. The model-free commands cannot afford compressed-tensors' import (it pulls in
 transformers: ~5 s and ~120 MB), so this module reimplements the layout with vectorised
 numpy; tests check it bit for bit against compressed-tensors' own pack and unpack.
+`StreamRemap` maps packed codes of one width to packed codes of another without unpacking
+them (what `slice` does to every quantized Linear). Only the tensor wrappers (pack_int32,
+unpack_int32) use torch.
 """
 
 from __future__ import annotations

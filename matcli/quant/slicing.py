@@ -66,9 +66,9 @@ class LinearSlicer:
         return self.bits + 1 if self.extra_precision else self.bits
 
     def _stored_code_map(self) -> np.ndarray:
-        """The stored r-bit code of every stored c-bit code: S(q, c, r), then the offset of the
-        storage width, (q_r - 2^(r-1)) + 2^(b-1) for storage width b (r + 1 with extra
-        precision); stored codes are the unsigned codes q offset by nothing."""
+        """The slice's stored code for every stored parent code. A parent stores the unsigned
+        code q itself (signed code + 2^(c-1)); the slice stores (q_r - 2^(r-1)) + 2^(b-1),
+        q_r = S(q, c, r), for storage width b (r + 1 with extra precision)."""
         offset = grid.symmetric_zero(self.storage_bits) - grid.symmetric_zero(self.bits)
         return self._table() + np.uint8(offset)
 
@@ -118,14 +118,16 @@ class LinearSlicer:
     def _packed_rows(self):
         """Packed r-bit words through unpacked codes: any widths and row lengths."""
         code_map = self._stored_code_map()
+        first_extra = self._first_extra_code()
         for _, _, codes in self._parent_rows(self.chunk_bytes):
             if self.extra_precision:
-                self.count.extra += int(np.count_nonzero(codes >= self._first_extra_code()))
+                self.count.extra += int(np.count_nonzero(codes >= first_extra))
                 self.count.total += codes.size
             yield pack_unsigned(code_map[codes], self.storage_bits)
 
     def _first_extra_code(self) -> int:
-        """S is monotone in q: the codes that land in the bucket 2^r are the top ones."""
+        """S is monotone in q: the codes that land in the bucket 2^r (with extra precision)
+        are the top ones, from this one on."""
         return int(np.argmax(self._table() == (1 << self.bits)))
 
     def _parent_rows(self, chunk_bytes: int):
