@@ -16,10 +16,10 @@ from pathlib import Path
 
 from matcli import __version__
 from matcli.checkpoint.aux_files import aux_files, copy_aux_files
+from matcli.checkpoint.defaults import DEFAULT_CHUNK_BYTES, DEFAULT_MAX_SHARD_BYTES
 from matcli.checkpoint.manifest import describe_input, source_digest
-from matcli.checkpoint.reader import DEFAULT_CHUNK_BYTES, ModelFolder
+from matcli.checkpoint.reader import ModelFolder
 from matcli.checkpoint.writer import (
-    DEFAULT_MAX_SHARD_BYTES,
     CheckpointWriter,
     OutputTensor,
     ShardLayout,
@@ -27,7 +27,7 @@ from matcli.checkpoint.writer import (
 )
 
 # Measured resident size of a matcli process before any tensor work: with torch imported
-# (slice, quantize), and without it (extract moves elements as bytes and never imports it).
+# (quantize, slice --format dense), and without it (extract and slice move bytes with numpy).
 PROCESS_BASE_BYTES = 250 * 1024 * 1024
 PROCESS_BASE_BYTES_WITHOUT_TORCH = 80 * 1024 * 1024
 # Bytes of working memory per byte of input chunk: the chunk, its decoded codes and the
@@ -46,8 +46,9 @@ class OutputCheckpoint:
     config: dict
     tensors: list[OutputTensor]
     metadata: dict[str, str] = field(default_factory=dict)
-    # Called after the tensors are written, for facts known only then (e.g. overflow counts).
-    finish_config: Callable[[dict], None] | None = None
+    # Config entries known only once the tensors are written (e.g. the share of weights in
+    # the extra-precision bucket): {section: {key: value}}, merged into those config sections.
+    measured: Callable[[], dict[str, dict]] = dict
 
 
 @dataclass
@@ -212,8 +213,8 @@ def _finish(
 ) -> tuple[Path, dict]:
     """Close the shards, write config and auxiliary files; the folder's manifest fields."""
     writer.finish()
-    if output.finish_config:
-        output.finish_config(output.config)
+    for section, entries in output.measured().items():
+        output.config[section] = {**output.config.get(section, {}), **entries}
     write_config(folder, output.config)
     copy_aux_files(plan.source.path, folder, plan.aux)
     written = [

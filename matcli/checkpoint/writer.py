@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 # The sizes are re-exported: options and plan still import them from here.
-from matcli.checkpoint.defaults import DEFAULT_CHUNK_BYTES, DEFAULT_MAX_SHARD_BYTES  # noqa: F401
 from matcli.checkpoint.safetensors_file import CODE_OF_TORCH_NAME, DTYPES, FileRange
 from matcli.errors import MatcliError
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from matcli.checkpoint.writer import DEFAULT_CHUNK_BYTES, DEFAULT_MAX_SHARD_BYTES
+from matcli.checkpoint.defaults import DEFAULT_CHUNK_BYTES, DEFAULT_MAX_SHARD_BYTES
 from matcli.errors import MatcliError
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}

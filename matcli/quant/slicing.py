@@ -332,13 +332,15 @@ def _output(
     slice_info = _slice_info(arch, linears, widths, uniform, options, info, slicers)
     config[CONFIG_KEY] = slice_info.model_dump(mode="json")
 
-    def finish(cfg: dict) -> None:
-        if options.extra_precision:
-            cfg[CONFIG_KEY]["extra_bucket_fraction"] = round(count.fraction, 6)
+    def measured() -> dict[str, dict]:
+        """The share of weights that used the extra-precision level, counted while slicing."""
+        if not options.extra_precision:
+            return {}
+        return {CONFIG_KEY: {"extra_bucket_fraction": round(count.fraction, 6)}}
 
     metadata = {"matcli.role": "slice", "matcli.bits": str(uniform) if uniform else "mixed"}
     return OutputCheckpoint(
-        name=name, config=config, tensors=tensors, metadata=metadata, finish_config=finish
+        name=name, config=config, tensors=tensors, metadata=metadata, measured=measured
     )
 
 
