@@ -191,8 +191,8 @@ def plan_slice(options: SliceOptions) -> Plan:
     choices = _choices(options, arch, folder, linears, parent_bits, info)
     warnings = _untrained_widths(choices, parent_bits, info)
     outputs = [
-        _output(folder, arch, linears, name, widths, uniform, options, info)
-        for name, widths, uniform in choices
+        _output(folder, arch, linears, name, widths, single_width, options, info)
+        for name, widths, single_width in choices
     ]
     return Plan(
         command="slice",
@@ -206,7 +206,7 @@ def plan_slice(options: SliceOptions) -> Plan:
     )
 
 
-# One output per choice: (folder name, width of every quantized Linear, the uniform width).
+# One output per choice: (folder name, width of every quantized Linear, the single width).
 Choice = tuple[str, dict[str, int], "int | None"]
 
 
@@ -304,7 +304,7 @@ def _output(
     linears: dict[str, PackedLinear],
     name: str,
     widths: dict[str, int],
-    uniform: int | None,
+    single_width: int | None,
     options: SliceOptions,
     info: ParentInfo | None,
 ) -> OutputCheckpoint:
@@ -329,7 +329,7 @@ def _output(
         config["quantization_config"] = _sliced_quantization_config(folder, arch, slicers)
     tensors.sort(key=lambda t: t.name)
 
-    slice_info = _slice_info(arch, linears, widths, uniform, options, info, slicers)
+    slice_info = _slice_info(arch, linears, widths, single_width, options, info, slicers)
     config[CONFIG_KEY] = slice_info.model_dump(mode="json")
 
     def measured() -> dict[str, dict]:
@@ -338,7 +338,10 @@ def _output(
             return {}
         return {CONFIG_KEY: {"extra_bucket_fraction": round(count.fraction, 6)}}
 
-    metadata = {"matcli.role": "slice", "matcli.bits": str(uniform) if uniform else "mixed"}
+    metadata = {
+        "matcli.role": "slice",
+        "matcli.bits": str(single_width) if single_width else "mixed",
+    }
     return OutputCheckpoint(
         name=name, config=config, tensors=tensors, metadata=metadata, measured=measured
     )
@@ -348,7 +351,7 @@ def _slice_info(
     arch: Architecture,
     linears: dict[str, PackedLinear],
     widths: dict[str, int],
-    uniform: int | None,
+    single_width: int | None,
     options: SliceOptions,
     info: ParentInfo | None,
     slicers: dict[str, LinearSlicer],
@@ -358,8 +361,8 @@ def _slice_info(
     average = sum(widths[m] * sizes[m] for m in linears) / sum(sizes.values())
     storage = {s.storage_bits for s in slicers.values()}
     return SliceInfo(
-        bits=uniform,
-        layer_bits=None if uniform is not None else _per_layer_summary(arch, widths),
+        bits=single_width,
+        layer_bits=None if single_width is not None else _per_layer_summary(arch, widths),
         average_bits=round(average, 4),
         format=options.format,
         storage_bits=storage.pop() if len(storage) == 1 and options.format != "dense" else None,
