@@ -81,11 +81,11 @@ def _which(arch: Architecture | None, modules: list[str]) -> list[str]:
     layers_of: dict[str, list[int]] = defaultdict(list)
     outside = []
     for module in modules:
-        split = arch.split_layer(module + ".")
+        split = arch.split_layer(module)
         if split is None:
             outside.append(module)
         else:
-            layers_of[split[1].removesuffix(".")].append(split[0])
+            layers_of[split[1]].append(split[0])
     by_layers: dict[str, list[str]] = defaultdict(list)
     for relative, layers in layers_of.items():
         by_layers[_ranges(sorted(layers))].append(relative)

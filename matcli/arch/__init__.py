@@ -138,9 +138,10 @@ class Architecture:
     def name(self) -> str:
         return self.family.name
 
-    def split_layer(self, tensor_name: str) -> tuple[int, str] | None:
-        """(layer index, name relative to the layer) for a tensor inside a decoder layer."""
-        m = self._layer_re.match(tensor_name)
+    def split_layer(self, name: str) -> tuple[int, str] | None:
+        """(layer index, name relative to the layer) for a module or tensor inside a decoder
+        layer: `model.layers.3.mlp.up_proj` -> (3, "mlp.up_proj")."""
+        m = self._layer_re.match(name)
         return (int(m.group(1)), m.group(2)) if m else None
 
     @property
@@ -155,9 +156,10 @@ class Architecture:
         return self.layer_template.format(layer=layer) + relative
 
     def linear_kind(self, module_name: str) -> LinearKind | None:
-        """Whether a module (a tensor name without `.weight`) is an FFN, attention or other Linear."""
-        split = self.split_layer(module_name + ".")
-        return self._kinds.get(split[1].removesuffix(".")) if split else None
+        """Whether a module (a tensor name without `.weight`) is an FFN, attention or other
+        Linear."""
+        split = self.split_layer(module_name)
+        return self._kinds.get(split[1]) if split else None
 
     def counts_as_effective(self, tensor_name: str) -> bool:
         """Whether a tensor is in the family's "effective" parameter count (Gemma 3n: Google's

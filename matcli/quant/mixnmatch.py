@@ -54,7 +54,8 @@ def strategy_bits(
     """Per-layer widths for a named strategy; `layer_weights` are quantized weights per layer."""
     if strategy not in MIX_N_MATCH_STRATEGIES:
         raise MatcliError(
-            f"unknown Mix'n'Match strategy {strategy!r}; use one of {', '.join(MIX_N_MATCH_STRATEGIES)} or a file"
+            f"unknown Mix'n'Match strategy {strategy!r}; use one of "
+            f"{', '.join(MIX_N_MATCH_STRATEGIES)} or a file"
         )
     widths = sorted(set(widths), reverse=True)
     num_layers = len(layer_weights)
@@ -108,7 +109,8 @@ def file_bits(path: Path, num_layers: int) -> list[int]:
             )
     else:
         raise MatcliError(
-            f"--bits-config {path} must hold a list of widths or {{default: r, layers: {{index: r}}}}"
+            f"--bits-config {path} must hold a list of widths or "
+            f"{{default: r, layers: {{index: r}}}}"
         )
     if len(bits) != num_layers:
         raise MatcliError(f"--bits-config {path} gives {len(bits)} widths for {num_layers} layers")

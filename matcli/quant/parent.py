@@ -54,7 +54,8 @@ def parent_info(config: dict) -> ParentInfo | None:
         return ParentInfo.model_validate(block)
     except ValidationError as e:
         raise MatcliError(
-            f"config.json key {CONFIG_KEY!r} is malformed ({e.errors()[0]['msg']}); re-create the parent with matcli quantize"
+            f"config.json key {CONFIG_KEY!r} is malformed ({e.errors()[0]['msg']}); "
+            "re-create the parent with matcli quantize"
         ) from e
 
 

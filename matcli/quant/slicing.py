@@ -275,7 +275,7 @@ def _layer_widths(
     layer_of = {}
     weights_per_layer = [0] * num_layers
     for module, lin in linears.items():
-        split = arch.split_layer(module + ".")
+        split = arch.split_layer(module)
         if split is None or split[0] >= num_layers:
             continue
         layer_of[module] = split[0]
@@ -400,7 +400,7 @@ def _dense_dtype(
 def _per_layer_summary(arch: Architecture, widths: dict[str, int]) -> dict[str, int]:
     layers = {}
     for module, r in widths.items():
-        split = arch.split_layer(module + ".")
+        split = arch.split_layer(module)
         if split:
             layers[str(split[0])] = r
     return dict(sorted(layers.items(), key=lambda kv: int(kv[0])))

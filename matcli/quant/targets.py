@@ -59,10 +59,10 @@ def targets_regex(arch: Architecture, modules: list[str]) -> str:
     module names transformers uses after renaming an old checkpoint layout. Otherwise the
     module names are listed one by one.
     """
-    split = {m: arch.split_layer(m + ".") for m in modules}
+    split = {m: arch.split_layer(m) for m in modules}
     if all(s and arch.linear_kind(m) for m, s in split.items()):
         layers = sorted({s[0] for s in split.values()})
-        names = sorted({s[1].removesuffix(".") for s in split.values()})
+        names = sorted({s[1] for s in split.values()})
         if len(layers) * len(names) == len(modules):
             return arch.projection_regex(layers, names)
     return "^(?:" + "|".join(re.escape(m) for m in modules) + ")$"

@@ -77,9 +77,7 @@ def _run(layer: nn.Module, hidden: torch.Tensor, call: tuple[tuple, dict]) -> to
 
 
 def _layer_modules(qm: QuantModel, index: int) -> dict[str, FakeQuantLinear]:
-    return {
-        name: fq for name, fq in qm.wrapped.items() if qm.arch.split_layer(name + ".")[0] == index
-    }
+    return {name: fq for name, fq in qm.wrapped.items() if qm.arch.split_layer(name)[0] == index}
 
 
 def _enable(qm: QuantModel, modules: dict[str, FakeQuantLinear], let: bool) -> tuple[list, list]:
@@ -91,9 +89,7 @@ def _enable(qm: QuantModel, modules: dict[str, FakeQuantLinear], let: bool) -> t
         clips += [p for p in (fq.clip_high, fq.clip_low) if p is not None]
     if not let or qm.arch.family.ffn_input_norm is None:
         return clips, scales
-    by_relative = {
-        qm.arch.split_layer(name + ".")[1].removesuffix("."): fq for name, fq in modules.items()
-    }
+    by_relative = {qm.arch.split_layer(name)[1]: fq for name, fq in modules.items()}
     shared = [by_relative[n] for n in (ffn.gate, ffn.up) if n in by_relative]
     if shared and ffn.up in by_relative:
         shared[0].enable_let()
@@ -236,8 +232,7 @@ def export_inputs(qm: QuantModel) -> tuple[dict, dict]:
     for name, fq in qm.wrapped.items():
         if fq.input_scale is None:
             continue
-        layer, relative = qm.arch.split_layer(name + ".")
-        relative = relative.removesuffix(".")
+        layer, relative = qm.arch.split_layer(name)
         s = fq.input_scale.detach().float().cpu()
         if relative == ffn.down:
             up = qm.arch.layer_name(layer, ffn.up)
