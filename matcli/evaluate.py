@@ -11,6 +11,7 @@ from matcli.checkpoint.reader import ModelFolder
 from matcli.errors import MatcliError
 from matcli.quant import ct_format
 from matcli.quant.reference import dequantized_state_dict
+from matcli.quant.widths import check_width
 
 
 def load_model(path: Path, bits: int | None = None, extra_precision: bool = False):
@@ -26,11 +27,7 @@ def load_model(path: Path, bits: int | None = None, extra_precision: bool = Fals
             raise MatcliError(
                 f"--bits needs a quantized parent; {path} is dense (evaluate it without --bits)"
             )
-        parent_bits = next(iter(linears.values())).scheme.bits
-        if bits > parent_bits:
-            raise MatcliError(
-                f"--bits {bits}: cannot slice int{bits} out of an int{parent_bits} parent"
-            )
+        check_width(bits, next(iter(linears.values())).scheme.bits, "--bits")
         config = {k: v for k, v in folder.config.items() if k != "quantization_config"}
         state = dequantized_state_dict(folder, bits, extra_precision)
     return model_from_state(config, state, str(path))

@@ -74,13 +74,13 @@ def test_slicing_at_the_parent_width_is_the_identity():
 
 
 def test_slice_refuses_wider_than_parent_and_out_of_range():
-    with pytest.raises(MatcliError, match="width 8 is out of range: widths of an int4 parent"):
+    with pytest.raises(MatcliError, match="width 8: cannot slice int8 out of an int4 parent"):
         grid.slice_codes(codes([1]), 4, 8)
     with pytest.raises(MatcliError, match="width 0 is out of range"):
         grid.slice_codes(codes([1]), 8, 0)
     with pytest.raises(MatcliError, match="parent width 9 is out of range"):
         grid.slice_codes(codes([1]), 9, 2)
-    with pytest.raises(MatcliError, match="width 3 is out of range"):
+    with pytest.raises(MatcliError, match="width 3: cannot slice int3 out of an int2 parent"):
         grid.slice_table(2, 3)
 
 

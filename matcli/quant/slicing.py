@@ -221,11 +221,7 @@ def _choices(
     if options.bits is None:
         return [("", _layer_widths(options, arch, folder, linears, parent_bits, info), None)]
     for r in options.bits:
-        if r > parent_bits:
-            raise MatcliError(
-                f"--bits {r}: cannot slice int{r} out of an int{parent_bits} parent; "
-                f"widths go up to {parent_bits}"
-            )
+        check_width(r, parent_bits, "--bits")
     return [
         (f"int{r}" if len(options.bits) > 1 else "", {m: r for m in linears}, r)
         for r in options.bits

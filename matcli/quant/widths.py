@@ -20,6 +20,11 @@ def check_width(width: int, parent_bits: int = MAX_WIDTH, what: str = "width") -
     """A width of a `parent_bits` parent, or one line saying what the range is."""
     if isinstance(width, bool) or not isinstance(width, int):
         raise MatcliError(f"{what} {width!r} is not a whole number of bits")
+    if MIN_WIDTH <= width <= MAX_WIDTH and width > parent_bits:
+        raise MatcliError(
+            f"{what} {width}: cannot slice int{width} out of an int{parent_bits} parent; "
+            f"widths go up to {parent_bits}"
+        )
     if not MIN_WIDTH <= width <= parent_bits:
         of = "" if parent_bits == MAX_WIDTH else f" of an int{parent_bits} parent"
         raise MatcliError(
