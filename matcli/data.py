@@ -66,7 +66,8 @@ def _cached_dataset_texts(name: str, text_field: str) -> list[str]:
 
     if importlib.util.find_spec("datasets") is None:
         raise MatcliError(
-            f"--data {name} is not a file; for Hugging Face dataset names install `datasets` (only the local cache is used)"
+            f"--data {name} is not a file; for Hugging Face dataset names install `datasets` "
+            "(only the local cache is used)"
         )
     os.environ["HF_DATASETS_OFFLINE"] = "1"
     from datasets import load_dataset
@@ -77,7 +78,8 @@ def _cached_dataset_texts(name: str, text_field: str) -> list[str]:
         data = load_dataset(dataset, config or None, split=split or "train")
     except Exception as e:  # datasets raises many types for a cache miss
         raise MatcliError(
-            f"--data {name}: not a file and not in the local Hugging Face cache ({type(e).__name__}); give a local file"
+            f"--data {name}: not a file and not in the local Hugging Face cache "
+            f"({type(e).__name__}); give a local file"
         ) from e
     if text_field not in data.column_names:
         raise MatcliError(f"--data {name} has no column {text_field!r}")
@@ -116,6 +118,7 @@ def token_windows(
     n = len(ids) // seq_len
     if n == 0:
         raise MatcliError(
-            f"the data holds {len(ids)} tokens, fewer than one --seq-len window of {seq_len}; give more text or a shorter --seq-len"
+            f"the data holds {len(ids)} tokens, fewer than one --seq-len window of {seq_len}; "
+            "give more text or a shorter --seq-len"
         )
     return torch.tensor(ids[: n * seq_len]).reshape(n, seq_len)
