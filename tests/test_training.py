@@ -411,3 +411,15 @@ def test_weighted_rtn_lowers_the_weighted_slice_error(llama, tmp_path):
                 )
         errors[method] = total
     assert errors["weighted-rtn"] < errors["rtn"]
+
+
+def test_a_run_logging_to_a_file_shows_its_progress(llama, corpus, tmp_path):
+    """stderr that is not a terminal (a background run's log) gets plain progress lines: the
+    first step at once and the last, then the writing."""
+    args = [a for a in qat_args(llama, tmp_path / "o", corpus, "--steps", "2") if a != "-q"]
+    code, _, err = run_matcli(*args)
+    assert code == 0, err
+    lines = err.splitlines()
+    assert any(line.startswith("qat: step 1/2  int8 ") for line in lines), err
+    assert any(line.startswith("qat: step 2/2  int8 ") for line in lines), err
+    assert any(line.startswith("writing: ") and "GB written" in line for line in lines), err
