@@ -40,6 +40,8 @@ def _overlaps_input(destination: Path, inputs: list[Path]) -> str | None:
     resolved = destination.resolve()
     for source in inputs:
         source = source.resolve()
+        if resolved == source and source.is_file():
+            return f"output {destination} is the input file; choose another -o"
         if resolved == source or resolved in source.parents:
             return f"output {destination} would replace the input {source}; choose another -o"
         if source in resolved.parents and source.is_dir():
