@@ -2,34 +2,51 @@
 
 from __future__ import annotations
 
-import json
-
 from matcli.cli.generate import Command
 from matcli.cli.render import table
 from matcli.options import TruncateOptions
-from matcli.progress import Reporter
+from matcli.runner import Renderers
+
+
+def plan(options: TruncateOptions):
+    """A model folder's plan, or an embeddings file's."""
+    if options.input.is_dir():
+        from matcli.mrl.model import plan_model_truncation
+
+        return plan_model_truncation(options)
+    from matcli.mrl.truncate import plan_truncation
+
+    return plan_truncation(options)
+
+
+def render_outputs(report: dict, dry_run: bool) -> None:
+    """One row per output: its dimension, path and format."""
+    shape = f"{report.get('rows', '-')} rows x {report['source_dim']} dims"
+    title = f"{'plan (dry run): ' if dry_run else ''}{report['input']}: {shape}"
+    rows = [[o["dim"], o["path"], o["format"]] for o in report["outputs"]]
+    table(title, ["dim", "output", "format"], rows)
+
+
+TRUNCATION = Renderers(
+    dry_run=lambda d: render_outputs(d, dry_run=True),
+    written=lambda s: render_outputs(s, dry_run=False),
+)
+
+
+class _ModelFolderOutput(TruncateOptions):
+    """A model is written to a folder, for one --dims too. Interim: belongs in
+    TruncateOptions.writes_file (see the runner), which knows only embeddings files."""
+
+    def writes_file(self) -> bool:
+        return False
 
 
 def run(options: TruncateOptions, invocation) -> None:
-    from matcli.runner import return_freed_chunks
+    from matcli.runner import run_writing
 
-    return_freed_chunks()
-    if options.input.is_dir():
-        from matcli.mrl.model import truncate_model
-
-        report = truncate_model(options)
-    else:
-        from matcli.mrl.truncate import truncate_embeddings
-
-        report = truncate_embeddings(options)
-    Reporter(options.quiet or options.json_output).warn(report["warnings"])
-    if options.json_output:
-        print(json.dumps(report, indent=2))
-    elif not options.quiet:
-        shape = f"{report.get('rows', '-')} rows x {report['source_dim']} dims"
-        title = f"{'plan (dry run): ' if options.dry_run else ''}{report['input']}: {shape}"
-        rows = [[o["dim"], o["path"], o["format"]] for o in report["outputs"]]
-        table(title, ["dim", "output", "format"], rows)
+    if options.input.is_dir() and options.writes_file():
+        options = _ModelFolderOutput.model_construct(options.model_fields_set, **dict(options))
+    run_writing(options, invocation, lambda reporter: plan(options), TRUNCATION)
 
 
 COMMAND = Command(

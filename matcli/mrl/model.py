@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from matcli import __version__
-from matcli.checkpoint.atomic import check_destination, staged_folder
-from matcli.checkpoint.manifest import package_versions
 from matcli.errors import MatcliError
 from matcli.mrl.transform import Rotation
 from matcli.mrl.truncate import check_pca_rows, load_rotation, write_rotation
@@ -76,7 +74,8 @@ def embedding_dim(folder: Path, modules: list[dict]) -> int:
             dim = json.loads(config_path.read_text())["out_features"]
     if not dim:
         raise MatcliError(
-            f"cannot tell the embedding dimension of {folder} from its modules; matcli knows Transformer, Pooling and Dense"
+            f"cannot tell the embedding dimension of {folder} from its modules; matcli knows "
+            "Transformer, Pooling and Dense"
         )
     return int(dim)
 
@@ -91,131 +90,162 @@ def _pooling_dim(config: dict) -> int:
     return token_dim * (sum(bool(config.get(m)) for m in LEGACY_POOLING_FLAGS) or 1)
 
 
-def truncate_model(options: TruncateOptions) -> dict:
-    folder = options.input
-    given = [flag for name, flag in FILE_ONLY_OPTIONS.items() if getattr(options, name)]
-    if given:
-        raise MatcliError(
-            f"{', '.join(given)} {'apply' if len(given) > 1 else 'applies'} to embeddings files, not to a model folder (its outputs are float vectors); drop {'them' if len(given) > 1 else 'it'}"
+class ModelTruncationPlan:
+    """What truncate-embeddings writes for a model folder: one model per --dims (the folder
+    itself for one, d{dim} subfolders for several), and with --pca the rotation; the runner's
+    `WritingPlan`. A --pca rotation is fitted when writing: it encodes every --data text."""
+
+    def __init__(
+        self,
+        options: TruncateOptions,
+        modules: list[dict],
+        dim: int,
+        rotation: Rotation | None,
+        texts: list[str],
+    ):
+        self.options, self.modules, self.dim = options, modules, dim
+        self.rotation = rotation  # from --rotation; --pca fits it on `texts` when writing
+        self.texts = texts
+        self.warnings: list[str] = []
+        self.names = {d: "" if len(options.dims) == 1 else f"d{d}" for d in options.dims}
+        self.copied_bytes = _copied_bytes(options.input)
+
+    def describe(self) -> dict:
+        return self._report(self.options.output)
+
+    def summary(self, destination: Path) -> dict:
+        return self._report(destination)
+
+    def _report(self, root: Path) -> dict:
+        outputs = [
+            {"dim": d, "path": str(root / n if n else root), "format": "sentence-transformers"}
+            for d, n in self.names.items()
+        ]
+        report = {
+            "input": str(self.options.input),
+            "source_dim": self.dim,
+            "outputs": outputs,
+            "warnings": self.warnings,
+        }
+        if self.options.pca:  # stored embeddings of the original model need the same transform
+            report["rotation"] = str(root / "rotation.safetensors")
+        return report
+
+    def total_bytes(self) -> int:
+        return sum(self.copied_bytes + 4 * d * self.dim for d in self.names)
+
+    def write(self, staging: Path, on_bytes: Callable[[int], None]) -> list[tuple[Path, dict]]:
+        """Each model into its folder under `staging`; their manifest fields."""
+        options = self.options
+        rotation = _fit_rotation(options, self.dim, self.texts) if options.pca else self.rotation
+        written = []
+        for d, name in self.names.items():
+            target = staging / name if name else staging
+            written.append((target, self._write_model(target, d, rotation)))
+            on_bytes(self.copied_bytes + 4 * d * self.dim)
+        if options.pca:
+            fitted_on = {"fitted_on": f"the outputs of {options.input} for --data {options.data}"}
+            write_rotation(staging / "rotation.safetensors", rotation, options.pre_norm, fitted_on)
+        return written
+
+    def _write_model(self, target: Path, d: int, rotation: Rotation | None) -> dict:
+        """Copy the model, append the modules; the manifest fields of the folder."""
+        options, dim = self.options, self.dim
+        shutil.copytree(
+            options.input, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*")
         )
-    modules = read_modules(folder)
-    dim = embedding_dim(folder, modules)
+        added = []
+        if options.pre_norm == "layer_norm":
+            added.append(("MatryoshkaLayerNorm", LAYER_NORM, lambda p: _layer_norm_module(p, dim)))
+        added.append(("MatryoshkaDense", DENSE, lambda p: _dense_module(p, dim, d, rotation)))
+        if options.renormalize:
+            added.append(("MatryoshkaNormalize", NORMALIZE, lambda p: p.mkdir()))
+        new_modules = list(self.modules)
+        for name, kind, write in added:
+            idx = len(new_modules)
+            path = f"{idx}_{name}"
+            write(target / path)
+            new_modules.append({"idx": idx, "name": str(idx), "path": path, "type": kind})
+        (target / "modules.json").write_text(json.dumps(new_modules, indent=2) + "\n")
+        return {
+            "input": str(options.input),
+            "source_dim": dim,
+            "dim": d,
+            "renormalized": options.renormalize,
+            "pre_norm": options.pre_norm,
+            "rotation": "pca" if rotation is not None else None,
+        }
+
+    def close(self) -> None:
+        """Nothing is held open."""
+
+
+def plan_model_truncation(options: TruncateOptions) -> ModelTruncationPlan:
+    """Check the options against the model folder and load a --rotation (or the texts a --pca
+    rotation is fitted on), so that a dry run reports every problem a real run would meet."""
+    _refuse_file_options(options)
+    modules = read_modules(options.input)
+    dim = embedding_dim(options.input, modules)
     for d in options.dims:
         if d > dim:
             raise MatcliError(
                 f"--dims {d} is larger than the model's {dim} dimensions; choose 1..{dim}"
             )
-    names = {d: "" if len(options.dims) == 1 else f"d{d}" for d in options.dims}
-    report = {
-        "input": str(folder),
-        "source_dim": dim,
-        "outputs": [
-            {
-                "dim": d,
-                "path": str(options.output / n if n else options.output),
-                "format": "sentence-transformers",
-            }
-            for d, n in names.items()
-        ],
-        "warnings": [],
-    }
-    if options.pca:  # stored embeddings of the original model need the same transform
-        report["rotation"] = str(options.output / "rotation.safetensors")
-    try:
-        check_destination(options.output, options.force, [folder])
-    except MatcliError as e:
-        if not options.dry_run:
-            raise
-        report["warnings"].append(f"a real run would stop here: {e}")
-    rotation = _rotation(options, dim)
-    if options.dry_run:
-        return report
-    with staged_folder(options.output, options.force) as staging:
-        for d, name in names.items():
-            target = staging / name if name else staging
-            _write_model(folder, target, modules, dim, d, rotation, options)
-        if options.pca:
-            write_rotation(
-                staging / "rotation.safetensors",
-                rotation,
-                options.pre_norm,
-                {"fitted_on": f"the outputs of {folder} for --data {options.data}"},
-            )
-    return report
+    rotation = load_rotation(options.rotation, dim, options.pre_norm) if options.rotation else None
+    texts = _pca_texts(options) if options.pca else []
+    return ModelTruncationPlan(options, modules, dim, rotation, texts)
 
 
-def _rotation(options: TruncateOptions, dim: int) -> Rotation | None:
-    if options.rotation:
-        return load_rotation(options.rotation, dim, options.pre_norm)
-    if not options.pca:
-        return None
+def _refuse_file_options(options: TruncateOptions) -> None:
+    given = [flag for name, flag in FILE_ONLY_OPTIONS.items() if getattr(options, name)]
+    if given:
+        verb, pronoun = ("apply", "them") if len(given) > 1 else ("applies", "it")
+        raise MatcliError(
+            f"{', '.join(given)} {verb} to embeddings files, not to a model folder (its outputs "
+            f"are float vectors); drop {pronoun}"
+        )
+
+
+def _copied_bytes(folder: Path) -> int:
+    """Bytes of the model's own files, which each output copies (hidden entries are not)."""
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    visible = [p for p in files if not any(s.startswith(".") for s in p.relative_to(folder).parts)]
+    return sum(p.stat().st_size for p in visible)
+
+
+def _pca_texts(options: TruncateOptions) -> list[str]:
+    """The non-empty lines of --data, enough of them to fit the kept components."""
     if options.data is None:
         raise MatcliError(
-            "--pca on a model fits the rotation on its embeddings of texts: add --data FILE (or --rotation from stored embeddings)"
+            "--pca on a model fits the rotation on its embeddings of texts: add --data FILE "
+            "(or --rotation from stored embeddings)"
         )
-    from sentence_transformers import SentenceTransformer
-
     from matcli.data import read_texts
-    from matcli.mrl.transform import PcaFit, layer_norm
 
     texts = [
         line for text in read_texts(options.data) for line in text.splitlines() if line.strip()
     ]
-    check_pca_rows(
-        len(texts),
-        max(options.dims),
-        options.pca_center,
-        f"--data {options.data} (non-empty lines)",
-    )
-    if options.dry_run:
-        return None  # fitting encodes every text: that is the real run's work
-    embeddings = SentenceTransformer(str(options.input), device="cpu").encode(
-        texts, convert_to_numpy=True
-    )
+    what = f"--data {options.data} (non-empty lines)"
+    check_pca_rows(len(texts), max(options.dims), options.pca_center, what)
+    return texts
+
+
+def _fit_rotation(options: TruncateOptions, dim: int, texts: list[str]) -> Rotation:
+    """PCA of the model's embeddings of `texts` (layer-normalized first with --pre-norm)."""
+    from sentence_transformers import SentenceTransformer
+
+    from matcli.mrl.transform import PcaFit, layer_norm
+
+    model = SentenceTransformer(str(options.input), device="cpu")
+    embeddings = model.encode(texts, convert_to_numpy=True)
     fit = PcaFit(dim)
     fit.add(layer_norm(embeddings) if options.pre_norm == "layer_norm" else embeddings)
     return fit.finish(center=options.pca_center)[0]
 
 
-def _write_model(
-    source: Path,
-    target: Path,
-    modules: list[dict],
-    dim: int,
-    d: int,
-    rotation: Rotation | None,
-    options: TruncateOptions,
-) -> None:
-    shutil.copytree(source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*"))
-    added = []
-    if options.pre_norm == "layer_norm":
-        added.append(("MatryoshkaLayerNorm", LAYER_NORM, lambda p: _layer_norm_module(p, dim)))
-    added.append(("MatryoshkaDense", DENSE, lambda p: _dense_module(p, dim, d, rotation)))
-    if options.renormalize:
-        added.append(("MatryoshkaNormalize", NORMALIZE, lambda p: p.mkdir()))
-    new_modules = list(modules)
-    for name, kind, write in added:
-        idx = len(new_modules)
-        path = f"{idx}_{name}"
-        write(target / path)
-        new_modules.append({"idx": idx, "name": str(idx), "path": path, "type": kind})
-    (target / "modules.json").write_text(json.dumps(new_modules, indent=2) + "\n")
-    manifest = {
-        "matcli_version": __version__,
-        "command": "truncate-embeddings",
-        "options": options.model_dump(mode="json"),
-        "source_dim": dim,
-        "dim": d,
-        "renormalized": options.renormalize,
-        "pre_norm": options.pre_norm,
-        "rotation": "pca" if rotation is not None else None,
-        "packages": package_versions(),
-    }
-    (target / "matcli_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-
-
 def _dense_module(path: Path, dim: int, d: int, rotation: Rotation | None) -> None:
-    """y = W x + b with W = the first d columns of the rotation, transposed (identity rows without one)."""
+    """y = W x + b with W = the first d columns of the rotation, transposed (the first d rows
+    of the identity without a rotation)."""
     path.mkdir()
     if rotation is None:
         weight = np.eye(dim, dtype=np.float32)[:d]
