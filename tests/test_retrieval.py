@@ -29,7 +29,8 @@ def test_hand_computed_metrics():
     assert ranked.tolist() == [[0, 1, 2, 3]]
     qrels = {"q0": {"1": 2.0, "2": 1.0}}
     m = label_metrics(ranked, ["q0"], ["0", "1", "2", "3"], qrels, k=2)
-    # Linear gain (gain = label), as pytrec_eval, BEIR and MTEB: the exponential 2^g - 1 gives 0.659.
+    # Linear gain (gain = label), as pytrec_eval, BEIR and MTEB: the exponential 2^g - 1 gives
+    # 0.659.
     dcg = 2 / math.log2(3) + 1 / math.log2(4)
     idcg = 2 / math.log2(2) + 1 / math.log2(3)
     assert m["ndcg@10"] == pytest.approx(dcg / idcg)
@@ -87,7 +88,8 @@ def test_recall_and_funnel_match_a_numpy_reference():
 
 
 def test_timed_searches_exclude_building_the_prefixes(monkeypatch):
-    """Normalizing is the index build: neither the baseline's nor the funnel's time may include it."""
+    """Normalizing is the index build: neither the baseline's nor the funnel's time may
+    include it."""
     from matcli.mrl import retrieval
 
     real = retrieval.normalized

@@ -9,12 +9,13 @@ from rich.table import Table
 
 from matcli.cli.generate import Command
 from matcli.cli.render import out
-from matcli.options import EvalRetrievalOptions
 from matcli.errors import MatcliError
+from matcli.options import EvalRetrievalOptions
 
 HELP = (
-    "Retrieval quality of truncated embeddings at each --dims (recall@k against exact full-dimension "
-    "search; nDCG@10, MRR@10 and recall@k with --qrels) and the MRL funnel's cost and speed-up."
+    "Retrieval quality of truncated embeddings at each --dims (recall@k against exact "
+    "full-dimension search; nDCG@10, MRR@10 and recall@k with --qrels) and the MRL funnel's cost "
+    "and speed-up."
 )
 
 
@@ -51,10 +52,10 @@ def _halvings(full: int) -> list[int]:
 
 def render(report: dict) -> None:
     rows = report["dims"]
-    table = Table(
-        title=f"{report['queries']} queries, {report['corpus']:,} documents, {report['full_dim']} dims",
-        title_justify="left",
+    title = (
+        f"{report['queries']} queries, {report['corpus']:,} documents, {report['full_dim']} dims"
     )
+    table = Table(title=title, title_justify="left")
     columns = [c for c in rows[0] if c != "labelled_queries"]
     for c in columns:
         table.add_column(c, justify="right")
@@ -66,8 +67,9 @@ def render(report: dict) -> None:
             v for key, v in f.items() if key.startswith("recall@") and key.endswith("_vs_full")
         )
         out.print(
-            f"funnel {f['funnel']}: recall vs full {recall:.4f}, {f['flops_vs_full']:.1f}x fewer FLOPs, "
-            f"{f['ms_per_query']:.3f} ms/query vs {f['full_ms_per_query']:.3f} ms full ({f['speedup_vs_full']:.1f}x faster)"
+            f"funnel {f['funnel']}: recall vs full {recall:.4f}, "
+            f"{f['flops_vs_full']:.1f}x fewer FLOPs, {f['ms_per_query']:.3f} ms/query vs "
+            f"{f['full_ms_per_query']:.3f} ms full ({f['speedup_vs_full']:.1f}x faster)"
         )
 
 
@@ -77,11 +79,13 @@ PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 def _check_plot(path: Path) -> None:
     if path.suffix.lower() not in PLOT_SUFFIXES:
         raise MatcliError(
-            f"--plot {path}: end the file name in {', '.join(PLOT_SUFFIXES)} so the image format is known"
+            f"--plot {path}: end the file name in {', '.join(PLOT_SUFFIXES)} so the image format "
+            "is known"
         )
     if not path.absolute().parent.is_dir():
         raise MatcliError(
-            f"--plot {path}: folder {path.absolute().parent} does not exist; create it or choose another path"
+            f"--plot {path}: folder {path.absolute().parent} does not exist; create it or choose "
+            "another path"
         )
     try:
         import matplotlib  # noqa: F401

@@ -58,13 +58,15 @@ def parse_funnel(text: str) -> list[Stage]:
     for a, b in zip(stages, stages[1:]):
         if b.keep > a.keep:
             raise MatcliError(
-                f"--funnel {text!r}: a stage keeps more candidates ({b.keep}) than the one before it ({a.keep})"
+                f"--funnel {text!r}: a stage keeps more candidates ({b.keep}) than the one "
+                f"before it ({a.keep})"
             )
     return stages
 
 
 def load_matrix(path: Path, key: str | None) -> tuple[np.ndarray, list[str]]:
-    """All rows as float32, and an id per row (an `ids` tensor / `id` column, else the row number)."""
+    """All rows as float32, and an id per row (an `ids` tensor / `id` column, else the row
+    number)."""
     source = open_source(path, key)
     matrix = np.empty((source.rows, source.dim), dtype=np.float32)
     for start, x in source.chunks(rows_per_chunk(source.dim, 32 << 20)):
@@ -72,7 +74,8 @@ def load_matrix(path: Path, key: str | None) -> tuple[np.ndarray, list[str]]:
     if not np.isfinite(matrix).all():
         bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
         raise MatcliError(
-            f"{bad_rows_message(source, bad)}; drop them first with truncate-embeddings --skip-bad-rows"
+            f"{bad_rows_message(source, bad)}; drop them first with truncate-embeddings "
+            "--skip-bad-rows"
         )
     return matrix, _ids(source)
 
@@ -157,7 +160,8 @@ def overlap_recall(found: np.ndarray, exact: np.ndarray) -> float:
 
 
 def read_qrels(path: Path) -> dict[str, dict[str, float]]:
-    """TSV/CSV (query_id, doc_id[, relevance]) with an optional header, or JSON {query: {doc: rel}}."""
+    """TSV/CSV (query_id, doc_id[, relevance]) with an optional header, or JSON
+    {query: {doc: rel}}."""
     if not path.is_file():
         raise MatcliError(f"--qrels {path} does not exist")
     if path.suffix == ".json":
@@ -207,7 +211,8 @@ def label_metrics(
         recall.append(len(set(docs[:k]) & set(relevant)) / len(relevant))
     if not ndcg:
         raise MatcliError(
-            "no query in --qrels matches the queries' ids; check the ids (an `ids` tensor / `id` column, or row numbers)"
+            "no query in --qrels matches the queries' ids; check the ids (an `ids` tensor / `id` "
+            "column, or row numbers)"
         )
     return {
         "ndcg@10": float(np.mean(ndcg)),
@@ -230,7 +235,8 @@ def check_request(corpus_rows: int, full: int, dims: list[int], k: int, funnels=
                 raise MatcliError(f"--funnel dimension {s.dim} is outside 1..{full}")
         if stages[0].keep > corpus_rows:
             raise MatcliError(
-                f"--funnel {stages[0].dim}:{stages[0].keep} shortlists more candidates than the corpus's {corpus_rows} documents; keep at most {corpus_rows}"
+                f"--funnel {stages[0].dim}:{stages[0].keep} shortlists more candidates than the "
+                f"corpus's {corpus_rows} documents; keep at most {corpus_rows}"
             )
 
 
@@ -291,7 +297,8 @@ def evaluate(
 
 
 def run_funnel(index: dict[int, tuple[np.ndarray, np.ndarray]], stages: list[Stage]) -> np.ndarray:
-    """Shortlist over the whole corpus at the first stage's dimension, then rerank stage by stage."""
+    """Shortlist over the whole corpus at the first stage's dimension, then rerank stage by
+    stage."""
     candidates = top_k(*index[stages[0].dim], stages[0].keep)
     for s in stages[1:]:
         candidates = rerank(*index[s.dim], candidates, s.keep)

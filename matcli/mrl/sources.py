@@ -25,9 +25,8 @@ FLOAT_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64}
 class Passthrough:
     """Data that travels unchanged beside the embeddings (ids, labels, other columns)."""
 
-    tensors: dict[str, tuple[str, tuple[int, ...]]] = field(
-        default_factory=dict
-    )  # safetensors: name -> (dtype, shape)
+    # safetensors: name -> (dtype, shape)
+    tensors: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)
     columns: list[str] = field(default_factory=list)  # parquet column names
 
 
@@ -65,7 +64,8 @@ def open_source(
     if suffix == ".parquet":
         return ParquetSource(path, key or text_field)
     raise MatcliError(
-        f"{path}: unknown file type {path.suffix!r}; matcli reads .npy, .safetensors and .parquet embeddings"
+        f"{path}: unknown file type {path.suffix!r}; matcli reads .npy, .safetensors and "
+        ".parquet embeddings"
     )
 
 
@@ -102,7 +102,8 @@ class NpySource(EmbeddingSource):
         _check_2d(path, shape, "the array")
         if fortran:
             raise MatcliError(
-                f"{path} is stored in Fortran order; save it C-contiguous (np.ascontiguousarray) first"
+                f"{path} is stored in Fortran order; save it C-contiguous "
+                "(np.ascontiguousarray) first"
             )
         if dtype.kind != "f" or dtype.itemsize not in (2, 4, 8):
             raise MatcliError(
@@ -115,7 +116,8 @@ class NpySource(EmbeddingSource):
         size = path.stat().st_size
         if size < expected:
             raise MatcliError(
-                f"{path} is truncated: its header describes {expected} bytes but the file has {size}; re-create it"
+                f"{path} is truncated: its header describes {expected} bytes but the file has "
+                f"{size}; re-create it"
             )
         self.passthrough = Passthrough()
 
@@ -161,13 +163,15 @@ class SafetensorsSource(EmbeddingSource):
             key = float_2d[0]
         if key not in self.header.tensors:
             raise MatcliError(
-                f"{path} has no tensor {key!r}; its tensors are {', '.join(sorted(self.header.tensors))}"
+                f"{path} has no tensor {key!r}; its tensors are "
+                f"{', '.join(sorted(self.header.tensors))}"
             )
         self.info = self.header.tensors[key]
         _check_2d(path, self.info.shape, f"tensor {key!r}")
         if self.info.dtype not in (*FLOAT_DTYPES, "BF16"):
             raise MatcliError(
-                f"{path}: tensor {key!r} is {self.info.dtype}; embeddings must be float16, bfloat16, float32 or float64"
+                f"{path}: tensor {key!r} is {self.info.dtype}; embeddings must be float16, "
+                "bfloat16, float32 or float64"
             )
         self.key = key
         self.rows, self.dim = self.info.shape
@@ -234,7 +238,8 @@ class ParquetSource(EmbeddingSource):
         schema = self.file.schema_arrow
         if column not in schema.names:
             raise MatcliError(
-                f"{path} has no column {column!r} (columns: {', '.join(schema.names)}); choose it with --key NAME"
+                f"{path} has no column {column!r} (columns: {', '.join(schema.names)}); "
+                "choose it with --key NAME"
             )
         self.column = column
         self.rows = self.file.metadata.num_rows
@@ -248,14 +253,14 @@ class ParquetSource(EmbeddingSource):
         """The length of the first non-empty row (leading null or empty rows are bad rows)."""
         import pyarrow.compute as pc
 
-        for batch in self.file.iter_batches(
-            batch_size=1024, columns=[self.column]
-        ):  # small: usually the first row
+        # Small batches: the first row is usually the one.
+        for batch in self.file.iter_batches(batch_size=1024, columns=[self.column]):
             lengths = pc.fill_null(pc.list_value_length(batch.column(0)), 0).to_numpy()
             if lengths.any():
                 return int(lengths[np.argmax(lengths > 0)])
         raise MatcliError(
-            f"{self.path}: every row of column {self.column!r} is null or empty; there are no embeddings to read"
+            f"{self.path}: every row of column {self.column!r} is null or empty; there are no "
+            "embeddings to read"
         )
 
     def chunks(self, rows_per_chunk: int):
@@ -274,7 +279,8 @@ class ParquetSource(EmbeddingSource):
         if len(wrong):
             row = int(wrong[0])
             raise MatcliError(
-                f"{self.path}: row {row + start} has {int(lengths[row])} values, not {self.dim}; every row needs the same dimension"
+                f"{self.path}: row {row + start} has {int(lengths[row])} values, not "
+                f"{self.dim}; every row needs the same dimension"
             )
         out = np.full((len(col), self.dim), np.nan, dtype=np.float32)
         full = lengths == self.dim
@@ -287,9 +293,9 @@ class ParquetSource(EmbeddingSource):
 
     def digest(self) -> str:
         meta = self.file.metadata
-        return hashlib.sha256(
-            f"{meta.num_rows}:{meta.num_row_groups}:{self.path.stat().st_size}:{self.file.schema_arrow}".encode()
-        ).hexdigest()
+        size = self.path.stat().st_size
+        identity = f"{meta.num_rows}:{meta.num_row_groups}:{size}:{self.file.schema_arrow}"
+        return hashlib.sha256(identity.encode()).hexdigest()
 
 
 def _list_value_dtype(path: Path, column: str, arrow_type) -> str:
@@ -302,12 +308,14 @@ def _list_value_dtype(path: Path, column: str, arrow_type) -> str:
         or pa.types.is_fixed_size_list(arrow_type)
     ):
         raise MatcliError(
-            f"{path}: column {column!r} is {arrow_type}, not a list of numbers per row; embeddings must be 2-D"
+            f"{path}: column {column!r} is {arrow_type}, not a list of numbers per row; "
+            "embeddings must be 2-D"
         )
     value_type = arrow_type.value_type
     if not pa.types.is_floating(value_type):
         raise MatcliError(
-            f"{path}: column {column!r} holds lists of {value_type}; embeddings must be float16, float32 or float64 (cast the column to float32)"
+            f"{path}: column {column!r} holds lists of {value_type}; embeddings must be "
+            "float16, float32 or float64 (cast the column to float32)"
         )
     return np.dtype(value_type.to_pandas_dtype()).name
 

@@ -45,7 +45,7 @@ class _RowsAfterHeader(EmbeddingWriter):
 
     def __init__(self, path: Path, header: bytes, row_bytes_total: int, trailer: bytes = b""):
         self.path, self.trailer = path, trailer
-        self.file = open(path, "wb")
+        self.file = open(path, "wb")  # noqa: SIM115 - open across write() calls; close() closes
         self.file.write(header)
         self.remaining = row_bytes_total
 
@@ -89,7 +89,8 @@ class NpyWriter(_RowsAfterHeader):
     def __init__(self, path: Path, rows: int, width: int, dtype: str):
         if dtype == "bfloat16":
             raise MatcliError(
-                ".npy cannot store bfloat16; choose --dtype float16 or float32, or write .safetensors"
+                ".npy cannot store bfloat16; choose --dtype float16 or float32, or write "
+                ".safetensors"
             )
         header = io.BytesIO()
         fields = {
