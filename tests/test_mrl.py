@@ -729,18 +729,9 @@ def test_format_contradicting_the_suffix_is_refused(npy, tmp_path):
     )  # agreeing is fine
 
 
-def test_rotation_fitted_with_another_pre_norm_is_refused(npy, sentence_model, tmp_path):
-    ok(
-        str(npy),
-        "-o",
-        str(tmp_path / "ln.safetensors"),
-        "--dims",
-        "8",
-        "--pca",
-        "--pre-norm",
-        "layer_norm",
-        "-q",
-    )
+def test_rotation_fitted_with_another_pre_norm_is_refused(npy, tmp_path):
+    pca_layer_norm = ["--dims", "8", "--pca", "--pre-norm", "layer_norm", "-q"]
+    ok(str(npy), "-o", str(tmp_path / "ln.safetensors"), *pca_layer_norm)
     ok(str(npy), "-o", str(tmp_path / "plain.safetensors"), "--dims", "8", "--pca", "-q")
     out = tmp_path / "q.safetensors"
     refused(
@@ -783,6 +774,9 @@ def test_rotation_fitted_with_another_pre_norm_is_refused(npy, sentence_model, t
         "layer_norm",
         "-q",
     )
+
+
+def test_a_model_refuses_a_rotation_fitted_with_another_pre_norm(sentence_model, tmp_path):
     np.save(tmp_path / "e48.npy", embeddings(dim=48))
     ok(
         str(tmp_path / "e48.npy"),
@@ -849,7 +843,7 @@ def test_file_options_on_a_model_are_refused(sentence_model, tmp_path, args, mes
     )
 
 
-def test_pca_on_too_few_rows_is_refused(tmp_path, sentence_model):
+def test_pca_on_too_few_rows_is_refused(tmp_path):
     np.save(tmp_path / "few.npy", embeddings(rows=12))
     refused(
         [str(tmp_path / "few.npy"), "-o", str(tmp_path / "o.safetensors"), "--dims", "16", "--pca"],
@@ -885,6 +879,9 @@ def test_pca_on_too_few_rows_is_refused(tmp_path, sentence_model):
         "without its 6 skipped rows has 14",
         tmp_path / "o.safetensors",
     )
+
+
+def test_model_pca_on_too_few_texts_is_refused(tmp_path, sentence_model):
     (tmp_path / "texts.txt").write_text("one\ntwo\nthree\n")
     refused(
         [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,12 +123,17 @@ def test_parse_funnel_and_qrels(tmp_path):
     assert read_qrels(tmp_path / "q.json") == {"q1": {"d1": 1.0}}
 
 
-def test_cli_json_report(tmp_path):
+def save_corpus_and_queries(tmp_path: Path) -> None:
+    """c.npy (300 x 16), q.npy (its first 20 rows, nudged) and qrels.tsv (query i -> doc i)."""
     rng = np.random.default_rng(2)
     corpus = rng.standard_normal((300, 16)).astype(np.float32)
     np.save(tmp_path / "c.npy", corpus)
     np.save(tmp_path / "q.npy", corpus[:20] + 0.01)
     (tmp_path / "qrels.tsv").write_text("\n".join(f"{i}\t{i}\t1" for i in range(20)))
+
+
+def test_cli_json_report(tmp_path):
+    save_corpus_and_queries(tmp_path)
     code, out, err = run_matcli(
         "eval-retrieval",
         "--corpus",
@@ -149,6 +155,10 @@ def test_cli_json_report(tmp_path):
     funnel = report["funnels"][0]
     assert funnel["flops_per_query"] == 300 * 8 + 50 * 16  # N d_s + K d_r
     assert funnel["flops_vs_full"] == pytest.approx(300 * 16 / (300 * 8 + 50 * 16))
+
+
+def test_cli_plot_and_dims_outside_the_input(tmp_path):
+    save_corpus_and_queries(tmp_path)
     plot = tmp_path / "recall.png"
     code, _, err = run_matcli(
         "eval-retrieval",
