@@ -954,3 +954,56 @@ def test_missing_key_unknown_type_and_truncated_npy(tmp_path, npy):
     refused(
         [str(cut), "-o", str(tmp_path / "o.npy"), "--dims", "8"], "truncated", tmp_path / "o.npy"
     )
+
+
+# --- the runner: manifests, replacing an output, dry runs ---------------------------------------
+
+
+def test_a_folder_of_embedding_files_gets_a_manifest_and_a_single_file_none(npy, tmp_path):
+    ok(str(npy), "-o", str(tmp_path / "all"), "--dims", "16,8", "--pca", "-q")
+    manifest = json.loads((tmp_path / "all" / "matcli_manifest.json").read_text())
+    assert manifest["command"] == "truncate-embeddings" and manifest["options"]["dims"] == [16, 8]
+    names = [o["name"] for o in manifest["outputs"]]
+    assert names == ["d16.safetensors", "d8.safetensors", "rotation.safetensors"]
+    assert manifest["input"]["path"] == str(npy) and manifest["rows_written"] == 300
+    ok(str(npy), "-o", str(tmp_path / "one.npy"), "--dims", "8", "-q")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all", "e.npy", "one.npy"]
+
+
+def test_a_model_with_one_dimension_replaces_its_folder_with_force(sentence_model, tmp_path):
+    out = tmp_path / "m"
+    ok(str(sentence_model), "-o", str(out), "--dims", "16", "-q")
+    code, _, err = run_matcli(
+        "truncate-embeddings", str(sentence_model), "-o", str(out), "--dims", "8"
+    )
+    assert code == 2 and "--force" in err and err.count("\n") == 1, err
+    ok(str(sentence_model), "-o", str(out), "--dims", "8", "--force", "-q")
+    manifest = json.loads((out / "matcli_manifest.json").read_text())
+    assert manifest["dim"] == 8 and manifest["command_line"][-2:] == ["--force", "-q"]
+    assert encode(out, TEXTS).shape == (len(TEXTS), 8)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_a_dry_run_reports_what_a_real_run_would_refuse(npy, sentence_model, tmp_path):
+    code, out, err = run_matcli(
+        "truncate-embeddings", str(npy), "-o", str(npy), "--dims", "8", "--dry-run", "--json"
+    )
+    assert code == 0, err
+    warning = json.loads(out)["warnings"][0]
+    assert "a real run would stop here" in warning and "is the input file" in warning
+    code, out, err = run_matcli(
+        "truncate-embeddings",
+        str(sentence_model),
+        "-o",
+        str(tmp_path / "m"),
+        "--dims",
+        "16,8",
+        "--dry-run",
+        "--json",
+    )
+    plan = json.loads(out)
+    assert code == 0 and [o["path"] for o in plan["outputs"]] == [
+        str(tmp_path / "m" / "d16"),
+        str(tmp_path / "m" / "d8"),
+    ]
+    assert not (tmp_path / "m").exists()
