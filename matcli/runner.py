@@ -22,6 +22,24 @@ from matcli.options.base import WriteOptions, input_paths
 from matcli.progress import Reporter
 
 
+@dataclass(frozen=True)
+class Invocation:
+    """How the command was called: recorded in the manifest of what it writes."""
+
+    command: str
+    argv: list[str]
+    recipe: Path | None
+
+    def manifest_fields(self) -> dict:
+        import hashlib
+
+        fields: dict = {"command_line": ["matcli", *self.argv]}
+        if self.recipe is not None:
+            digest = hashlib.sha256(self.recipe.read_bytes()).hexdigest()
+            fields["recipe"] = {"path": str(self.recipe), "sha256": digest}
+        return fields
+
+
 class WritingPlan(Protocol):
     warnings: list[str]
 
@@ -52,7 +70,7 @@ class Renderers:
 
 def run_writing(
     options: WriteOptions,
-    invocation,
+    invocation: Invocation,
     build: Callable[[Reporter], WritingPlan | None],
     renderers: Renderers,
 ) -> bool:
@@ -86,7 +104,9 @@ def run_writing(
         plan.close()
 
 
-def _write(plan: WritingPlan, options: WriteOptions, invocation, reporter: Reporter) -> None:
+def _write(
+    plan: WritingPlan, options: WriteOptions, invocation: Invocation, reporter: Reporter
+) -> None:
     from matcli.checkpoint.manifest import write_manifest
 
     common = {

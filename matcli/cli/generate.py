@@ -20,26 +20,9 @@ from typing import Optional
 import typer
 
 from matcli.options.base import Options, cli_spelling, field_extra
+from matcli.runner import Invocation
 
 RECIPE_HELP = "YAML file of option values; flags given on the command line override it."
-
-
-@dataclass(frozen=True)
-class Invocation:
-    """How the command was called: recorded in the manifest of what it writes."""
-
-    command: str
-    argv: list[str]
-    recipe: Path | None
-
-    def manifest_fields(self) -> dict:
-        import hashlib
-
-        fields: dict = {"command_line": ["matcli", *self.argv]}
-        if self.recipe is not None:
-            digest = hashlib.sha256(self.recipe.read_bytes()).hexdigest()
-            fields["recipe"] = {"path": str(self.recipe), "sha256": digest}
-        return fields
 
 
 Run = Callable[[Options, Invocation], None]
