@@ -132,21 +132,17 @@ def save_corpus_and_queries(tmp_path: Path) -> None:
     (tmp_path / "qrels.tsv").write_text("\n".join(f"{i}\t{i}\t1" for i in range(20)))
 
 
+def eval_retrieval(tmp_path: Path, *args: str) -> tuple[int, str, str]:
+    """`matcli eval-retrieval` on the files of `save_corpus_and_queries`."""
+    corpus, queries = str(tmp_path / "c.npy"), str(tmp_path / "q.npy")
+    return run_matcli("eval-retrieval", "--corpus", corpus, "--queries", queries, *args)
+
+
 def test_cli_json_report(tmp_path):
     save_corpus_and_queries(tmp_path)
-    code, out, err = run_matcli(
-        "eval-retrieval",
-        "--corpus",
-        str(tmp_path / "c.npy"),
-        "--queries",
-        str(tmp_path / "q.npy"),
-        "--qrels",
-        str(tmp_path / "qrels.tsv"),
-        "--dims",
-        "16,8",
-        "--funnel",
-        "8:50,16:10",
-        "--json",
+    qrels = str(tmp_path / "qrels.tsv")
+    code, out, err = eval_retrieval(
+        tmp_path, "--qrels", qrels, "--dims", "16,8", "--funnel", "8:50,16:10", "--json"
     )
     assert code == 0, err
     report = json.loads(out)
@@ -160,28 +156,9 @@ def test_cli_json_report(tmp_path):
 def test_cli_plot_and_dims_outside_the_input(tmp_path):
     save_corpus_and_queries(tmp_path)
     plot = tmp_path / "recall.png"
-    code, _, err = run_matcli(
-        "eval-retrieval",
-        "--corpus",
-        str(tmp_path / "c.npy"),
-        "--queries",
-        str(tmp_path / "q.npy"),
-        "--dims",
-        "16,8,4",
-        "--plot",
-        str(plot),
-        "--json",
-    )
+    code, _, err = eval_retrieval(tmp_path, "--dims", "16,8,4", "--plot", str(plot), "--json")
     assert code == 0 and plot.read_bytes()[:4] == b"\x89PNG"
-    code, _, err = run_matcli(
-        "eval-retrieval",
-        "--corpus",
-        str(tmp_path / "c.npy"),
-        "--queries",
-        str(tmp_path / "q.npy"),
-        "--dims",
-        "17",
-    )
+    code, _, err = eval_retrieval(tmp_path, "--dims", "17")
     assert code == 2 and "outside 1..16" in err
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from matcli.cli.generate import Command
 from matcli.cli.render import table
 from matcli.options import TruncateOptions
-from matcli.runner import Renderers
+from matcli.runner import Invocation, Renderers
 
 
 def plan(options: TruncateOptions):
@@ -41,7 +41,7 @@ class _ModelFolderOutput(TruncateOptions):
         return False
 
 
-def run(options: TruncateOptions, invocation) -> None:
+def run(options: TruncateOptions, invocation: Invocation) -> None:
     from matcli.runner import run_writing
 
     if options.input.is_dir() and options.writes_file():

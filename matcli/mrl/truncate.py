@@ -20,15 +20,8 @@ import numpy as np
 
 from matcli import __version__
 from matcli.errors import MatcliError
-from matcli.mrl import transform
-from matcli.mrl.sources import (
-    EmbeddingSource,
-    ParquetSource,
-    SafetensorsSource,
-    bad_rows_message,
-    open_source,
-    rows_per_chunk,
-)
+from matcli.mrl import sources, transform
+from matcli.mrl.sources import EmbeddingSource, ParquetSource, SafetensorsSource
 from matcli.mrl.writers import EmbeddingWriter, NpyWriter, ParquetWriter, SafetensorsWriter
 from matcli.options import TruncateOptions
 
@@ -63,7 +56,7 @@ class Pipeline:
 
     @property
     def chunk_rows(self) -> int:
-        return rows_per_chunk(self.source.dim, self.options.chunk_size)
+        return sources.rows_per_chunk(self.source.dim, self.options.chunk_size)
 
     def prepared(self, x: np.ndarray) -> np.ndarray:
         if self.options.pre_norm == "layer_norm":
@@ -182,7 +175,7 @@ class EmbeddingFilesPlan:
 def plan_truncation(options: TruncateOptions) -> EmbeddingFilesPlan:
     """Open the input and check everything against it: the outputs, and the files given by
     earlier runs (--rotation, --ranges), so that a dry run reports their problems too."""
-    source = open_source(options.input, options.key)
+    source = sources.open_source(options.input, options.key)
     targets, rotation_path, warnings = plan_targets(options, source)
     rotation = (
         load_rotation(options.rotation, source.dim, options.pre_norm) if options.rotation else None
@@ -340,7 +333,7 @@ def _statistics_pass(options: TruncateOptions, source: EmbeddingSource, chunk_ro
 
 def _bad_rows_error(source: EmbeddingSource, rows: np.ndarray) -> MatcliError:
     return MatcliError(
-        f"{bad_rows_message(source, rows)}; fix them, or drop them with --skip-bad-rows"
+        f"{sources.bad_rows_message(source, rows)}; fix them, or drop them with --skip-bad-rows"
     )
 
 
