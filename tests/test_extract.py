@@ -14,7 +14,7 @@ import torch
 from conftest import run_matcli
 from safetensors.torch import load_file, save_file
 
-from matcli.matformer.ffn_config import parse_layer_list
+from matcli.matformer.ffn_spec import parse_layer_list
 
 # Google's Gemma 3n slicing configs (google/gemma3n-slicing-configs), as: name, layers,
 # effective params (B), MMLU, new layer indices at 16384 (the rest 8192), skipped layers.

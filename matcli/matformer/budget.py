@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import math
 import re
-from typing import TYPE_CHECKING
 
 from matcli.arch import Architecture
 from matcli.checkpoint.reader import ModelFolder
 from matcli.checkpoint.writer import OutputTensor
 from matcli.errors import MatcliError
-from matcli.matformer.ffn_config import FfnChoice, kept_layers, parse_layer_list, trained_widths
+from matcli.matformer.ffn_config import FfnChoice, checked_choice, kept_layers, trained_widths
+from matcli.matformer.ffn_spec import parse_layer_list
+from matcli.matformer.source import Source
 from matcli.options import ExtractOptions, parse_size
-
-if TYPE_CHECKING:
-    from matcli.matformer.extract import Source
 
 CANDIDATES_RANKED_BY_LOSS = 4
 _PARAM_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
@@ -70,44 +68,43 @@ def submodel_size(
     )
 
 
-def choose_under_budget(
-    folder: ModelFolder,
-    source: Source,
-    options: ExtractOptions,
-    neurons: dict[int, list[int]] | None,
-) -> FfnChoice:
-    from matcli.matformer.extract import Extraction
+def fitting_choices(
+    folder: ModelFolder, source: Source, options: ExtractOptions
+) -> list[FfnChoice]:
+    """The candidates within --budget, largest first (ties: fewer distinct widths first);
+    only the first few with --rank-by-loss."""
+    from matcli.matformer.plan import Extraction
 
     unit, budget = parse_budget(options.budget)
     effective = options.budget_of == "effective"
-    skip = parse_layer_list(options.skip_layers) if options.skip_layers else []
-    levels = [
-        trained_widths(source.arch.family.trained_ffn_widths, source.full[layer])
-        for layer in kept_layers(len(source.full), skip)
-    ]
+    skip = parse_layer_list(options.skip_layers or "")
+    kept = kept_layers(source, skip)
+    family = source.family
+    levels = [trained_widths(family.trained_ffn_widths, source.full_widths[i]) for i in kept]
+    uniform_only = not family.takes_per_layer_intermediate(source.text_config)
     sized = []
-    for widths in candidates(
-        levels, uniform_only=not source.arch.family.takes_per_layer_intermediate(source.text_config)
-    ):
-        choice = FfnChoice(widths=widths, skip=skip)
-        size = submodel_size(
-            Extraction(folder, choice, source=source).tensors(1 << 20), unit, effective, source.arch
-        )
+    for widths in candidates(levels, uniform_only=uniform_only):
+        choice = checked_choice(source, widths, skip, kept)
+        tensors = Extraction(folder, source, choice).tensors(1 << 20)
+        size = submodel_size(tensors, unit, effective, source.arch)
         if size <= budget:
             sized.append((size, -len(set(widths)), choice))
     if not sized:
         what = "effective " if effective else ""
         raise MatcliError(
-            f"no submodel fits --budget {options.budget} ({what}{unit}): even every layer at its smallest granularity "
-            f"({min(level[0] for level in levels)}) is larger; raise the budget or skip layers"
+            f"no submodel fits --budget {options.budget} ({what}{unit}): even every layer at its "
+            f"smallest granularity ({min(level[0] for level in levels)}) is larger; raise the "
+            "budget or skip layers"
         )
     sized.sort(key=lambda s: (s[0], s[1]), reverse=True)
-    if not options.rank_by_loss:
-        return sized[0][2]
-    return _lowest_loss([c for _, _, c in sized[:CANDIDATES_RANKED_BY_LOSS]], options, neurons)
+    shown = CANDIDATES_RANKED_BY_LOSS if options.rank_by_loss else 1
+    return [choice for _, _, choice in sized[:shown]]
 
 
-def _lowest_loss(choices: list[FfnChoice], options: ExtractOptions, neurons) -> FfnChoice:
+def lowest_loss(
+    choices: list[FfnChoice], options: ExtractOptions, neurons: dict[int, list[int]] | None
+) -> FfnChoice:
+    """The choice whose submodel has the lowest loss on the calibration text."""
     from transformers import AutoTokenizer
 
     from matcli.data import read_texts, token_windows

@@ -1,4 +1,4 @@
-"""`--ffn-config` and `--skip-layers`: which FFN width each kept layer gets.
+"""The text forms of `--ffn-config` and `--skip-layers`, read without looking at the model.
 
 Forms of `--ffn-config` (widths are per kept layer, after skipping):
 - a width `8192`, a ratio of each layer's full width `0.5`, or a granularity `s|m|l|xl`
@@ -7,6 +7,9 @@ Forms of `--ffn-config` (widths are per kept layer, after skipping):
 - a YAML or JSON file: a list, or `{ffn: [...], skip_layers: [...]}`;
 - a row of Google's Gemma 3n slicing CSV: `configs.csv:"Config for E2.98B (block-level)"`.
   Cells like `[2_048 * 4, ...]` are parsed as integer products, never evaluated.
+
+Ratios and granularities become widths in `width_of`, given a layer's full width; checking
+the widths and skips against the model is `ffn_config`'s job.
 """
 
 from __future__ import annotations
@@ -26,21 +29,27 @@ GRANULARITIES = {"s": 8, "m": 4, "l": 2, "xl": 1}  # name -> full width divided 
 CSV_WIDTHS, CSV_SKIPPED = "FFN Hidden Dims", "Layers Skipped"
 
 
-@dataclass
-class FfnChoice:
-    """Widths of the kept layers and the skipped original layers."""
+@dataclass(frozen=True)
+class FfnSpec:
+    """`--ffn-config` as written: one item per kept layer (or one for all), and the skipped
+    layers it names itself (None: it names none, --skip-layers decides)."""
 
-    widths: list[int]
-    skip: list[int]
+    items: list[object]
+    skip: list[int] | None = None
+    skip_origin: str = ""  # where `skip` comes from, for the contradiction message
 
 
-def trained_widths(trained: tuple[int, ...] | None, full: int) -> list[int]:
-    """The widths a layer of full width `full` was trained at, ascending: the family's trained
-    widths up to `full` when `full` is one of them (Gemma 3n: 8192, 16384), else MatFormer's
-    granularities 1/8, 1/4, 1/2 and all of the layer's width."""
-    if trained and full in trained:
-        return sorted(w for w in trained if w <= full)
-    return sorted(full // g for g in GRANULARITIES.values())
+def read_spec(spec: str) -> FfnSpec:
+    """The items (and skipped layers, if any) of a width, list, YAML/JSON file or CSV row."""
+    csv_path, _, row = spec.partition(":")
+    if csv_path.lower().endswith(".csv") and row:
+        widths, skip = read_csv_row(Path(csv_path), row.strip().strip('"').strip("'"))
+        origin = f"the CSV row's skipped layers {skip}; drop --skip-layers"
+        return FfnSpec(list(widths), skip, origin)
+    if spec.lower().endswith((".yaml", ".yml", ".json")):
+        items, skip = _read_file(Path(spec))
+        return FfnSpec(items, skip, f"skip_layers in {spec}; drop one")
+    return FfnSpec([part for part in (p.strip() for p in spec.split(",")) if part])
 
 
 def parse_layer_list(text: str, what: str = "--skip-layers") -> list[int]:
@@ -57,19 +66,6 @@ def parse_layer_list(text: str, what: str = "--skip-layers") -> list[int]:
             raise MatcliError(f"{what} {text!r}: the range {part!r} runs backwards")
         layers.update(range(lo, hi + 1))
     return sorted(layers)
-
-
-def kept_layers(num_layers: int, skip: list[int]) -> list[int]:
-    """The original indices of the layers left after skipping `skip`, checked."""
-    outside = [i for i in skip if i >= num_layers]
-    if outside:
-        raise MatcliError(
-            f"--skip-layers {outside[0]} is not a layer: the model has layers 0..{num_layers - 1}"
-        )
-    kept = [i for i in range(num_layers) if i not in skip]
-    if not kept:
-        raise MatcliError("--skip-layers skips every layer; keep at least one")
-    return kept
 
 
 def integer_product(text: str, where: str) -> int:
@@ -122,7 +118,7 @@ def read_csv_row(path: Path, row_name: str) -> tuple[list[int], list[int]]:
     raise MatcliError(f"{path} has no row named {row_name!r}; its rows are: {names}")
 
 
-def _resolve_item(item: object, full: int, where: str) -> int:
+def width_of(item: object, full: int, where: str) -> int:
     """One width for a layer of full width `full`: an int (or a whole float above 1), a ratio
     in (0, 1], or s/m/l/xl. Range checks against `full` come later, with the plan's."""
     if isinstance(item, bool):
@@ -144,12 +140,14 @@ def _resolve_item(item: object, full: int, where: str) -> int:
         )
     if value <= 0:
         raise MatcliError(
-            f"{where}: {item!r} is not positive; give a number of neurons in 1..{full}, or a ratio in (0, 1]"
+            f"{where}: {item!r} is not positive; give a number of neurons in 1..{full}, or a "
+            "ratio in (0, 1]"
         )
     if value > 1:
         if not value.is_integer():
             raise MatcliError(
-                f"{where}: {item!r} is a fractional width; give an integer number of neurons, or a ratio in (0, 1]"
+                f"{where}: {item!r} is a fractional width; give an integer number of neurons, "
+                "or a ratio in (0, 1]"
             )
         return int(value)  # 64.0 (YAML, or a computed 2048 * 3.5): a whole number of neurons
     width = value * full
@@ -158,44 +156,6 @@ def _resolve_item(item: object, full: int, where: str) -> int:
             f"{where}: ratio {item} of {full} is {width:g}, not a whole number of neurons"
         )
     return int(width)
-
-
-def choose_widths(spec: str, skip_text: str | None, full_widths: list[int]) -> FfnChoice:
-    """Parse --ffn-config and --skip-layers against the model's full per-layer widths."""
-    skip = parse_layer_list(skip_text) if skip_text else []
-    items: list[object]
-    csv_path, _, row = spec.partition(":")
-    if csv_path.lower().endswith(".csv") and row:
-        widths, csv_skip = read_csv_row(Path(csv_path), row.strip().strip('"').strip("'"))
-        if skip_text and csv_skip != skip:
-            raise MatcliError(
-                f"--skip-layers {skip_text} contradicts the CSV row's skipped layers {csv_skip}; drop --skip-layers"
-            )
-        skip, items = csv_skip, list(widths)
-    elif spec.lower().endswith((".yaml", ".yml", ".json")):
-        items, file_skip = _read_file(Path(spec))
-        if file_skip is not None:
-            if skip_text and file_skip != skip:
-                raise MatcliError(
-                    f"--skip-layers {skip_text} contradicts skip_layers in {spec}; drop one"
-                )
-            skip = file_skip
-    else:
-        items = [part for part in (p.strip() for p in spec.split(",")) if part]
-    num_layers = len(full_widths)
-    kept = kept_layers(num_layers, skip)
-    if len(items) == 1:
-        items = items * len(kept)
-    if len(items) != len(kept):
-        raise MatcliError(
-            f"--ffn-config gives {len(items)} widths but {len(kept)} layers are kept "
-            f"({num_layers} layers, {len(skip)} skipped); give one width per kept layer"
-        )
-    widths = [
-        _resolve_item(item, full_widths[o], f"--ffn-config width for layer {o}")
-        for item, o in zip(items, kept)
-    ]
-    return FfnChoice(widths=widths, skip=skip)
 
 
 def _read_file(path: Path) -> tuple[list[object], list[int] | None]:

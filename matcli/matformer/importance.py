@@ -46,7 +46,8 @@ def neuron_importance(
             hooks.append(module.register_forward_pre_hook(accumulate))
     if not downs:
         raise MatcliError(
-            f"found no {arch.family.ffn.down} modules in {model_path}; cannot measure neuron importance"
+            f"found no {arch.family.ffn.down} modules in {model_path}; cannot measure neuron "
+            "importance"
         )
     for batch in windows.split(4):
         model(batch)

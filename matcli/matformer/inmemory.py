@@ -10,7 +10,10 @@ import torch
 from matcli.checkpoint.reader import DEFAULT_CHUNK_BYTES, ModelFolder
 from matcli.checkpoint.safetensors_file import DTYPES
 from matcli.checkpoint.writer import OutputTensor, as_bytes
-from matcli.matformer.ffn_config import FfnChoice
+from matcli.matformer.config_edit import edited_config
+from matcli.matformer.ffn_config import FfnChoice, choose_widths
+from matcli.matformer.plan import Extraction
+from matcli.matformer.source import read_source
 
 
 def materialize(tensors: list[OutputTensor]) -> dict[str, torch.Tensor]:
@@ -29,12 +32,19 @@ def materialize(tensors: list[OutputTensor]) -> dict[str, torch.Tensor]:
 
 
 def submodel(path: Path, choice: FfnChoice, neurons: dict[int, list[int]] | None = None):
+    """The model `extract` would write for `choice` (checked against this folder), in memory."""
     from matcli.evaluate import model_from_state
-    from matcli.matformer.extract import Extraction
 
     with ModelFolder(path) as folder:
-        extraction = Extraction(folder, choice, neurons)
+        source = read_source(folder)
+        extraction = Extraction(folder, source, choice, neurons)
         state = materialize(extraction.tensors(DEFAULT_CHUNK_BYTES))
-        config = extraction.config(reordered=neurons is not None)
-    config.pop("matcli")
+        config = edited_config(source, folder.config, choice)
     return model_from_state(config, state, f"{path} with --ffn-config")
+
+
+def load_submodel(path: Path, ffn_config: str, skip_layers: str | None):
+    """`eval --ffn-config`: the submodel of `path` that --ffn-config and --skip-layers name."""
+    with ModelFolder(path) as folder:
+        choice = choose_widths(ffn_config, skip_layers, read_source(folder))
+    return submodel(path, choice)
