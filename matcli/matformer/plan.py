@@ -18,7 +18,13 @@ from matcli.checkpoint.reader import ModelFolder
 from matcli.checkpoint.writer import OutputTensor
 from matcli.matformer.config_edit import submodel_config
 from matcli.matformer.ffn_config import FfnChoice, choose_widths, full_model, width_warnings
-from matcli.matformer.select import block_runs, runs_of, select_along, select_columns, select_rows
+from matcli.matformer.selection import (
+    block_runs,
+    runs_of,
+    select_along,
+    select_columns,
+    select_rows,
+)
 from matcli.matformer.source import Source, read_source
 from matcli.options import ExtractOptions, ReorderOptions
 
