@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from matcli.cli.generate import Command
-from matcli.cli.render import table
+from matcli.cli.render import table, writing_command
 from matcli.options import TruncateOptions
-from matcli.runner import Invocation, Renderers
+from matcli.runner import Renderers
 
 
 def plan(options: TruncateOptions):
@@ -33,26 +32,11 @@ TRUNCATION = Renderers(
 )
 
 
-class _ModelFolderOutput(TruncateOptions):
-    """A model is written to a folder, for one --dims too. Interim: belongs in
-    TruncateOptions.writes_file (see the runner), which knows only embeddings files."""
-
-    def writes_file(self) -> bool:
-        return False
-
-
-def run(options: TruncateOptions, invocation: Invocation) -> None:
-    from matcli.runner import run_writing
-
-    if options.input.is_dir() and options.writes_file():
-        options = _ModelFolderOutput.model_construct(options.model_fields_set, **dict(options))
-    run_writing(options, invocation, lambda reporter: plan(options), TRUNCATION)
-
-
-COMMAND = Command(
+COMMAND = writing_command(
     "truncate-embeddings",
     "Truncate embeddings to their first d dimensions (MRL), renormalized; files of any size "
     "(.npy, .safetensors, .parquet) in bounded memory, or a sentence-transformers model folder.",
     TruncateOptions,
-    run,
+    plan,
+    TRUNCATION,
 )

@@ -318,7 +318,8 @@ class TruncateOptions(WriteOptions, StreamOptions):
     )
 
     def writes_file(self) -> bool:
-        return len(self.dims) == 1
+        """One dimension of an embeddings file is one file; a model is always a folder."""
+        return len(self.dims) == 1 and not self.input.is_dir()
 
     @field_validator("dims")
     @classmethod
