@@ -48,10 +48,10 @@ def kept_layers(source: Source, skip: list[int]) -> list[int]:
         raise MatcliError("--skip-layers skips every layer; keep at least one")
     producers = source.kv_producers() & set(skip) if skip else set()
     if producers:
-        shared = source.text_config[source.family.kv_sharing.shared_layers]
+        key = source.family.kv_sharing.shared_layers
         raise MatcliError(
             f"layer {min(producers)} cannot be skipped: it computes the KV cache that the last "
-            f"{shared} layers reuse (num_kv_shared_layers); keep it"
+            f"{source.text_config[key]} layers reuse ({key}); keep it"
         )
     _check_layer_tensors(source, kept)
     return kept
@@ -90,9 +90,9 @@ def checked_choice(
             )
     if len(set(widths)) > 1 and not source.family.takes_per_layer_intermediate(source.text_config):
         raise MatcliError(
-            f"{source.arch.name} configs take one intermediate_size for all layers, so "
-            f"transformers cannot load different widths per layer ({sorted(set(widths))}); "
-            "give a uniform width, or a Gemma 3n model for Mix'n'Match"
+            f"{source.arch.name} configs take one {source.family.config.intermediate_size} for "
+            "all layers, so transformers cannot load different widths per layer "
+            f"({sorted(set(widths))}); give a uniform width, or a Gemma 3n model for Mix'n'Match"
         )
     return FfnChoice(widths=list(widths), skip=list(skip), kept=list(kept))
 
