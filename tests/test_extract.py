@@ -244,7 +244,8 @@ def test_fused_gate_up_is_cut_as_two_halves(llama, tmp_path):
 
 @pytest.mark.parametrize("spec", ["xl", "1.0", "128,128,256,256"])
 def test_gemma3n_identity_is_byte_identical(gemma3n, tmp_path, spec):
-    """Full widths (128 and 256 here), no skips: every tensor and the config come back as they were."""
+    """Full widths (128 and 256 here), no skips: every tensor and the config come back as they
+    were."""
     out = tmp_path / "same"
     code, _, err = run_matcli("extract", str(gemma3n), "-o", str(out), "--ffn-config", spec, "-q")
     assert code == 0, err
@@ -400,8 +401,8 @@ def test_widths_off_the_matformer_ratios_warn(llama, tmp_path):
     """Families without trained widths (and scaled-down Gemma 3n) fall back to 1/8, 1/4, 1/2, 1."""
     plan = dry_run_plan("extract", str(llama), "-o", str(tmp_path / "o"), "--ffn-config", "48")
     assert any(
-        "widths [48] are not trained MatFormer granularities (1/8, 1/4, 1/2 or all of a layer's width: 16, 32, 64, 128)"
-        in w
+        "widths [48] are not trained MatFormer granularities "
+        "(1/8, 1/4, 1/2 or all of a layer's width: 16, 32, 64, 128)" in w
         for w in plan["warnings"]
     ), plan["warnings"]
     plan = dry_run_plan("extract", str(llama), "-o", str(tmp_path / "o"), "--ffn-config", "m")
@@ -609,7 +610,8 @@ def test_bad_csv_rows(gemma3n_35, tmp_path):
     "tensor",
     [
         "model.layers.1.mlp.down_proj.weight",  # an FFN tensor
-        "model.layers.1.self_attn.q_proj.weight",  # not FFN: transformers would initialise it at random
+        # not FFN: transformers would initialise it at random
+        "model.layers.1.self_attn.q_proj.weight",
         "model.layers.0.post_attention_layernorm.weight",
     ],
 )
@@ -713,3 +715,21 @@ def test_gemma3n_multimodal_wrapper(gemma3n_35, tmp_path):
     assert (
         tmp_path / "mm" / "processor_config.json"
     ).read_text() == '{"processor_class": "Gemma3nProcessor"}'
+
+
+@pytest.mark.parametrize("choice", [["--ffn-config", "0.5"], ["--budget", "400000"]])
+def test_extract_never_imports_torch(gemma3n_35, tmp_path, choice):
+    """Without --reorder or --rank-by-loss no model runs, so torch is never imported."""
+    import subprocess
+    import sys
+
+    argv = ["matcli", "extract", str(gemma3n_35), "-o", str(tmp_path / "o"), *choice, "-q"]
+    argv += ["--skip-layers", "20-24"]
+    script = (
+        f"import sys\nfrom matcli.cli import main\nsys.argv = {argv!r}\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "assert 'torch' not in sys.modules, 'extract imported torch'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "o" / "model.safetensors").exists()

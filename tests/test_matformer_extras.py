@@ -189,7 +189,8 @@ def test_budget_ranked_by_calibration_loss(llama, text_file, tmp_path):
         )  # ... and pushing towards <unk>
     sabotaged = edited_copy(llama, tmp_path / "sabotaged")
     save_file(state, sabotaged / "model.safetensors", metadata={"format": "pt"})
-    # 41,280 parameters outside the FFNs + 2 x 3 x 64 per neuron: widths 16, 32, 64 fit, 128 does not.
+    # 41,280 parameters outside the FFNs + 2 x 3 x 64 per neuron: widths 16, 32, 64 fit, 128
+    # does not.
     data = ("--data", str(text_file), "--seq-len", "64", "--max-tokens", "2048")
     args = ("extract", str(sabotaged), "-o", str(tmp_path / "o"), "--budget", "80000")
     by_size = config_changes(dry_run_plan(*args))["intermediate_size"]
