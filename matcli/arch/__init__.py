@@ -77,6 +77,14 @@ class Family(BaseModel):
             text_config.get(self.config.intermediate_size), list
         )
 
+    @property
+    def per_layer_lists(self) -> tuple[str, ...]:
+        """Config keys that may hold one entry per layer, besides the FFN widths: the
+        per-layer lists and the attention types KV sharing reads (extraction checks their
+        lengths and keeps the kept layers' entries)."""
+        kv_types = (self.kv_sharing.layer_types,) if self.kv_sharing else ()
+        return tuple(dict.fromkeys((*self.per_layer_config, *kv_types)))
+
 
 @cache
 def families() -> dict[str, Family]:

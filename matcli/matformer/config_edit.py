@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 
 from matcli.matformer.ffn_config import FfnChoice
-from matcli.matformer.source import Source, per_layer_lists
+from matcli.matformer.source import Source
 from matcli.quant.parent import CONFIG_KEY
 
 
@@ -26,7 +26,7 @@ def edited_config(source: Source, config: dict, choice: FfnChoice) -> dict:
     text[keys.intermediate_size] = (
         list(choice.widths) if family.takes_per_layer_intermediate(text) else choice.widths[0]
     )
-    for list_key in per_layer_lists(family):
+    for list_key in family.per_layer_lists:
         if isinstance(text.get(list_key), list):  # one entry per layer (read_source checks)
             text[list_key] = [text[list_key][i] for i in choice.kept]
     kv = family.kv_sharing

@@ -127,19 +127,9 @@ def _layer_tensors(
     return [frozenset(n) for n in names]
 
 
-def per_layer_lists(family: Family) -> list[str]:
-    """Config keys that may hold one entry per layer, other than the FFN widths: the family's
-    per-layer lists and the attention types KV sharing reads."""
-    keys = [
-        *family.per_layer_config,
-        *([family.kv_sharing.layer_types] if family.kv_sharing else []),
-    ]
-    return list(dict.fromkeys(keys))
-
-
 def _check_list_lengths(source: Source) -> None:
     family, num_layers = source.family, source.num_layers
-    for key in dict.fromkeys([*per_layer_lists(family), family.config.intermediate_size]):
+    for key in dict.fromkeys([*family.per_layer_lists, family.config.intermediate_size]):
         values = source.text_config.get(key)
         if isinstance(values, list) and len(values) != num_layers:
             raise MatcliError(
