@@ -19,6 +19,7 @@ from matcli.arch import Architecture
 from matcli.checkpoint.reader import ModelFolder
 from matcli.checkpoint.writer import OutputTensor
 from matcli.errors import MatcliError
+from matcli.matformer.extraction import Extraction
 from matcli.matformer.ffn_config import FfnChoice, checked_choice, kept_layers, trained_widths
 from matcli.matformer.ffn_spec import parse_layer_list
 from matcli.matformer.source import Source
@@ -73,8 +74,6 @@ def fitting_choices(
 ) -> list[FfnChoice]:
     """The candidates within --budget, largest first (ties: fewer distinct widths first);
     only the first few with --rank-by-loss."""
-    from matcli.matformer.plan import Extraction
-
     unit, budget = parse_budget(options.budget)
     effective = options.budget_of == "effective"
     skip = parse_layer_list(options.skip_layers or "")

@@ -11,8 +11,8 @@ from matcli.checkpoint.reader import DEFAULT_CHUNK_BYTES, ModelFolder
 from matcli.checkpoint.safetensors_file import DTYPES
 from matcli.checkpoint.writer import OutputTensor, as_bytes
 from matcli.matformer.config_edit import edited_config
+from matcli.matformer.extraction import Extraction
 from matcli.matformer.ffn_config import FfnChoice, choose_widths
-from matcli.matformer.plan import Extraction
 from matcli.matformer.source import read_source
 
 

@@ -1,119 +1,23 @@
-"""`matcli extract` and `matcli reorder`: a MatFormer submodel, streamed without building it.
+"""`matcli extract` and `matcli reorder`: source -> checked FFN choice -> extraction -> plan.
 
-Per kept layer, the FFN keeps a set of hidden neurons (the first m, or with `--reorder` the m
-most important): gate/up rows and down columns are cut, fused gate_up is cut as two halves.
-Skipped layers are dropped and the rest renumbered; tensors made of one block per layer
-(Gemma 3n's per-layer embeddings) keep the kept layers' blocks, read in row chunks. Config
-edits follow the family data (`config_edit`). Everything else is copied.
+The source is read and checked once (`source`), the choice is parsed and checked once
+(`ffn_config`, or `budget`'s candidates), and the extraction and the config edits
+(`config_edit`, from the family data) trust both. Only --reorder and --rank-by-loss run a
+model (and import torch).
 """
 
 from __future__ import annotations
 
-import math
 import sys
 
-from matcli.arch import Architecture
-from matcli.checkpoint.plan import OutputCheckpoint, Plan, copy_tensor
+from matcli.checkpoint.plan import OutputCheckpoint, Plan
 from matcli.checkpoint.reader import ModelFolder
-from matcli.checkpoint.writer import OutputTensor
+from matcli.matformer.budget import fitting_choices, lowest_loss
 from matcli.matformer.config_edit import submodel_config
-from matcli.matformer.ffn_config import FfnChoice, choose_widths, full_model, width_warnings
-from matcli.matformer.selection import (
-    block_runs,
-    runs_of,
-    select_along,
-    select_columns,
-    select_rows,
-)
-from matcli.matformer.source import Source, read_source
+from matcli.matformer.extraction import Extraction
+from matcli.matformer.ffn_config import choose_widths, full_model, width_warnings
+from matcli.matformer.source import read_source
 from matcli.options import ExtractOptions, ReorderOptions
-
-BLOCKS_LABEL, FFN_LABEL = "keep kept layers' blocks", "cut FFN"
-
-
-class Extraction:
-    """The tensors of a submodel of `source` cut by a checked `choice`."""
-
-    def __init__(
-        self,
-        folder: ModelFolder,
-        source: Source,
-        choice: FfnChoice,
-        neurons: dict[int, list[int]] | None = None,
-        keep_order: bool = False,
-    ):
-        """`neurons`: each original layer's neurons, most important first (None: as stored).
-        The first m are kept; in index order, or in importance order with `keep_order`
-        (which is how `matcli reorder` writes a permuted full model)."""
-        self.folder, self.source, self.choice = folder, source, choice
-        self.arch = source.arch
-        self.new_index = {old: new for new, old in enumerate(choice.kept)}
-        # Neurons kept per original layer: the first m, or the chosen ones (--reorder).
-        self.neurons = {
-            old: runs_of(_chosen(neurons[old][:m], keep_order)) if neurons else [(0, m)]
-            for old, m in zip(choice.kept, choice.widths)
-        }
-
-    def tensors(self, chunk_bytes: int) -> list[OutputTensor]:
-        """Every output tensor, by name: cut, re-blocked or copied."""
-        out = [self._tensor(name, chunk_bytes) for name in self.folder.tensors]
-        return sorted((t for t in out if t is not None), key=lambda t: t.name)
-
-    def _tensor(self, name: str, chunk_bytes: int) -> OutputTensor | None:
-        split = self.arch.split_layer(name)
-        if split is None:
-            return self._outside_layers(name, chunk_bytes)
-        layer, relative = split
-        if layer not in self.new_index:
-            return None
-        new_name = self.arch.layer_name(self.new_index[layer], relative)
-        ffn, runs = self.arch.family.ffn, self.neurons[layer]
-        if relative in {f"{p}.{k}" for p in (ffn.gate, ffn.up) for k in ("weight", "bias")}:
-            return select_rows(self.folder, name, new_name, runs, FFN_LABEL)
-        if relative == f"{ffn.down}.weight":
-            return select_columns(self.folder, name, new_name, runs, chunk_bytes, FFN_LABEL)
-        if ffn.fused_gate_up and relative in (
-            f"{ffn.fused_gate_up}.weight",
-            f"{ffn.fused_gate_up}.bias",
-        ):
-            full = self.source.full_widths[layer]
-            halves = runs + [(a + full, b + full) for a, b in runs]  # gate rows, then up rows
-            return select_rows(self.folder, name, new_name, halves, FFN_LABEL)
-        return copy_tensor(self.folder, name, new_name)
-
-    def _outside_layers(self, name: str, chunk_bytes: int) -> OutputTensor:
-        for suffix, block in self.arch.family.layer_blocked_tensors.items():
-            if name.endswith(suffix):
-                runs = block_runs(self.choice.kept, int(self.source.text_config[block.block]))
-                return select_along(
-                    self.folder, name, name, block.dim, runs, chunk_bytes, BLOCKS_LABEL
-                )
-        return copy_tensor(self.folder, name)
-
-    def report(self, tensors: list[OutputTensor]) -> dict:
-        before = parameter_counts(self.arch, {n: t.shape for n, t in self.folder.tensors.items()})
-        after = parameter_counts(self.arch, {t.name: t.shape for t in tensors})
-        return {
-            "parameters_before": before,
-            "parameters_after": after,
-            "layers_kept": len(self.choice.kept),
-            "layers_before": self.source.num_layers,
-        }
-
-
-def _chosen(neurons: list[int], keep_order: bool) -> list[int]:
-    # The FFN is a sum over neurons, so any order of the kept ones computes the same
-    # function; index order keeps reads sequential.
-    return list(neurons) if keep_order else sorted(neurons)
-
-
-def parameter_counts(arch: Architecture, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
-    """All parameters, and those in the family's effective count."""
-    counts = {name: math.prod(shape) for name, shape in shapes.items()}
-    return {
-        "total": sum(counts.values()),
-        "effective": sum(n for name, n in counts.items() if arch.counts_as_effective(name)),
-    }
 
 
 def plan_extraction(
@@ -149,14 +53,10 @@ def plan_extract(options: ExtractOptions) -> Plan:
     if options.budget is None:
         choices = [choose_widths(options.ffn_config, options.skip_layers, source)]
     else:
-        from matcli.matformer.budget import fitting_choices
-
         choices = fitting_choices(folder, source, options)
     neurons = _ranking(options) if options.reorder else None
     choice = choices[0]
     if options.budget is not None and options.rank_by_loss:
-        from matcli.matformer.budget import lowest_loss
-
         choice = lowest_loss(choices, options, neurons)
     extraction = Extraction(folder, source, choice, neurons)
     return plan_extraction(extraction, options, reordered=options.reorder, command="extract")
