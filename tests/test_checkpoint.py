@@ -184,7 +184,6 @@ def test_aux_files_are_copied_byte_for_byte(tmp_path, tensors):
                 "", dict(folder.config), [copy_tensor(folder, n) for n in sorted(tensors)]
             )
         ],
-        {},
     )
     with staged_folder(tmp_path / "out", force=False) as staging:
         for folder_out, fields in plan.write(staging, lambda n: None):

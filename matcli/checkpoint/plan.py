@@ -56,7 +56,6 @@ class Plan:
     command: str
     source: ModelFolder
     outputs: list[OutputCheckpoint]
-    options: dict | None = None  # unused: the runner records the options in the manifest
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     warnings: list[str] = field(default_factory=list)

@@ -70,14 +70,9 @@ def _own_bits(model: Path) -> int | None:
 
 
 def _submodel(model: Path, ffn_config: str, skip_layers: str | None):
-    from matcli.checkpoint.reader import ModelFolder
-    from matcli.matformer.extract import model_widths
-    from matcli.matformer.ffn_config import choose_widths
-    from matcli.matformer.inmemory import submodel
+    from matcli.matformer.inmemory import load_submodel
 
-    with ModelFolder(model) as folder:
-        _, _, full = model_widths(folder)
-    return submodel(model, choose_widths(ffn_config, skip_layers, full))
+    return load_submodel(model, ffn_config, skip_layers)
 
 
 def _plot(results: list[dict], path: Path, title: str) -> None:

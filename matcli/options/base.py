@@ -101,25 +101,24 @@ class WriteOptions(OutputOptions):
         return False
 
 
+def size_option(default: int, help: str) -> Any:  # noqa: A002 - as in `option`
+    """A positive number of bytes, written as 5000000000, 5GB or 2GiB."""
+    return option(default, help, gt=0, metavar="SIZE")
+
+
 class StreamOptions(Options):
     """Commands that stream their input in chunks."""
 
-    chunk_size: Size = option(
-        DEFAULT_CHUNK_BYTES,
-        "Bytes read at a time (32MiB, 1GB, ...); peak memory grows with it.",
-        gt=0,
-        metavar="SIZE",
+    chunk_size: Size = size_option(
+        DEFAULT_CHUNK_BYTES, "Bytes read at a time (32MiB, 1GB, ...); peak memory grows with it."
     )
 
 
 class ShardOptions(Options):
     """Commands that write safetensors shards."""
 
-    max_shard_size: Size = option(
-        DEFAULT_MAX_SHARD_BYTES,
-        "Largest output shard in bytes: a number, or 500MB, 5GB, 2GiB.",
-        gt=0,
-        metavar="SIZE",
+    max_shard_size: Size = size_option(
+        DEFAULT_MAX_SHARD_BYTES, "Largest output shard in bytes: a number, or 500MB, 5GB, 2GiB."
     )
 
 

@@ -9,6 +9,7 @@ other tensor is copied byte for byte.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -183,22 +184,22 @@ def plan_slice(options: SliceOptions) -> Plan:
             f"integer parent. Make one first: matcli quantize {options.parent} -o PARENT "
             "--method rtn, then matcli slice PARENT"
         )
-    parent_bits = _parent_bits(folder, linears)
-    info = parent_info(folder.config)
     arch = resolve(folder.config, list(folder.tensors))
+    parent = Parent(
+        folder, arch, linears, _parent_bits(folder, linears), parent_info(folder.config)
+    )
     if options.format == "compressed-tensors":
         _require_symmetric(options.parent, linears)
-    choices = _choices(options, arch, folder, linears, parent_bits, info)
-    warnings = _untrained_widths(choices, parent_bits, info)
+    choices = _choices(options, parent)
+    warnings = _untrained_widths(choices, parent.bits, parent.info)
     outputs = [
-        _output(folder, arch, linears, name, widths, single_width, options, info)
+        _output(parent, name, widths, single_width, options)
         for name, widths, single_width in choices
     ]
     return Plan(
         command="slice",
         source=folder,
         outputs=outputs,
-        options=options.model_dump(mode="json"),
         max_shard_bytes=options.max_shard_size,
         chunk_bytes=options.chunk_size,
         warnings=warnings,
@@ -206,24 +207,28 @@ def plan_slice(options: SliceOptions) -> Plan:
     )
 
 
+@dataclass(frozen=True)
+class Parent:
+    """The parent being sliced: its folder, family, quantized Linears, width and record."""
+
+    folder: ModelFolder
+    arch: Architecture
+    linears: dict[str, PackedLinear]
+    bits: int
+    info: ParentInfo | None
+
+
 # One output per choice: (folder name, width of every quantized Linear, the single width).
 Choice = tuple[str, dict[str, int], "int | None"]
 
 
-def _choices(
-    options: SliceOptions,
-    arch: Architecture,
-    folder: ModelFolder,
-    linears: dict[str, PackedLinear],
-    parent_bits: int,
-    info: ParentInfo | None,
-) -> list[Choice]:
+def _choices(options: SliceOptions, parent: Parent) -> list[Choice]:
     if options.bits is None:
-        return [("", _layer_widths(options, arch, folder, linears, parent_bits, info), None)]
+        return [("", _layer_widths(options, parent), None)]
     for r in options.bits:
-        check_width(r, parent_bits, "--bits")
+        check_width(r, parent.bits, "--bits")
     return [
-        (f"int{r}" if len(options.bits) > 1 else "", {m: r for m in linears}, r)
+        (f"int{r}" if len(options.bits) > 1 else "", {m: r for m in parent.linears}, r)
         for r in options.bits
     ]
 
@@ -259,18 +264,13 @@ def _require_symmetric(path: Path, linears: dict[str, PackedLinear]) -> None:
         )
 
 
-def _layer_widths(
-    options: SliceOptions,
-    arch: Architecture,
-    folder: ModelFolder,
-    linears: dict[str, PackedLinear],
-    parent_bits: int,
-    info: ParentInfo | None,
-) -> dict[str, int]:
-    num_layers = arch.num_layers(folder.text_config(arch.family.text_config))
+def _layer_widths(options: SliceOptions, parent: Parent) -> dict[str, int]:
+    """--bits-config: a width per decoder layer, from a named strategy or a file."""
+    arch = parent.arch
+    num_layers = arch.num_layers(parent.folder.text_config(arch.family.text_config))
     layer_of = {}
     weights_per_layer = [0] * num_layers
-    for module, lin in linears.items():
+    for module, lin in parent.linears.items():
         split = arch.split_layer(module)
         if split is None or split[0] >= num_layers:
             continue
@@ -279,31 +279,27 @@ def _layer_widths(
     if options.bits_config in MIX_N_MATCH_STRATEGIES:
         # The widths the parent was trained for; a parent trained for one width only gets
         # the paper's {8, 4, 2} below its own width.
-        if info and len(info.trained_bits) > 1:
-            widths = info.trained_bits
-        else:
-            widths = default_widths(parent_bits)
+        trained = parent.info.trained_bits if parent.info else []
+        widths = trained if len(trained) > 1 else default_widths(parent.bits)
         per_layer = mixnmatch.strategy_bits(
             options.bits_config, widths, [max(w, 1) for w in weights_per_layer], options.target_bits
         )
     else:
         per_layer = mixnmatch.file_bits(Path(options.bits_config), num_layers)
     for i, r in enumerate(per_layer):
-        check_width(r, parent_bits, what=f"--bits-config: layer {i}'s width")
+        check_width(r, parent.bits, what=f"--bits-config: layer {i}'s width")
     # Quantized Linears outside the decoder layers keep the parent's width.
-    return {m: per_layer[layer_of[m]] if m in layer_of else parent_bits for m in linears}
+    return {m: per_layer[layer_of[m]] if m in layer_of else parent.bits for m in parent.linears}
 
 
 def _output(
-    folder: ModelFolder,
-    arch: Architecture,
-    linears: dict[str, PackedLinear],
+    parent: Parent,
     name: str,
     widths: dict[str, int],
     single_width: int | None,
     options: SliceOptions,
-    info: ParentInfo | None,
 ) -> OutputCheckpoint:
+    folder, arch, linears = parent.folder, parent.arch, parent.linears
     count = ExtraBucketCount()
     slicers = {
         m: LinearSlicer(folder, lin, widths[m], options, count) for m, lin in linears.items()
@@ -325,7 +321,7 @@ def _output(
         config["quantization_config"] = _sliced_quantization_config(folder, arch, slicers)
     tensors.sort(key=lambda t: t.name)
 
-    slice_info = _slice_info(arch, linears, widths, single_width, options, info, slicers)
+    slice_info = _slice_info(parent, widths, single_width, options, slicers)
     config[CONFIG_KEY] = slice_info.model_dump(mode="json")
 
     def measured() -> dict[str, dict]:
@@ -344,15 +340,14 @@ def _output(
 
 
 def _slice_info(
-    arch: Architecture,
-    linears: dict[str, PackedLinear],
+    parent: Parent,
     widths: dict[str, int],
     single_width: int | None,
     options: SliceOptions,
-    info: ParentInfo | None,
     slicers: dict[str, LinearSlicer],
 ) -> SliceInfo:
     """What the slice's config records about itself (key `matcli`)."""
+    arch, linears = parent.arch, parent.linears
     sizes = {m: lin.weights for m, lin in linears.items()}
     average = sum(widths[m] * sizes[m] for m in linears) / sum(sizes.values())
     storage = {s.storage_bits for s in slicers.values()}
@@ -363,7 +358,7 @@ def _slice_info(
         format=options.format,
         storage_bits=storage.pop() if len(storage) == 1 and options.format != "dense" else None,
         extra_precision=options.extra_precision,
-        parent=info,
+        parent=parent.info,
     )
 
 

@@ -97,7 +97,6 @@ def parent_plan(
         command="quantize",
         source=targets.folder,
         outputs=[output],
-        options=options.model_dump(mode="json"),
         max_shard_bytes=options.max_shard_size,
         chunk_bytes=options.chunk_size,
         report=report or {},
