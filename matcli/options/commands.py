@@ -11,6 +11,7 @@ from typing import ClassVar, Literal
 from pydantic import field_validator, model_validator
 
 from matcli.devices import DEVICE_HELP, check_device
+from matcli.errors import MatcliError
 from matcli.options.base import (
     FloatList,
     IntList,
@@ -21,7 +22,7 @@ from matcli.options.base import (
     WriteOptions,
     option,
 )
-from matcli.quant.widths import check_widths, default_widths
+from matcli.quant.widths import MAX_WIDTH, check_widths, default_widths, widest_first
 from matcli.train.registry import METHODS, get_method
 
 MIX_N_MATCH_STRATEGIES = ("pyramid", "reverse-pyramid", "increasing", "decreasing")
@@ -29,11 +30,9 @@ PAPER_LOSS_WEIGHTS = {(8, 4, 2): [0.1, 0.1, 1.0]}  # MatQuant App. B, every Gemm
 
 
 def _widths(
-    widths: list[int] | None, parent_bits: int = 8, what: str = "width"
+    widths: list[int] | None, parent_bits: int = MAX_WIDTH, what: str = "width"
 ) -> list[int] | None:
     """Pydantic's spelling of `check_widths`: its message becomes the option's error."""
-    from matcli.errors import MatcliError
-
     if widths is None:
         return None
     try:
@@ -55,7 +54,7 @@ class QuantizeOptions(WriteOptions, ShardOptions, StreamOptions):
         "; ".join(f"{m.name}: {m.help}" for m in METHODS.values()) + ".",
         metavar="|".join(METHODS),
     )
-    bits: int = option(8, "Parent bit-width c (the paper uses 8).", ge=2, le=8)
+    bits: int = option(8, "Parent bit-width c (the paper uses 8).", ge=2, le=MAX_WIDTH)
     scheme: Literal["symmetric", "asymmetric"] = option(
         "symmetric",
         "symmetric (slices load exactly as compressed-tensors) or asymmetric (paper Eq. 1).",
@@ -159,10 +158,9 @@ class QuantizeOptions(WriteOptions, ShardOptions, StreamOptions):
 
 def paper_loss_weights(widths: list[int]) -> list[float]:
     """The paper's lambda for its widths (in the order given), else all 1."""
-    by_width = dict(zip(sorted(widths, reverse=True), [1.0] * len(widths)))
-    paper = PAPER_LOSS_WEIGHTS.get(tuple(sorted(widths, reverse=True)))
-    if paper is not None:
-        by_width = dict(zip(sorted(widths, reverse=True), paper))
+    order = widest_first(widths)
+    weights = PAPER_LOSS_WEIGHTS.get(tuple(order), [1.0] * len(widths))
+    by_width = dict(zip(order, weights))
     return [by_width[w] for w in widths]
 
 
