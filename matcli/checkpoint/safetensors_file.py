@@ -39,7 +39,11 @@ DTYPES: dict[str, tuple[str, int]] = {
     "F8_E4M3": ("float8_e4m3fn", 1),
     "F8_E5M2": ("float8_e5m2", 1),
 }
+# The dtype names torch and numpy share ("float32", "int8", ...; numpy lacks bfloat16).
 CODE_OF_TORCH_NAME = {name: code for code, (name, _) in DTYPES.items()}
+# numpy's types for the float codes; bfloat16, which numpy lacks, is the top half of a float32.
+NUMPY_FLOATS = {code: np.dtype(DTYPES[code][0]).type for code in ("F16", "F32", "F64")}
+FLOAT_CODES = (*NUMPY_FLOATS, "BF16")
 
 
 def torch_dtype(code: str):

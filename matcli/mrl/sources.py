@@ -15,10 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from matcli.checkpoint.safetensors_file import DTYPES, read_header, read_range
+from matcli.checkpoint.safetensors_file import (
+    DTYPES,
+    FLOAT_CODES,
+    NUMPY_FLOATS,
+    read_header,
+    read_range,
+)
 from matcli.errors import MatcliError
-
-FLOAT_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64}
 
 
 @dataclass
@@ -152,7 +156,7 @@ class SafetensorsSource(EmbeddingSource):
         float_2d = [
             n
             for n, t in self.header.tensors.items()
-            if len(t.shape) == 2 and t.dtype in (*FLOAT_DTYPES, "BF16")
+            if len(t.shape) == 2 and t.dtype in FLOAT_CODES
         ]
         if key is None:
             if len(float_2d) != 1:
@@ -168,7 +172,7 @@ class SafetensorsSource(EmbeddingSource):
             )
         self.info = self.header.tensors[key]
         _check_2d(path, self.info.shape, f"tensor {key!r}")
-        if self.info.dtype not in (*FLOAT_DTYPES, "BF16"):
+        if self.info.dtype not in FLOAT_CODES:
             raise MatcliError(
                 f"{path}: tensor {key!r} is {self.info.dtype}; embeddings must be float16, "
                 "bfloat16, float32 or float64"
@@ -211,7 +215,7 @@ def _decode(buf: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "BF16":  # numpy has no bfloat16: its bits are the top half of a float32
         raw = buf.view(np.uint16).astype(np.uint32) << 16
         return raw.view(np.float32)
-    return buf.view(FLOAT_DTYPES[dtype]).astype(np.float32, copy=False)
+    return buf.view(NUMPY_FLOATS[dtype]).astype(np.float32, copy=False)
 
 
 class ParquetSource(EmbeddingSource):

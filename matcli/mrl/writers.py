@@ -12,18 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from matcli.checkpoint.safetensors_file import CODE_OF_TORCH_NAME
 from matcli.checkpoint.writer import OutputTensor, header_bytes
 from matcli.errors import MatcliError
-
-NUMPY_CODES = {
-    "float16": "F16",
-    "float32": "F32",
-    "float64": "F64",
-    "int8": "I8",
-    "uint8": "U8",
-    "int64": "I64",
-    "int32": "I32",
-}
 
 
 class EmbeddingWriter(ABC):
@@ -37,7 +28,7 @@ class EmbeddingWriter(ABC):
 
 
 def storage_code(array_dtype: str) -> str:
-    return "BF16" if array_dtype == "bfloat16" else NUMPY_CODES[array_dtype]
+    return CODE_OF_TORCH_NAME[array_dtype]
 
 
 class _RowsAfterHeader(EmbeddingWriter):

@@ -22,11 +22,17 @@ from matcli.options.base import (
     WriteOptions,
     option,
 )
-from matcli.quant.widths import MAX_WIDTH, check_widths, default_widths, widest_first
+from matcli.quant.widths import (
+    DEFAULT_WIDTHS,
+    MAX_WIDTH,
+    check_widths,
+    default_widths,
+    widest_first,
+)
 from matcli.train.registry import METHODS, get_method
 
 MIX_N_MATCH_STRATEGIES = ("pyramid", "reverse-pyramid", "increasing", "decreasing")
-PAPER_LOSS_WEIGHTS = {(8, 4, 2): [0.1, 0.1, 1.0]}  # MatQuant App. B, every Gemma run
+PAPER_LOSS_WEIGHTS = {DEFAULT_WIDTHS: [0.1, 0.1, 1.0]}  # MatQuant App. B, every Gemma run
 
 
 def _widths(

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from matcli.checkpoint.safetensors_file import NUMPY_FLOATS
 from matcli.quant.widths import check_width
 
 if TYPE_CHECKING:  # torch is imported by the functions on tensors: slicing's tables need none
@@ -182,11 +183,6 @@ def sliced_params(
     return scale * (1 << k), zero.to(torch.float64) / (1 << k)
 
 
-# numpy types of the float dtypes a scale can have; bfloat16, which numpy lacks, is handled
-# through float32, whose upper half it is.
-_NUMPY_FLOATS = {"F16": np.float16, "F32": np.float32, "F64": np.float64}
-
-
 def sliced_scale_bits(raw: np.ndarray, dtype: str, parent_bits: int, bits: int) -> np.ndarray:
     """sliced_params' scale alpha * 2^(c-r), on the raw bits of a float scale (unsigned
     integers of its element size; numpy has no bfloat16), without torch.
@@ -195,13 +191,13 @@ def sliced_scale_bits(raw: np.ndarray, dtype: str, parent_bits: int, bits: int) 
     float format and equals torch's `scale * 2^k` bit for bit (overflow gives inf in both).
     """
     factor = 1 << (parent_bits - bits)
-    if dtype != "BF16" and dtype not in _NUMPY_FLOATS:
+    if dtype != "BF16" and dtype not in NUMPY_FLOATS:
         raise ValueError(f"a scale stored as {dtype} is not a float")
     with np.errstate(over="ignore"):  # an overflowing scale becomes inf, as in torch
         if dtype == "BF16":
             wide = (raw.astype(np.uint32) << 16).view(np.float32) * np.float32(factor)
             return (wide.view(np.uint32) >> 16).astype(np.uint16)
-        float_type = _NUMPY_FLOATS[dtype]
+        float_type = NUMPY_FLOATS[dtype]
         return (raw.view(float_type) * float_type(factor)).view(raw.dtype)
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from matcli.arch import Architecture, resolve
 from matcli.checkpoint.plan import OutputCheckpoint, Plan
 from matcli.checkpoint.reader import ModelFolder
-from matcli.checkpoint.safetensors_file import TensorInfo
+from matcli.checkpoint.safetensors_file import FLOAT_CODES, TensorInfo
 from matcli.checkpoint.writer import OutputTensor
 from matcli.errors import MatcliError
 from matcli.options import QuantizeOptions
@@ -19,8 +19,6 @@ from matcli.quant import ct_format
 from matcli.quant.ct_format import WeightScheme
 from matcli.quant.parent import CONFIG_KEY, ParentInfo
 from matcli.quant.targets import select_linears, targets_regex
-
-FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 
 
 @dataclass
@@ -45,7 +43,7 @@ def quant_targets(options: QuantizeOptions) -> QuantTargets:
     modules = select_linears(arch, {n: t.shape for n, t in folder.tensors.items()}, options.layers)
     weights = [folder.tensors[m + ".weight"] for m in modules]
     for weight in weights:
-        if weight.dtype not in FLOAT_DTYPES:
+        if weight.dtype not in FLOAT_CODES:
             raise MatcliError(
                 f"{weight.name} is {weight.dtype}, not a float weight; quantize a dense model"
             )
