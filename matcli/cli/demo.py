@@ -8,6 +8,7 @@ from pathlib import Path
 from matcli.cli.generate import Command
 from matcli.cli.render import human_bytes, out, table
 from matcli.options import DemoOptions
+from matcli.runner import Invocation
 
 HELP = (
     "Build a tiny Llama (fixed seed), run quantize --method rtn and slice --bits 4 / --bits 2 "
@@ -22,7 +23,7 @@ FOOTNOTE = (
 )
 
 
-def run(options: DemoOptions, invocation) -> None:
+def run(options: DemoOptions, invocation: Invocation) -> None:
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

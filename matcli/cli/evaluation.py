@@ -8,6 +8,7 @@ from pathlib import Path
 from matcli.cli.generate import Command
 from matcli.cli.render import table
 from matcli.options import EvalOptions
+from matcli.runner import Invocation
 
 HELP = (
     "Held-out perplexity of a dense model, a sliced folder, or a parent sliced in memory at each "
@@ -15,7 +16,7 @@ HELP = (
 )
 
 
-def run(options: EvalOptions, invocation) -> None:
+def run(options: EvalOptions, invocation: Invocation) -> None:
     results, tokens = _perplexities(options)
     if options.plot is not None:
         _plot(results, options.plot, str(options.model))

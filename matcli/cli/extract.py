@@ -24,13 +24,13 @@ EXTRACTION = Renderers(
 )
 
 
-def plan_extract(options: ExtractOptions):
+def _extraction(options: ExtractOptions):
     from matcli.matformer import plan_extract
 
     return plan_extract(options)
 
 
-def plan_reorder(options: ReorderOptions):
+def _reordering(options: ReorderOptions):
     from matcli.matformer import plan_reorder
 
     return plan_reorder(options)
@@ -41,7 +41,7 @@ EXTRACT = writing_command(
     "Cut a MatFormer submodel: per-layer FFN widths (--ffn-config) and skipped layers, streamed "
     "without a model. Gemma 3n (text and multimodal) and Llama-family checkpoints.",
     ExtractOptions,
-    plan_extract,
+    _extraction,
     EXTRACTION,
 )
 REORDER = writing_command(
@@ -49,5 +49,5 @@ REORDER = writing_command(
     "Sort every FFN's hidden neurons by importance measured on --data (a model forward), so "
     "that prefix extraction keeps the most important ones. The model's outputs do not change.",
     ReorderOptions,
-    plan_reorder,
+    _reordering,
 )

@@ -5,9 +5,10 @@ from __future__ import annotations
 from matcli.cli.generate import Command
 from matcli.cli.render import CHECKPOINT
 from matcli.options import QuantizeOptions
+from matcli.runner import Invocation
 
 
-def run(options: QuantizeOptions, invocation) -> None:
+def run(options: QuantizeOptions, invocation: Invocation) -> None:
     from matcli.runner import run_writing
     from matcli.train.registry import get_method
 

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from matcli.cli.generate import Command
-from matcli.runner import Renderers
+from matcli.runner import Invocation, Renderers
 
 out = Console()
 
@@ -96,7 +96,7 @@ def writing_command(
 ) -> Command:
     """A command that plans from its options alone (no training) and runs the plan."""
 
-    def run(values, invocation) -> None:
+    def run(values, invocation: Invocation) -> None:
         from matcli.runner import run_writing
 
         run_writing(values, invocation, lambda reporter: plan(values), renderers)

@@ -11,6 +11,7 @@ from matcli.cli.generate import Command
 from matcli.cli.render import out
 from matcli.errors import MatcliError
 from matcli.options import EvalRetrievalOptions
+from matcli.runner import Invocation
 
 HELP = (
     "Retrieval quality of truncated embeddings at each --dims (recall@k against exact "
@@ -19,7 +20,7 @@ HELP = (
 )
 
 
-def run(options: EvalRetrievalOptions, invocation) -> None:
+def run(options: EvalRetrievalOptions, invocation: Invocation) -> None:
     from matcli.mrl.retrieval import evaluate, load_matrix, parse_funnel, read_qrels
 
     if options.plot:

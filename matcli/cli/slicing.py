@@ -6,7 +6,7 @@ from matcli.cli.render import writing_command
 from matcli.options import SliceOptions
 
 
-def plan(options: SliceOptions):
+def _slicing(options: SliceOptions):
     from matcli.quant.slicing import plan_slice
 
     return plan_slice(options)
@@ -17,5 +17,5 @@ COMMAND = writing_command(
     "Slice r-bit checkpoints out of a Matryoshka parent, S(q, c, r) of the MatQuant paper, "
     "streamed without a model. One output folder per width (OUT/int4, OUT/int2 when several).",
     SliceOptions,
-    plan,
+    _slicing,
 )

@@ -9,9 +9,10 @@ from rich.table import Table
 from matcli.cli.generate import Command
 from matcli.cli.render import human_bytes, out, table
 from matcli.options import InspectOptions
+from matcli.runner import Invocation
 
 
-def run(options: InspectOptions, invocation) -> None:
+def run(options: InspectOptions, invocation: Invocation) -> None:
     from matcli.inspection import inspect_model
 
     report = inspect_model(options.path)
