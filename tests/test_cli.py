@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import run_matcli
 
 
@@ -106,3 +107,34 @@ def test_demo_runs_end_to_end(tmp_path):
     ]
     diffs = [float(row[-1]) for row in cells if row[0] in ("parent-int8", "int4", "int2")]
     assert len(diffs) == 3 and max(diffs) < 1e-4, out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["slice", "--bogus"], "error: No such option: --bogus"),
+        (["nosuch"], "error: No such command 'nosuch'; see matcli --help"),
+        (["slice", "p", "-o", "o", "--bits", "2", "extra"], "unexpected extra argument"),
+        (["slice", "p", "--bits"], "requires an argument"),
+    ],
+)
+def test_usage_errors_are_one_line(args, message):
+    code, out, err = run_matcli(*args)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert err.startswith("error: ") and "Usage:" not in err + out
+
+
+def test_an_unexpected_exception_is_one_line_and_asks_for_debug(monkeypatch, tmp_path):
+    import matcli.quant.slicing
+
+    def bug(options):
+        raise TypeError("'NoneType' object is not subscriptable")
+
+    monkeypatch.setattr(matcli.quant.slicing, "plan_slice", bug)
+    args = ("slice", str(tmp_path / "p"), "--bits", "2", "-o", str(tmp_path / "o"))
+    code, _, err = run_matcli(*args)
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "unexpected TypeError: 'NoneType' object is not subscriptable" in err
+    assert "rerun with --debug" in err
+    code, _, err = run_matcli("--debug", *args)
+    assert code == 1 and "Traceback" in err

@@ -16,7 +16,7 @@ import typer
 from matcli import __version__
 from matcli.cli import demo, evaluation, extract, quantize, retrieval, slicing, summary, truncate
 from matcli.cli.generate import register
-from matcli.errors import RUNTIME, MatcliError
+from matcli.errors import RUNTIME, USAGE, MatcliError
 
 COMMANDS = [
     quantize.COMMAND,
@@ -58,6 +58,10 @@ def root(
     """Global options."""
 
 
+# The parser's usage errors (unknown option, missing value): the base class of BadParameter,
+# whichever click Typer uses (recent versions carry their own copy).
+UsageError = typer.BadParameter.__bases__[0]
+
 # The disk, not the input: a full disk, a read-only or missing location, permissions.
 DISK_ERRNOS = {
     errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
@@ -87,15 +91,27 @@ def _fail(message: str, code: int, debug: bool) -> None:
 
 
 def main() -> None:
+    """Run the command line; every failure is one `error:` line on stderr (the traceback only
+    with --debug): 2 for bad input or usage, 1 for runtime failures, 130 when interrupted."""
     debug = "--debug" in sys.argv[1:]
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        app(prog_name="matcli")
+        result = app(prog_name="matcli", standalone_mode=False)
+    except UsageError as e:
+        if type(e).__name__ == "NoArgsIsHelpError":
+            sys.exit(USAGE)  # no arguments: the help was shown
+        where = e.ctx.command_path if e.ctx else "matcli"
+        _fail(f"{e.format_message().rstrip('.')}; see {where} --help", USAGE, debug)
     except MatcliError as e:
         _fail(str(e), e.exit_code, debug)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         _fail("interrupted; no output was written", 130, False)
     except OSError as e:
         _fail(_os_error_line(e), RUNTIME, debug)
     except MemoryError:
         _fail("out of memory; lower --chunk-size or free memory", RUNTIME, debug)
+    except Exception as e:  # a bug: still one line, and how to see more
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        message = f"unexpected {type(e).__name__}{': ' + first if first else ''}"
+        _fail(f"{message}; rerun with --debug for the traceback and report it", RUNTIME, debug)
+    sys.exit(result if isinstance(result, int) else 0)
