@@ -94,12 +94,32 @@ class SafetensorsHeader:
 
 def _corrupt(path: Path, what: str) -> MatcliError:
     return MatcliError(
-        f"{path} is not a valid safetensors file: {what}; re-download or re-create it"
+        f"{path} is not a valid safetensors file: {what}; re-download it, "
+        "or re-save the checkpoint with safetensors"
     )
 
 
 def read_header(path: Path) -> SafetensorsHeader:
-    """Parse and validate a safetensors header; no tensor data is read."""
+    """Parse and validate a safetensors header to the format's full rules; no tensor data is
+    read. Everything after may trust the result: every tensor's bytes lie inside the file,
+    the tensors tile the data section exactly, and the metadata is str -> str."""
+    size, prefix, raw = _read_raw_header(path)
+    header = _parse_header_json(path, raw)
+    metadata = _metadata(path, header.pop("__metadata__", None))
+    data_start = 8 + len(raw)
+    tensors = {name: _tensor_info(path, name, entry, data_start) for name, entry in header.items()}
+    _check_layout(path, tensors, data_start, size)
+    return SafetensorsHeader(
+        path=path,
+        tensors=tensors,
+        metadata=metadata,
+        header_sha256=hashlib.sha256(prefix + raw).hexdigest(),
+        file_size=size,
+    )
+
+
+def _read_raw_header(path: Path) -> tuple[int, bytes, bytes]:
+    """(file size, the 8-byte length prefix, the header's JSON bytes)."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -114,54 +134,58 @@ def read_header(path: Path) -> SafetensorsHeader:
             raw = f.read(header_len)
     except OSError as e:
         raise MatcliError(f"cannot read {path}: {e.strerror}") from e
+    if len(raw) != header_len:
+        raise _corrupt(path, "the file changed while its header was read")
+    return size, prefix, raw
+
+
+def _parse_header_json(path: Path, raw: bytes) -> dict:
+    """The header as a dict; duplicate keys (a tensor named twice) are refused."""
+
+    def no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+        result = dict(pairs)
+        if len(result) != len(pairs):
+            seen: set[str] = set()
+            dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+            raise _corrupt(path, f"its header names {dup!r} twice")
+        return result
+
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates)
+    except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
         raise _corrupt(path, f"its header is not JSON ({e})") from e
+    except RecursionError as e:
+        raise _corrupt(path, "its header is JSON nested too deeply") from e
     if not isinstance(header, dict):
         raise _corrupt(path, "its header is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
-    data_start = 8 + header_len
-    data_size = size - data_start
-    tensors = {}
-    end_of_data = 0
-    for name, entry in header.items():
-        info = _tensor_info(path, name, entry, data_start)
-        if info.start + info.nbytes > size:
-            raise _corrupt(
-                path,
-                f"tensor {name!r} ends at byte {info.start + info.nbytes} beyond the end of "
-                f"the file ({size} bytes): the file is truncated",
-            )
-        end_of_data = max(end_of_data, info.start + info.nbytes - data_start)
-        tensors[name] = info
-    if end_of_data != data_size:
+    return header
+
+
+def _metadata(path: Path, metadata: object) -> dict[str, str]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
         raise _corrupt(
-            path,
-            f"its header describes {end_of_data} bytes of tensor data "
-            f"but the file holds {data_size}",
+            path, f"its __metadata__ is a {type(metadata).__name__}, not an object of strings"
         )
-    return SafetensorsHeader(
-        path=path,
-        tensors=tensors,
-        metadata={str(k): str(v) for k, v in metadata.items()},
-        header_sha256=hashlib.sha256(prefix + raw).hexdigest(),
-        file_size=size,
-    )
+    for key, value in metadata.items():
+        if not isinstance(value, str):
+            raise _corrupt(path, f"its __metadata__ value for {key!r} is {value!r}, not a string")
+    return metadata
 
 
 def _tensor_info(path: Path, name: str, entry: object, data_start: int) -> TensorInfo:
     if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
         raise _corrupt(path, f"entry {name!r} lacks dtype, shape or data_offsets")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise _corrupt(path, f"tensor {name!r} has unknown dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
         raise _corrupt(path, f"tensor {name!r} has an invalid shape {shape!r}")
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
-        or not all(isinstance(o, int) and o >= 0 for o in offsets)
+        or not all(_is_count(o) for o in offsets)
         or offsets[1] < offsets[0]
     ):
         raise _corrupt(path, f"tensor {name!r} has invalid data_offsets {offsets!r}")
@@ -169,6 +193,41 @@ def _tensor_info(path: Path, name: str, entry: object, data_start: int) -> Tenso
     if nbytes != math.prod(shape) * DTYPES[dtype][1]:
         raise _corrupt(path, f"tensor {name!r} has {nbytes} bytes for shape {shape} of {dtype}")
     return TensorInfo(name, dtype, tuple(shape), path, data_start + offsets[0], nbytes)
+
+
+def _is_count(value: object) -> bool:
+    """A non-negative JSON integer (true and false are not integers here)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_layout(path: Path, tensors: dict[str, TensorInfo], data_start: int, size: int) -> None:
+    """The tensors, sorted by offset, must tile the data section: from 0, without overlaps or
+    holes, ending exactly at the end of the file (as the reference implementation requires)."""
+    end = data_start
+    for info in sorted(tensors.values(), key=lambda t: (t.start, t.nbytes)):
+        if info.start + info.nbytes > size:
+            raise _corrupt(
+                path,
+                f"tensor {info.name!r} ends at byte {info.start + info.nbytes} beyond the end of "
+                f"the file ({size} bytes): the file is truncated",
+            )
+        if info.start < end:
+            raise _corrupt(
+                path, f"tensor {info.name!r} overlaps the tensor before it (data_offsets)"
+            )
+        if info.start > end:
+            raise _corrupt(
+                path,
+                f"there is a hole of {info.start - end} bytes before tensor {info.name!r} "
+                "(data_offsets)",
+            )
+        end = info.start + info.nbytes
+    if end != size:
+        raise _corrupt(
+            path,
+            f"its header describes {end - data_start} bytes of tensor data "
+            f"but the file holds {size - data_start}",
+        )
 
 
 def read_range(
