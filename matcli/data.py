@@ -17,7 +17,7 @@ def read_texts(path: Path | str, text_field: str = "text") -> list[str]:
     (`name` or `name:config:split`)."""
     path = Path(path)
     if path.suffix == ".txt" and path.is_file():
-        return [path.read_text(encoding="utf-8")]
+        return [_utf8_text(path)]
     if path.suffix == ".jsonl" and path.is_file():
         return _jsonl_texts(path, text_field)
     if path.suffix == ".parquet" and path.is_file():
@@ -31,9 +31,20 @@ def read_texts(path: Path | str, text_field: str = "text") -> list[str]:
     return _cached_dataset_texts(str(path), text_field)
 
 
+def _utf8_text(path: Path) -> str:
+    """A text file's contents; a binary or non-UTF-8 file is refused with the byte offset."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise MatcliError(
+            f"--data {path} is not UTF-8 text (byte {e.start} cannot be decoded); "
+            "give a UTF-8 .txt or .jsonl file"
+        ) from e
+
+
 def _jsonl_texts(path: Path, text_field: str) -> list[str]:
     texts = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for i, line in enumerate(_utf8_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:

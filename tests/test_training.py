@@ -423,3 +423,12 @@ def test_a_run_logging_to_a_file_shows_its_progress(llama, corpus, tmp_path):
     assert any(line.startswith("qat: step 1/2  int8 ") for line in lines), err
     assert any(line.startswith("qat: step 2/2  int8 ") for line in lines), err
     assert any(line.startswith("writing: ") and "GB written" in line for line in lines), err
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
+def test_binary_training_text_is_refused_in_one_line(llama, tmp_path, suffix):
+    data = tmp_path / f"data{suffix}"
+    data.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe binary")
+    code, _, err = run_matcli(*qat_args(llama, tmp_path / "o", data))
+    assert code == 2 and err.count("\n") == 1 and "is not UTF-8 text (byte 0" in err, err
+    assert not (tmp_path / "o").exists()

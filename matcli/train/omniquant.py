@@ -118,10 +118,10 @@ def train(
     """Calibrate block by block; (QuantModel, the last block's MSE per width, report)."""
     device = pick_device(options.device)
     torch.manual_seed(options.seed)
+    windows = training_windows(options, options.model)  # a bad --data before the model loads
     qm = load_quant_model(options, device)
     for p in qm.model.parameters():
         p.requires_grad_(False)
-    windows = training_windows(options, options.model)
     order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(options.seed))
     samples = windows[order[: options.samples]]
     layers = decoder_layers(qm)

@@ -175,8 +175,9 @@ class QatRun:
         self.rank = dist.get_rank() if self.world > 1 else 0
         self.sharded = self.world > 1 and options.parallel == "fsdp"
         torch.manual_seed(options.seed)
-        self.qm = load_quant_model(options, self.device, shard=self.sharded)
+        # The text first: a bad --data file is refused before the model is loaded.
         self.windows = training_windows(options, options.model)
+        self.qm = load_quant_model(options, self.device, shard=self.sharded)
         self._choose_trainable()
         self.model = _distribute(self.qm, options, self.device, self.world)
         # After sharding: this rank's shards.
