@@ -80,13 +80,7 @@ class ModelFolder:
             )
 
     def _weight_map(self) -> dict[str, str]:
-        index = _read_json(self.path / INDEX_NAME, INDEX_NAME)
-        weight_map = index.get("weight_map") if isinstance(index, dict) else None
-        if not isinstance(weight_map, dict):
-            raise MatcliError(
-                f"{self.path / INDEX_NAME} has no weight_map; fix or re-create the index"
-            )
-        return weight_map
+        return _read_index(self.path)
 
     def text_config(self, key: str | None) -> dict:
         """The language-model part of the config (multimodal wrappers nest it under a key)."""
@@ -207,11 +201,7 @@ def _check_folder(path: Path) -> None:
 
 def _shard_names(path: Path) -> list[str]:
     if (path / INDEX_NAME).is_file():
-        index = _read_json(path / INDEX_NAME, INDEX_NAME)
-        weight_map = index.get("weight_map") if isinstance(index, dict) else None
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise MatcliError(f"{path / INDEX_NAME} has no weight_map; fix or re-create the index")
-        names = sorted(set(weight_map.values()))
+        names = sorted(set(_read_index(path).values()))
         for name in names:
             _check_inside(path, name)
         return names
@@ -254,5 +244,32 @@ def _read_json(path: Path, what: str) -> object:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise MatcliError(f"{path} is missing") from e
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except ValueError as e:  # a JSONDecodeError, UnicodeDecodeError or a too-long number
         raise MatcliError(f"{path} ({what}) is not valid JSON: {e}; fix or re-create it") from e
+    except RecursionError as e:
+        raise MatcliError(f"{path} ({what}) is JSON nested too deeply; fix or re-create it") from e
+
+
+def _read_index(folder: Path) -> dict[str, str]:
+    """The index's weight_map, checked: a non-empty object of tensor name -> shard file name,
+    next to an optional `metadata` object."""
+    path = folder / INDEX_NAME
+    index = _read_json(path, INDEX_NAME)
+    if not isinstance(index, dict):
+        raise MatcliError(f"{path} is not a JSON object; fix or re-create the index")
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise MatcliError(f"{path} has no weight_map; fix or re-create the index")
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str):
+            raise MatcliError(
+                f"{path} maps tensor {name!r} to {shard!r}, not a shard file name; "
+                "fix or re-create the index"
+            )
+    metadata = index.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise MatcliError(
+            f"{path} has a metadata that is a {type(metadata).__name__}, not an object; "
+            "fix or re-create the index"
+        )
+    return weight_map
