@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from matcli.checkpoint.defaults import DEFAULT_CHUNK_BYTES
+from matcli.checkpoint.links import resolve_inside
 from matcli.checkpoint.safetensors_file import (
     DTYPES,
     FileRange,
@@ -41,6 +42,8 @@ class ModelFolder:
     def __init__(self, path: Path | str, cache_entries: int = 0):
         self.path = Path(path)
         _check_folder(self.path)
+        for name in ("config.json", INDEX_NAME):  # links: the policy of checkpoint/links.py
+            resolve_inside(self.path, self.path / name)
         self.config = _read_json(self.path / "config.json", "config.json")
         if not isinstance(self.config, dict):
             raise MatcliError(
