@@ -203,9 +203,10 @@ def test_unwritable_output_is_one_line(llama_parent):
 
 def test_sharded_checkpoint_of_symlinks_is_read(llama_parent, tmp_path):
     """The Hugging Face cache keeps shards as symlinks into a blobs folder: they are shards too."""
-    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshot"
-    blobs.mkdir()
-    snapshot.mkdir()
+    repo = tmp_path / "models--org--tiny"
+    blobs, snapshot = repo / "blobs", repo / "snapshots" / "abc"
+    blobs.mkdir(parents=True)
+    snapshot.mkdir(parents=True)
     shutil.copyfile(llama_parent / "model.safetensors", blobs / "abc123")
     (snapshot / "model-00001-of-00001.safetensors").symlink_to(blobs / "abc123")
     for f in llama_parent.iterdir():

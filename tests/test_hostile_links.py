@@ -165,3 +165,23 @@ def test_snapshot_linking_into_another_repositorys_blobs_is_refused(llama_parent
     (snapshot / "tokenizer.json").symlink_to(stolen)
     out = tmp_path / "out"
     assert_refused(["slice", "--bits", "2"], snapshot, out, "outside the model folder")
+
+
+def test_shard_linking_outside_is_refused(request, tmp_path):
+    def plant(model):
+        elsewhere = tmp_path / "elsewhere.safetensors"
+        shutil.move(model / "model.safetensors", elsewhere)
+        (model / "model.safetensors").symlink_to(elsewhere)
+
+    run_refused("slice", request, tmp_path, plant, "model.safetensors is a link to")
+
+
+def test_indexed_shard_linking_outside_is_refused(request, tmp_path, secret):
+    def plant(model):
+        (model / "model.safetensors").rename(model / "model-00001-of-00001.safetensors")
+        (model / "model.safetensors.index.json").write_text(
+            '{"metadata": {}, "weight_map": {"x": "model-00002-of-00002.safetensors"}}'
+        )
+        (model / "model-00002-of-00002.safetensors").symlink_to(secret)
+
+    run_refused("slice", request, tmp_path, plant, f"is a link to {secret}")

@@ -53,7 +53,7 @@ class ModelFolder:
         self.headers: dict[str, SafetensorsHeader] = {}
         self.tensors: dict[str, TensorInfo] = {}
         for name in self.shard_names:
-            header = read_header(self.path / name)
+            header = read_header(resolve_inside(self.path, self.path / name))
             self.headers[name] = header
             for tname, info in header.tensors.items():
                 if tname in self.tensors:
@@ -225,8 +225,8 @@ def _shard_names(path: Path) -> list[str]:
 def _check_inside(folder: Path, name: object) -> None:
     """A shard name from an index must be a plain file name in the model folder.
 
-    The name is checked as text, not by resolving it: in the Hugging Face cache every shard is
-    a symlink into a shared blobs folder, and those must be read like any other shard.
+    The name is checked as text first; a shard that is a link then goes through the policy of
+    checkpoint/links.py (the Hugging Face cache's links into its blobs folder are allowed).
     """
     if not isinstance(name, str) or not name:
         raise MatcliError(f"{folder / INDEX_NAME} names an invalid shard {name!r}; fix the index")
@@ -235,6 +235,7 @@ def _check_inside(folder: Path, name: object) -> None:
             f"{folder / INDEX_NAME} points to {name!r}, outside the model folder; "
             "refusing to read it (fix the index: shard names must be plain file names)"
         )
+    resolve_inside(folder, folder / name)  # a link: the policy of checkpoint/links.py
     if not (folder / name).is_file():
         raise MatcliError(
             f"{folder / INDEX_NAME} names shard {name!r}, which is missing; "
