@@ -334,3 +334,33 @@ def test_os_errors_are_one_line(monkeypatch, capsys, error, expected):
         cli.main()
     err = capsys.readouterr().err
     assert exit_info.value.code == 1 and err.startswith(expected) and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ('"two"', "config.json num_hidden_layers is 'two', not a whole number"),
+        ("-2", "config.json num_hidden_layers is -2; it must be at least 1"),
+        ("0", "config.json num_hidden_layers is 0; it must be at least 1"),
+        ("2.5", "config.json num_hidden_layers is 2.5, not a whole number"),
+    ],
+)
+@pytest.mark.parametrize("command", ["extract", "slice", "inspect"])
+def test_layer_count_of_the_wrong_type_is_one_line(request, tmp_path, value, message, command):
+    source = request.getfixturevalue("llama" if command == "extract" else "llama_parent")
+    model = tmp_path / "model"
+    shutil.copytree(source, model)
+    config = json.loads((model / "config.json").read_text())
+    config["num_hidden_layers"] = json.loads(value)
+    (model / "config.json").write_text(json.dumps(config))
+    args = {
+        "extract": ["extract", str(model), "--ffn-config", "0.5", "-o", str(tmp_path / "o")],
+        "slice": ["slice", str(model), "--bits-config", "pyramid", "-o", str(tmp_path / "o")],
+        "inspect": ["inspect", str(model)],
+    }[command]
+    code, _, err = run_matcli(*args)
+    if command == "inspect":  # inspect summarises what it can: an unknown layer count
+        assert code == 0, err
+        return
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()

@@ -178,7 +178,7 @@ class Architecture:
         key = self.family.config.num_layers
         if key not in text_config:
             raise MatcliError(f"config.json has no {key!r}; the {self.name} config is incomplete")
-        return int(text_config[key])
+        return config_int(text_config, key, minimum=1)
 
     def projection_regex(self, layers: list[int], names: list[str]) -> str:
         """A regex matching the modules `names` (relative to a layer) in the given layers."""
@@ -194,3 +194,13 @@ class Architecture:
 
 def resolve(config: dict, tensor_names: list[str]) -> Architecture:
     return Architecture(family_for_model_type(config.get("model_type")), tensor_names)
+
+
+def config_int(config: dict, key: str, minimum: int = 0) -> int:
+    """A whole-number field of config.json, or one line naming the field and what it holds."""
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MatcliError(f"config.json {key} is {value!r}, not a whole number; fix config.json")
+    if value < minimum:
+        raise MatcliError(f"config.json {key} is {value}; it must be at least {minimum}")
+    return value
