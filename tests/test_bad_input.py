@@ -364,3 +364,21 @@ def test_layer_count_of_the_wrong_type_is_one_line(request, tmp_path, value, mes
         return
     assert code == 2 and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("method", ["rtn", "weighted-rtn"])
+def test_non_finite_weights_are_refused_while_quantizing(llama, tmp_path, value, method):
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "model"
+    shutil.copytree(llama, model)
+    weights = load_file(model / "model.safetensors")
+    name = "model.layers.1.mlp.up_proj.weight"
+    weights[name][5, 3] = value
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "parent"
+    code, _, err = run_matcli("quantize", str(model), "-o", str(out), "--method", method, "-q")
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"{name} holds 1 NaN or infinite value(s) (the first in row 5)" in err
+    assert not out.exists() and not list(tmp_path.glob(".parent.matcli-tmp-*"))
