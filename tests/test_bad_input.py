@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_matcli
+import torch
+from conftest import build_llama, run_matcli
 
 
 def tree_digest(path: Path) -> str:
@@ -382,3 +383,19 @@ def test_non_finite_weights_are_refused_while_quantizing(llama, tmp_path, value,
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert f"{name} holds 1 NaN or infinite value(s) (the first in row 5)" in err
     assert not out.exists() and not list(tmp_path.glob(".parent.matcli-tmp-*"))
+
+
+def test_an_empty_ffn_is_named_as_such(tmp_path):
+    """A layer whose FFN weights have no rows is broken, not a width "outside 1..0"."""
+    from safetensors.torch import load_file, save_file
+
+    model = build_llama(tmp_path / "model")
+    weights = load_file(model / "model.safetensors")
+    for projection in ("gate_proj", "up_proj"):
+        weights[f"model.layers.1.mlp.{projection}.weight"] = torch.zeros(0, 64)
+    weights["model.layers.1.mlp.down_proj.weight"] = torch.zeros(64, 0)
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "o"
+    code, _, err = run_matcli("extract", str(model), "--ffn-config", "0.5", "-o", str(out))
+    assert code == 2 and "layer 1's FFN" in err and "has width 0" in err, err
+    assert err.count("\n") == 1 and not out.exists()

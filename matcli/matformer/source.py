@@ -107,6 +107,11 @@ def _full_width(arch: Architecture, folder: ModelFolder, layer: int) -> int:
             f"{down} has {folder.tensors[down].shape[1]} columns but layer {layer}'s FFN width "
             f"is {width}; the checkpoint is inconsistent"
         )
+    if width == 0:
+        raise MatcliError(
+            f"layer {layer}'s FFN in {folder.path} has width 0 (its weights are empty); there "
+            "are no neurons to keep: the checkpoint is broken"
+        )
     return width
 
 
