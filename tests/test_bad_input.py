@@ -399,3 +399,35 @@ def test_an_empty_ffn_is_named_as_such(tmp_path):
     code, _, err = run_matcli("extract", str(model), "--ffn-config", "0.5", "-o", str(out))
     assert code == 2 and "layer 1's FFN" in err and "has width 0" in err, err
     assert err.count("\n") == 1 and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda qc: qc.update(config_groups=[1, 2]), "quantization_config config_groups:"),
+        (
+            lambda qc: qc["config_groups"]["group_0"].update(targets=["re:model.(layers"]),
+            "is not a valid regex",
+        ),
+        (
+            lambda qc: qc["config_groups"]["group_0"]["weights"].update(num_bits="eight"),
+            "config group 'group_0' weights num_bits:",
+        ),
+        (
+            lambda qc: qc["config_groups"]["group_0"]["weights"].update(num_bits=12),
+            "less than or equal to 8",
+        ),
+    ],
+)
+@pytest.mark.parametrize("command", ["slice", "inspect"])
+def test_malformed_quantization_config_is_one_line(llama_parent, tmp_path, edit, message, command):
+    parent = tmp_path / "parent"
+    shutil.copytree(llama_parent, parent)
+    config = json.loads((parent / "config.json").read_text())
+    edit(config["quantization_config"])
+    (parent / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "o"
+    args = ["slice", str(parent), "--bits", "2", "-o", str(out)] if command == "slice" else []
+    code, _, err = run_matcli(*(args or ["inspect", str(parent)]))
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert "Traceback" not in err and not out.exists()

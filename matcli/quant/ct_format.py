@@ -12,12 +12,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from importlib import metadata
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from matcli.checkpoint.reader import ModelFolder
 from matcli.errors import MatcliError
 from matcli.quant import grid
 from matcli.quant.packing import pack_int32, packed_columns, unpack_int32, unpack_unsigned
+from matcli.quant.widths import MAX_WIDTH
+
+M = TypeVar("M", bound=BaseModel)
 
 if TYPE_CHECKING:  # torch is imported by the functions on tensors: slicing reads without it
     import torch
@@ -112,28 +117,73 @@ def packed_linears(folder: ModelFolder) -> dict[str, PackedLinear]:
     return linears
 
 
+class _Weights(BaseModel):
+    """The part of a config group's `weights` that matcli reads (other keys are kept)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str = "int"
+    num_bits: int = Field(ge=1, le=MAX_WIDTH)
+    strategy: str = "channel"
+    symmetric: bool = True
+    group_size: int | None = Field(None, gt=0)
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    targets: list[str] = []
+    weights: dict | None = None
+
+    @field_validator("targets")
+    @classmethod
+    def _regexes_compile(cls, targets: list[str]) -> list[str]:
+        for target in targets:
+            if target.startswith("re:"):
+                try:
+                    re.compile(target[3:])
+                except re.error as e:
+                    raise ValueError(f"target {target!r} is not a valid regex ({e})") from None
+        return targets
+
+
+class _QuantizationConfig(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    config_groups: dict[str, _Group] | None = None
+
+
 def _config_groups(folder: ModelFolder, qc: dict) -> list[tuple[list[str], WeightScheme]]:
     groups = []
-    for gname, group in (qc.get("config_groups") or {}).items():
-        weights = (group or {}).get("weights") or {}
-        if weights.get("type", "int") != "int" or not isinstance(weights.get("num_bits"), int):
+    for gname, group in (_validated(folder, _QuantizationConfig, qc).config_groups or {}).items():
+        if not isinstance(group.weights, dict) or group.weights.get("type", "int") != "int":
             raise MatcliError(
                 f"{folder.path}: config group {gname!r} is not integer weight quantization; "
                 "matcli slices integer parents only"
             )
-        strategy = weights.get("strategy", "channel")
-        if strategy not in ("channel", "group"):
+        weights = _validated(folder, _Weights, group.weights, f"config group {gname!r} weights")
+        if weights.strategy not in ("channel", "group"):
             raise MatcliError(
-                f"{folder.path}: config group {gname!r} uses strategy {strategy!r}; "
+                f"{folder.path}: config group {gname!r} uses strategy {weights.strategy!r}; "
                 "matcli reads channel and group strategies"
             )
-        scheme = WeightScheme(
-            bits=weights["num_bits"],
-            symmetric=bool(weights.get("symmetric", True)),
-            group_size=weights.get("group_size") if strategy == "group" else None,
+        group_size = weights.group_size if weights.strategy == "group" else None
+        groups.append(
+            (group.targets, WeightScheme(weights.num_bits, weights.symmetric, group_size))
         )
-        groups.append((list(group.get("targets") or []), scheme))
     return groups
+
+
+def _validated(folder: ModelFolder, model: type[M], data: object, what: str = "") -> M:
+    """`data` read into `model`, or one line naming the field of quantization_config."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        error = e.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        field = " ".join(filter(None, ["quantization_config", what, where]))
+        message = error["msg"].removeprefix("Value error, ")
+        raise MatcliError(
+            f"{folder.path}: config.json {field}: {message}; re-create the parent with matcli "
+            "quantize"
+        ) from None
 
 
 def _matches(module: str, target: str) -> bool:
