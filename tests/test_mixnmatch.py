@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -52,3 +53,28 @@ def test_bits_config_files(tmp_path):
     (tmp_path / "gap.yaml").write_text("layers:\n  0: 2\n")
     with pytest.raises(MatcliError, match="no width for layer 1"):
         file_bits(tmp_path / "gap.yaml", 2)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("digit.yaml", "layers:\n  '\u0661': 2\n", "layer key '\u0661' is not an index 0..3"),
+        ("super.yaml", "layers:\n  '\u00b2': 2\n", "layer key '\u00b2' is not an index 0..3"),
+        ("negative.yaml", "layers:\n  -1: 2\n", "layer key -1 is not an index 0..3"),
+        ("far.json", '{"layers": {"9": 2}}', "layer keys must be indices 0..3"),
+        ("list.yaml", "layers: [2, 4]\n", "layers must be a mapping of index to width"),
+        ("bad.yaml", "layers: {0: 2\n", "is not valid YAML/JSON"),
+        ("bad.json", '{"layers": ', "is not valid YAML/JSON"),
+    ],
+)
+def test_malformed_bits_config_files_are_one_line(tmp_path, name, content, message):
+    (tmp_path / name).write_text(content, encoding="utf-8")
+    with pytest.raises(MatcliError, match=re.escape(message)) as refused:
+        file_bits(tmp_path / name, 4)
+    assert "\n" not in str(refused.value)
+
+
+def test_a_binary_bits_config_file_is_refused(tmp_path):
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00layers")
+    with pytest.raises(MatcliError, match="is not UTF-8 text"):
+        file_bits(tmp_path / "bin.yaml", 4)

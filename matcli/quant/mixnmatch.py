@@ -87,26 +87,12 @@ def _compositions(total: int, parts: int):
 
 def file_bits(path: Path, num_layers: int) -> list[int]:
     """Widths from a YAML/JSON file: a list (one per layer) or {default: r, layers: {i: r}}."""
-    try:
-        data = (
-            yaml.safe_load(path.read_text())
-            if path.suffix in (".yaml", ".yml")
-            else json.loads(path.read_text())
-        )
-    except (OSError, yaml.YAMLError, json.JSONDecodeError) as e:
-        raise MatcliError(f"cannot read --bits-config {path}: {e}") from e
+    data = _read_bits_file(path)
     if isinstance(data, list):
         bits = data
     elif isinstance(data, dict) and set(data) <= {"default", "layers"}:
-        default = data.get("default")
-        layers = data.get("layers") or {}
-        bits = [layers.get(i, layers.get(str(i), default)) for i in range(num_layers)]
-        if not all(
-            isinstance(k, int) or (isinstance(k, str) and k.isdigit()) for k in layers
-        ) or any(int(k) >= num_layers for k in layers):
-            raise MatcliError(
-                f"--bits-config {path}: layer keys must be indices 0..{num_layers - 1}"
-            )
+        layers = _layer_map(path, data.get("layers") or {}, num_layers)
+        bits = [layers.get(i, data.get("default")) for i in range(num_layers)]
     else:
         raise MatcliError(
             f"--bits-config {path} must hold a list of widths or "
@@ -122,3 +108,36 @@ def file_bits(path: Path, num_layers: int) -> list[int]:
     if not all(isinstance(b, int) and not isinstance(b, bool) for b in bits):
         raise MatcliError(f"--bits-config {path}: widths must be integers")
     return bits
+
+
+def _read_bits_file(path: Path) -> object:
+    """The parsed file; unreadable, non-UTF-8 or malformed files are one line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        return yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    except OSError as e:
+        raise MatcliError(f"cannot read --bits-config {path}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise MatcliError(f"--bits-config {path} is not UTF-8 text") from e
+    except (yaml.YAMLError, json.JSONDecodeError) as e:
+        problem = str(e).strip().splitlines()[0]
+        raise MatcliError(f"--bits-config {path} is not valid YAML/JSON: {problem}") from e
+
+
+def _layer_map(path: Path, layers: object, num_layers: int) -> dict[int, object]:
+    """`layers: {index: width}` with indices as ASCII digits (int or text) in range."""
+    if not isinstance(layers, dict):
+        raise MatcliError(f"--bits-config {path}: layers must be a mapping of index to width")
+    indices = {}
+    for key, width in layers.items():
+        text = str(key) if isinstance(key, int) and not isinstance(key, bool) else key
+        if not (isinstance(text, str) and text.isascii() and text.isdigit()):
+            raise MatcliError(
+                f"--bits-config {path}: layer key {key!r} is not an index 0..{num_layers - 1}"
+            )
+        if int(text) >= num_layers:
+            raise MatcliError(
+                f"--bits-config {path}: layer keys must be indices 0..{num_layers - 1}"
+            )
+        indices[int(text)] = width
+    return indices
