@@ -431,3 +431,16 @@ def test_malformed_quantization_config_is_one_line(llama_parent, tmp_path, edit,
     code, _, err = run_matcli(*(args or ["inspect", str(parent)]))
     assert code == 2 and message in err and err.count("\n") == 1, err
     assert "Traceback" not in err and not out.exists()
+
+
+def test_weights_that_disagree_with_the_config_are_not_quantized(tmp_path):
+    """A checkpoint whose FFN weights are wider than config.json says is refused before
+    anything is written (extract refused it already; quantize used to quantize it)."""
+    model = build_llama(tmp_path / "model")
+    config = json.loads((model / "config.json").read_text())
+    config["intermediate_size"] = 96  # the weights are 128 wide
+    (model / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "parent"
+    code, _, err = run_matcli("quantize", str(model), "-o", str(out), "--method", "rtn")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "intermediate_size" in err and "128" in err and not out.exists()

@@ -14,6 +14,7 @@ from matcli.checkpoint.reader import ModelFolder
 from matcli.checkpoint.safetensors_file import FLOAT_CODES, TensorInfo
 from matcli.checkpoint.writer import OutputTensor
 from matcli.errors import MatcliError
+from matcli.matformer.source import read_source
 from matcli.options import QuantizeOptions
 from matcli.quant import ct_format
 from matcli.quant.ct_format import WeightScheme
@@ -40,6 +41,7 @@ def quant_targets(options: QuantizeOptions) -> QuantTargets:
             "quantize the dense model"
         )
     arch = resolve(folder.config, list(folder.tensors))
+    read_source(folder)  # config.json and the FFN weights agree, layer by layer
     modules = select_linears(arch, {n: t.shape for n, t in folder.tensors.items()}, options.layers)
     weights = [folder.tensors[m + ".weight"] for m in modules]
     for weight in weights:
