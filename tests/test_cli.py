@@ -138,3 +138,13 @@ def test_an_unexpected_exception_is_one_line_and_asks_for_debug(monkeypatch, tmp
     assert "rerun with --debug" in err
     code, _, err = run_matcli("--debug", *args)
     assert code == 1 and "Traceback" in err
+
+
+def test_a_multi_line_message_is_printed_as_one_line(llama, tmp_path):
+    """YAML's parser explains an error over several lines; the user still gets one."""
+    spec = tmp_path / "widths.yaml"
+    spec.write_text("ffn: [1,\n  2\nskip_layers: {\n")
+    out = tmp_path / "o"
+    code, _, err = run_matcli("extract", str(llama), "--ffn-config", str(spec), "-o", str(out))
+    assert code == 2 and "is not valid YAML" in err, err
+    assert err.count("\n") == 1 and err.startswith("error: ") and not out.exists()

@@ -86,7 +86,8 @@ def _os_error_line(e: OSError) -> str:
 def _fail(message: str, code: int, debug: bool) -> None:
     if debug:
         traceback.print_exc()
-    print(f"error: {message}", file=sys.stderr)
+    # One line whatever the message holds (a parser's multi-line text, a path with a newline).
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
     sys.exit(code)
 
 
