@@ -193,7 +193,13 @@ class Architecture:
 
 
 def resolve(config: dict, tensor_names: list[str]) -> Architecture:
-    return Architecture(family_for_model_type(config.get("model_type")), tensor_names)
+    """The family of a checkpoint, bound to its tensor names; its layer count, when the
+    config gives one, is checked here, so every command refuses a malformed one."""
+    family = family_for_model_type(config.get("model_type"))
+    text = config.get(family.text_config, config) if family.text_config else config
+    if isinstance(text, dict) and family.config.num_layers in text:
+        config_int(text, family.config.num_layers, minimum=1)
+    return Architecture(family, tensor_names)
 
 
 def config_int(config: dict, key: str, minimum: int = 0) -> int:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from matcli.checkpoint.defaults import INDEX_NAME
 from matcli.checkpoint.links import resolve_inside
-from matcli.checkpoint.reader import INDEX_NAME
 
 # Weights in any format are not copied: the output's own safetensors replace them, and stale
 # copies in another format would be loaded instead by some tools.

@@ -8,14 +8,13 @@ into a staging folder and renames it into place.
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from matcli import __version__
-from matcli.checkpoint.aux_files import aux_files, copy_aux_files
+from matcli.checkpoint.aux_files import copy_aux_files
 from matcli.checkpoint.defaults import DEFAULT_CHUNK_BYTES, DEFAULT_MAX_SHARD_BYTES
 from matcli.checkpoint.manifest import describe_input, source_digest
 from matcli.checkpoint.reader import ModelFolder
@@ -62,11 +61,6 @@ class Plan:
     # Command-specific facts for the dry run and the final summary (e.g. parameter counts).
     report: dict = field(default_factory=dict)
     uses_torch: bool = True
-
-    @functools.cached_property
-    def aux(self) -> list[Path]:
-        """Tokenizer, chat template and other files copied byte for byte."""
-        return aux_files(self.source.path)
 
     def layout(self, output: OutputCheckpoint) -> ShardLayout:
         return ShardLayout.plan(output.tensors, self.max_shard_bytes)
@@ -140,7 +134,7 @@ class Plan:
             "command": self.command,
             "input": str(self.source.path),
             "outputs": outputs,
-            "copied_files": [p.as_posix() for p in self.aux],
+            "copied_files": [p.as_posix() for p in self.source.aux],
             "estimated_peak_memory_bytes": self.peak_memory_estimate(),
             "warnings": self.warnings,
             "report": self.report,
@@ -215,7 +209,7 @@ def _finish(
     for section, entries in output.measured().items():
         output.config[section] = {**output.config.get(section, {}), **entries}
     write_config(folder, output.config)
-    copy_aux_files(plan.source.path, folder, plan.aux)
+    copy_aux_files(plan.source.path, folder, plan.source.aux)
     written = [
         {"name": w.name, "size": w.size, "header_sha256": w.header_sha256} for w in writer.written
     ]

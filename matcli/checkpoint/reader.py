@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from matcli.checkpoint.defaults import DEFAULT_CHUNK_BYTES
+from matcli.checkpoint.aux_files import aux_files
+from matcli.checkpoint.defaults import DEFAULT_CHUNK_BYTES, INDEX_NAME
 from matcli.checkpoint.links import resolve_inside
 from matcli.checkpoint.safetensors_file import (
     DTYPES,
@@ -26,7 +27,6 @@ if TYPE_CHECKING:  # torch is imported on the first tensor read: byte-level comm
     import torch
 
 UNSIGNED_OF_SIZE = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
-INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -63,6 +63,8 @@ class ModelFolder:
                     )
                 self.tensors[tname] = info
         self._check_index()
+        # Tokenizer and other files an output copies: listed, and their links checked, now.
+        self.aux = aux_files(self.path)
         self._fds: dict[Path, int] = {}
         self._cache: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()
         self.cache_entries = cache_entries
