@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from matcli.arch import Architecture, resolve
+from matcli.arch import Architecture, family_for_model_type, resolve
 from matcli.checkpoint.reader import ModelFolder
 from matcli.errors import MatcliError
 from matcli.quant import ct_format
@@ -42,12 +42,14 @@ def inspect_model(path: Path) -> dict:
 
 
 def _architecture(folder: ModelFolder) -> tuple[Architecture | None, int | None]:
-    """The family and layer count when matcli knows the family; else (None, None)."""
+    """The family and layer count when matcli knows the family; else (None, None). A known
+    family's config is checked like every command checks it: malformed is refused."""
     try:
-        arch = resolve(folder.config, list(folder.tensors))
-        return arch, arch.num_layers(folder.text_config(arch.family.text_config))
-    except MatcliError:
+        family_for_model_type(folder.config.get("model_type"))
+    except MatcliError:  # a family matcli does not know: summarised without it
         return None, None
+    arch = resolve(folder.config, list(folder.tensors))
+    return arch, arch.num_layers(folder.text_config(arch.family.text_config))
 
 
 def _quantized_groups(folder: ModelFolder, arch: Architecture | None, linears: dict) -> list[dict]:
