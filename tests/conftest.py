@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -120,6 +121,35 @@ def run_matcli(*args: str) -> tuple[int, str, str]:
     finally:
         sys.argv = argv
     return code, stdout.getvalue(), stderr.getvalue()
+
+
+def tree_digest(path: Path) -> str:
+    """Names, link targets and bytes of everything under path (links are not followed)."""
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        h.update(p.relative_to(path).as_posix().encode())
+        if p.is_symlink():
+            h.update(b"->" + os.readlink(p).encode())
+        elif p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def assert_refused(
+    args: list[str], output: Path, match: str, code: int = 2, inputs: list[Path] = ()
+) -> None:
+    """Bad input: exit `code`, exactly one `error:` line containing `match`, no traceback,
+    nothing at `output` or beside it, and every input unchanged."""
+    before = [tree_digest(p) for p in inputs]
+    exit_code, stdout, stderr = run_matcli(*args)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert exit_code == code, stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert match in lines[0], lines[0]
+    assert "Traceback" not in stderr + stdout
+    assert not output.exists() or not any(output.iterdir())
+    assert not list(output.parent.glob(f".{output.name}.matcli-*"))
+    assert [tree_digest(p) for p in inputs] == before
 
 
 def logits_of(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -14,30 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_llama, run_matcli
-
-
-def tree_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(path.rglob("*")):
-        if p.is_file():
-            h.update(p.relative_to(path).as_posix().encode() + p.read_bytes())
-    return h.hexdigest()
-
-
-def assert_refused(
-    args: list[str], output: Path, match: str, code: int = 2, inputs: list[Path] = ()
-):
-    before = [tree_digest(p) for p in inputs]
-    exit_code, stdout, stderr = run_matcli(*args)
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert exit_code == code, stderr
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    assert match in lines[0], lines[0]
-    assert "Traceback" not in stderr + stdout
-    assert not output.exists() or not any(output.iterdir())
-    assert not list(output.parent.glob(f".{output.name}.matcli-*"))
-    assert [tree_digest(p) for p in inputs] == before
+from conftest import assert_refused, build_llama, run_matcli
 
 
 @pytest.fixture

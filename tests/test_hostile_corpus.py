@@ -4,7 +4,6 @@ traceback, nothing at the destination or beside it, and the input unchanged."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -13,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import run_matcli
+from conftest import assert_refused
 
 SHARD = "model.safetensors"
 
@@ -157,32 +156,16 @@ PARENT_COMMANDS = {
 }
 
 
-def _digest(folder: Path) -> str:
-    h = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        h.update(str(path.relative_to(folder)).encode())
-        if path.is_symlink():
-            h.update(os.readlink(path).encode())
-        elif path.is_file():
-            h.update(path.read_bytes())
-    return h.hexdigest()
-
-
 def _refused(source: Path, tmp_path: Path, corruption: str, command: list[str]) -> None:
     model = tmp_path / "model"
     shutil.copytree(source, model)
     CORRUPTIONS[corruption](model)
-    before = _digest(model)
     out, data = tmp_path / "out", tmp_path / "calibration.txt"
     data.write_text("the cat sat on the mat. " * 50)
     args = [a.format(model=model, data=data) for a in command]
-    code, stdout, err = run_matcli(*args, *([] if args[0] == "inspect" else ["-o", str(out)]))
-    assert code == 2, (code, err)
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err + stdout
-    assert not out.exists() and not list(tmp_path.glob(".out*")), "something was written"
-    assert _digest(model) == before, "the input changed"
+    if args[0] != "inspect":
+        args += ["-o", str(out)]
+    assert_refused(args, out, "error: ", inputs=[model])
 
 
 # Not a refusal: inspect summarises a model of a family matcli does not know (its purpose).

@@ -7,37 +7,16 @@ cache layout (`models--ORG--NAME/snapshots/REV/` linking into that repository's 
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 from pathlib import Path
 
 import pytest
-from conftest import run_matcli
+from conftest import assert_refused, run_matcli
 
 
-def digest(path: Path) -> str:
-    """Names, link targets and bytes of everything under path (links are not followed)."""
-    h = hashlib.sha256()
-    for p in sorted(path.rglob("*")):
-        h.update(p.relative_to(path).as_posix().encode())
-        if p.is_symlink():
-            h.update(b"->" + os.readlink(p).encode())
-        elif p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
-
-
-def assert_refused(args: list[str], model: Path, out: Path, match: str) -> None:
-    before = digest(model)
-    code, stdout, stderr = run_matcli(*args, str(model), "-o", str(out), "-q")
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert code == 2, stderr
-    assert len(lines) == 1 and lines[0].startswith("error:"), stderr
-    assert match in lines[0], lines[0]
-    assert "Traceback" not in stdout + stderr
-    assert not out.exists()
-    assert not [p for p in out.parent.iterdir() if ".matcli-tmp-" in p.name]
-    assert digest(model) == before
+def refused(args: list[str], model: Path, out: Path, match: str) -> None:
+    """`args MODEL -o OUT -q` is refused cleanly and the model folder (links too) unchanged."""
+    assert_refused([*args, str(model), "-o", str(out), "-q"], out, match, inputs=[model])
 
 
 COMMANDS = {
@@ -70,7 +49,7 @@ def run_refused(name, request, tmp_path, plant, match):
     plant(model)
     out = tmp_path / "outs" / "out"
     out.parent.mkdir()
-    assert_refused([*head, *tail], model, out, match)
+    refused([*head, *tail], model, out, match)
     return model
 
 
@@ -164,7 +143,7 @@ def test_snapshot_linking_into_another_repositorys_blobs_is_refused(llama_parent
     (snapshot / "tokenizer.json").unlink()
     (snapshot / "tokenizer.json").symlink_to(stolen)
     out = tmp_path / "out"
-    assert_refused(["slice", "--bits", "2"], snapshot, out, "outside the model folder")
+    refused(["slice", "--bits", "2"], snapshot, out, "outside the model folder")
 
 
 def test_shard_linking_outside_is_refused(request, tmp_path):

@@ -9,7 +9,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from conftest import run_matcli
+from conftest import assert_refused
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -198,16 +198,6 @@ def test_valid_index_is_read(tmp_path):
 # --- through the CLI -----------------------------------------------------------------------
 
 
-def assert_cli_refuses(args: list[str], output: Path, fragment: str) -> None:
-    code, stdout, stderr = run_matcli(*args)
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert code == 2, stderr
-    assert len(lines) == 1 and lines[0].startswith("error:"), stderr
-    assert fragment in lines[0], lines[0]
-    assert "Traceback" not in stdout + stderr
-    assert not output.exists()
-
-
 @pytest.fixture
 def parent_copy(llama_parent, tmp_path) -> Path:
     return Path(shutil.copytree(llama_parent, tmp_path / "parent"))
@@ -232,12 +222,12 @@ def test_cli_refuses_overlapping_tensors(parent_copy, tmp_path):
     rewrite_header(parent_copy / "model.safetensors", alias)
     out = tmp_path / "out"
     args = ["slice", str(parent_copy), "--bits", "2", "-o", str(out)]
-    assert_cli_refuses(args, out, "re-save the checkpoint with safetensors")
+    assert_refused(args, out, "re-save the checkpoint with safetensors")
 
 
 def test_cli_refuses_list_metadata(parent_copy, tmp_path):
     rewrite_header(parent_copy / "model.safetensors", lambda h: {**h, "__metadata__": ["pt"]})
-    assert_cli_refuses(["inspect", str(parent_copy)], tmp_path / "none", "__metadata__ is a list")
+    assert_refused(["inspect", str(parent_copy)], tmp_path / "none", "__metadata__ is a list")
 
 
 def test_cli_refuses_index_with_list_shard(parent_copy, tmp_path):
@@ -247,7 +237,7 @@ def test_cli_refuses_index_with_list_shard(parent_copy, tmp_path):
     )
     out = tmp_path / "out"
     args = ["slice", str(parent_copy), "--bits", "2", "-o", str(out)]
-    assert_cli_refuses(args, out, "not a shard file name")
+    assert_refused(args, out, "not a shard file name")
 
 
 # --- fuzz: parsing succeeds with every byte range inside the file, or raises MatcliError ----

@@ -187,20 +187,19 @@ def test_parquet_columns_pass_through(tmp_path):
         {"id": [f"doc{i}" for i in range(50)], "embedding": [row.tolist() for row in x]}
     )
     pq.write_table(table, tmp_path / "e.parquet", row_group_size=16)
-    ok(
-        str(tmp_path / "e.parquet"),
-        "-o",
-        str(tmp_path / "o.parquet"),
-        "--dims",
-        "16",
-        "--chunk-size",
-        "1000",
-        "-q",
-    )
-    out = pq.read_table(tmp_path / "o.parquet")
+    out = truncate_parquet(tmp_path)
     assert out.column("id").to_pylist() == [f"doc{i}" for i in range(50)]
     got = np.array(out.column("embedding").to_pylist(), dtype=np.float32)
     assert np.allclose(got, truncate_reference(x, 16), atol=1e-6)
+
+
+def truncate_parquet(tmp_path: Path):
+    """e.parquet truncated to 16 dims in small chunks; the written table."""
+    import pyarrow.parquet as pq
+
+    args = ["-o", str(tmp_path / "o.parquet"), "--dims", "16", "--chunk-size", "1000", "-q"]
+    ok(str(tmp_path / "e.parquet"), *args)
+    return pq.read_table(tmp_path / "o.parquet")
 
 
 def parquet_rows(path: Path, rows: list, value_type=None, fixed: int | None = None) -> None:
@@ -217,21 +216,10 @@ def parquet_rows(path: Path, rows: list, value_type=None, fixed: int | None = No
 
 def test_parquet_fixed_size_lists_keep_their_value_type(tmp_path):
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     x = embeddings(rows=40).astype(np.float16)
     parquet_rows(tmp_path / "e.parquet", [row.tolist() for row in x], pa.float16(), fixed=64)
-    ok(
-        str(tmp_path / "e.parquet"),
-        "-o",
-        str(tmp_path / "o.parquet"),
-        "--dims",
-        "16",
-        "--chunk-size",
-        "1000",
-        "-q",
-    )
-    out = pq.read_table(tmp_path / "o.parquet")
+    out = truncate_parquet(tmp_path)
     assert out.schema.field("embedding").type == pa.list_(pa.float16(), 16)
     expected = truncate_reference(x.astype(np.float32), 16).astype(np.float16)
     assert np.array_equal(np.array(out.column("embedding").to_pylist(), dtype=np.float16), expected)
@@ -678,21 +666,17 @@ def test_nan_rows_are_refused_with_their_numbers_or_skipped(tmp_path):
         "rows 3",
         tmp_path / "o.safetensors",
     )
-    ok(
-        str(tmp_path / "e.safetensors"),
-        "--key",
-        "e",
-        "-o",
-        str(tmp_path / "o.safetensors"),
-        "--dims",
-        "8",
-        "--skip-bad-rows",
-        "-q",
-    )
-    out = load_file(tmp_path / "o.safetensors")
+    out = truncate_skipping_bad_rows(tmp_path)
     keep = np.setdiff1d(ids, [3, 250])
     assert np.array_equal(out["ids"], keep)
     assert np.allclose(out["e"], truncate_reference(x[keep], 8), atol=1e-6)
+
+
+def truncate_skipping_bad_rows(tmp_path: Path) -> dict:
+    """e.safetensors's `e` truncated to 8 dims with --skip-bad-rows; the written tensors."""
+    args = ["--key", "e", "-o", str(tmp_path / "o.safetensors"), "--dims", "8"]
+    ok(str(tmp_path / "e.safetensors"), *args, "--skip-bad-rows", "-q")
+    return load_file(tmp_path / "o.safetensors")
 
 
 def test_passthrough_rows_of_several_bytes_are_skipped_with_their_rows(tmp_path):
@@ -702,18 +686,7 @@ def test_passthrough_rows_of_several_bytes_are_skipped_with_their_rows(tmp_path)
     save_file(
         {"e": x, "labels": labels, "meta": np.arange(4, dtype=np.int64)}, tmp_path / "e.safetensors"
     )
-    ok(
-        str(tmp_path / "e.safetensors"),
-        "--key",
-        "e",
-        "-o",
-        str(tmp_path / "o.safetensors"),
-        "--dims",
-        "8",
-        "--skip-bad-rows",
-        "-q",
-    )
-    out = load_file(tmp_path / "o.safetensors")
+    out = truncate_skipping_bad_rows(tmp_path)
     keep = np.setdiff1d(np.arange(50), [0, 17, 49])
     assert np.array_equal(out["labels"], labels[keep]) and np.array_equal(out["meta"], np.arange(4))
 
