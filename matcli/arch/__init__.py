@@ -69,6 +69,8 @@ class Family(BaseModel):
     effective_excludes: tuple[str, ...]
     ffn_input_norm: str | None
     norm_offset: float
+    serving_layers: tuple[str, ...]
+    fused_linears: tuple[tuple[str, ...], ...]
 
     def takes_per_layer_intermediate(self, text_config: dict) -> bool:
         """Whether this config can hold one FFN width per layer: the family's config class
@@ -182,14 +184,20 @@ class Architecture:
 
     def projection_regex(self, layers: list[int], names: list[str]) -> str:
         """A regex matching the modules `names` (relative to a layer) in the given layers."""
+        return "^" + self.projection_pattern(layers, names) + "$"
+
+    def projection_pattern(self, layers: list[int], names: list[str]) -> str:
+        """projection_regex without its anchors, to be combined with others."""
         layer_part = "(?:" + "|".join(str(i) for i in sorted(layers)) + ")"
         # Every layout of the family, not only this checkpoint's: transformers renames old
-        # layouts on load (Gemma 3's language_model.model. -> model.language_model.), and
-        # compressed-tensors targets must match the module names it ends up with.
+        # layouts on load (Gemma 3's language_model.model. -> model.language_model.), and vLLM
+        # matches regex targets against its own module names (serving_layers); the
+        # compressed-tensors targets must match the names each of them ends up with.
         prefixes = [
-            re.escape(t).replace(re.escape("{layer}"), layer_part) for t in self.family.layers
+            re.escape(t).replace(re.escape("{layer}"), layer_part)
+            for t in dict.fromkeys((*self.family.layers, *self.family.serving_layers))
         ]
-        return "^(?:" + "|".join(prefixes) + ")(?:" + "|".join(re.escape(n) for n in names) + ")$"
+        return "(?:" + "|".join(prefixes) + ")(?:" + "|".join(re.escape(n) for n in names) + ")"
 
 
 def resolve(config: dict, tensor_names: list[str]) -> Architecture:

@@ -12,14 +12,20 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from importlib import metadata
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from matcli.checkpoint.reader import ModelFolder
 from matcli.errors import MatcliError
 from matcli.quant import grid
-from matcli.quant.packing import pack_int32, packed_columns, unpack_int32, unpack_unsigned
+from matcli.quant.packing import (
+    pack_int32,
+    packed_columns,
+    padded_packed_columns,
+    unpack_int32,
+    unpack_unsigned,
+)
 from matcli.quant.widths import MAX_WIDTH
 
 M = TypeVar("M", bound=BaseModel)
@@ -28,6 +34,8 @@ if TYPE_CHECKING:  # torch is imported by the functions on tensors: slicing read
     import torch
 
 PACKED, SCALE, SHAPE, ZERO = "weight_packed", "weight_scale", "weight_shape", "weight_zero_point"
+# The first compressed-tensors release that packs every width as one dense bit stream.
+DENSE_LAYOUT_SINCE = "0.18.0"
 
 
 @dataclass(frozen=True)
@@ -37,17 +45,74 @@ class WeightScheme:
     group_size: int | None  # None: one scale per output channel
 
     def ct_args(self) -> dict:
-        return {
-            "num_bits": self.bits,
-            "type": "int",
-            "symmetric": self.symmetric,
-            "strategy": "channel" if self.group_size is None else "group",
-            "group_size": self.group_size,
-        }
+        return CtWeights(
+            num_bits=self.bits,
+            symmetric=self.symmetric,
+            strategy="channel" if self.group_size is None else "group",
+            group_size=self.group_size,
+        ).model_dump()
 
     @property
     def name(self) -> str:
         return "symmetric" if self.symmetric else "asymmetric"
+
+
+class CtWeights(BaseModel):
+    """A config group's `weights`: compressed-tensors' QuantizationArgs, whose fields (the same
+    from 0.17 to 0.20) are all there is: it forbids any other key, so vLLM and transformers
+    refuse a config with one. What each consumer reads is in docs/formats.md."""
+
+    model_config = ConfigDict(extra="forbid")
+    num_bits: int = Field(ge=1, le=MAX_WIDTH)
+    type: Literal["int"] = "int"
+    symmetric: bool
+    # Without a strategy compressed-tensors infers "tensor" (no group size), which vLLM has
+    # no weight-only scheme for: always written.
+    strategy: Literal["channel", "group"]
+    group_size: int | None = Field(gt=0)
+    block_structure: None = None
+    dynamic: Literal[False] = False  # static scales; vLLM's WNA16 needs them
+    actorder: None = None  # columns in checkpoint order (vLLM refuses "group" and "dynamic")
+    observer: None = None  # a calibration setting; the scales here are already final
+    observer_kwargs: dict = {}
+
+    @field_validator("group_size")
+    @classmethod
+    def _group_size_matches_strategy(cls, value: int | None, info) -> int | None:
+        if (value is None) != (info.data.get("strategy") == "channel"):
+            raise ValueError("strategy channel has no group size; strategy group needs one")
+        return value
+
+
+class CtGroup(BaseModel):
+    """A config group: compressed-tensors' QuantizationScheme (also extra="forbid")."""
+
+    model_config = ConfigDict(extra="forbid")
+    targets: list[str]
+    weights: CtWeights
+    input_activations: None = None  # weight-only: activations stay in the model's dtype
+    output_activations: None = None
+    format: Literal["pack-quantized"] = "pack-quantized"
+
+
+class CtQuantizationConfig(BaseModel):
+    """config.json's `quantization_config`, with every key llm-compressor writes."""
+
+    model_config = ConfigDict(extra="forbid")
+    quant_method: Literal["compressed-tensors"] = "compressed-tensors"
+    # vLLM picks its weight-only scheme (WNA16) only for this format, read from the group or
+    # from here.
+    format: Literal["pack-quantized"] = "pack-quantized"
+    quantization_status: Literal["compressed"] = "compressed"
+    config_groups: dict[str, CtGroup]
+    ignore: list[str]
+    kv_cache_scheme: None = None
+    global_compression_ratio: None = None
+    sparsity_config: dict = {}
+    transform_config: dict = {}
+    # The compressed-tensors release that wrote the folder; for matcli, one whose packing is
+    # matcli's (the dense bit stream: 0.18.0 or later, see packing.py).
+    version: str
 
 
 @dataclass(frozen=True)
@@ -77,25 +142,40 @@ class PackedLinear:
 
 def quantization_config(groups: list[tuple[str, WeightScheme]], ignore: list[str]) -> dict:
     """A `quantization_config` block with one config group per (module regex, scheme)."""
-    config = {
-        "quant_method": "compressed-tensors",
-        "format": "pack-quantized",
-        "quantization_status": "compressed",
-        "config_groups": {
-            f"group_{i}": {
-                "targets": [f"re:{regex}"],
-                "weights": scheme.ct_args(),
-                "format": "pack-quantized",
-            }
+    return CtQuantizationConfig(
+        config_groups={
+            f"group_{i}": CtGroup(targets=[f"re:{regex}"], weights=scheme.ct_args())
             for i, (regex, scheme) in enumerate(groups)
         },
-        "ignore": ignore,
-    }
+        ignore=ignore,
+        version=layout_version(),
+    ).model_dump(mode="json")
+
+
+def layout_warnings(storage_bits: set[int]) -> list[str]:
+    """The reader-version warning for widths whose packing changed in compressed-tensors."""
+    odd = sorted(b for b in storage_bits if 32 % b)
+    if not odd:
+        return []
+    widths = ", ".join(f"int{b}" for b in odd)
+    return [
+        f"{widths} codes are packed as one dense bit stream (compressed-tensors >= "
+        f"{DENSE_LAYOUT_SINCE}, vLLM's WNA16 weight shapes); compressed-tensors 0.17 (pinned by "
+        f"vLLM 0.34) packs {32 // odd[0]} codes per int32 and cannot load them: use "
+        f"compressed-tensors >= {DENSE_LAYOUT_SINCE} with transformers, and not "
+        "VLLM_BATCH_INVARIANT=1 in vLLM 0.34"
+    ]
+
+
+def layout_version() -> str:
+    """The installed compressed-tensors version when it packs as matcli does, else the first
+    release that does: compressed-tensors 0.17 packs 3, 5, 6 and 7-bit codes differently."""
     try:
-        config["version"] = metadata.version("compressed-tensors")
+        installed = metadata.version("compressed-tensors")
     except metadata.PackageNotFoundError:
-        pass
-    return config
+        return DENSE_LAYOUT_SINCE
+    numbers = tuple(int(p) if p.isdigit() else 0 for p in installed.split(".")[:3])
+    return installed if numbers >= (0, 18, 0) else DENSE_LAYOUT_SINCE
 
 
 def packed_linears(folder: ModelFolder) -> dict[str, PackedLinear]:
@@ -233,11 +313,24 @@ def _packed_linear(folder: ModelFolder, module: str, scheme: WeightScheme) -> Pa
         expected[ZERO] = (packed_columns(out_features, scheme.bits), groups)
     for suffix, want in expected.items():
         if info(suffix).shape != want:
+            _refuse_padded_layout(folder, linear, info(suffix).shape)
             raise MatcliError(
                 f"{folder.path}: {module}.{suffix} has shape {list(info(suffix).shape)}, "
                 f"expected {list(want)} for {scheme.bits}-bit codes of a {shape} weight"
             )
     return linear
+
+
+def _refuse_padded_layout(folder: ModelFolder, linear: PackedLinear, shape: tuple) -> None:
+    """One line naming the cause when the packed weight has compressed-tensors 0.17's shape."""
+    bits = linear.scheme.bits
+    if shape == (linear.out_features, padded_packed_columns(linear.in_features, bits)):
+        raise MatcliError(
+            f"{folder.path}: {linear.module}.{PACKED} holds {32 // bits} {bits}-bit codes per "
+            f"int32 word with padding (compressed-tensors < {DENSE_LAYOUT_SINCE}); matcli reads "
+            f"the dense layout of compressed-tensors >= {DENSE_LAYOUT_SINCE}: re-save the folder "
+            "with a newer compressed-tensors, or re-create the parent with matcli quantize"
+        )
 
 
 def read_codes(folder: ModelFolder, linear: PackedLinear, start: int, stop: int) -> torch.Tensor:

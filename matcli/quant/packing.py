@@ -4,12 +4,14 @@ The layout (compressed_tensors.compressors.pack_quantized.helpers.pack_to_int32)
 codes in [-2^(b-1), 2^(b-1) - 1] are offset to [0, 2^b - 1] and written as one dense,
 least-significant-bit-first bit stream per row (element i occupies bits i*b .. i*b + b - 1),
 cut into little-endian int32 words: ceil(cols * b / 32) words per row, no padding between
-elements. The model-free commands cannot afford compressed-tensors' import (it pulls in
-transformers: ~5 s and ~120 MB), so this module reimplements the layout with vectorised
-numpy; tests check it bit for bit against compressed-tensors' own pack and unpack.
-`StreamRemap` maps packed codes of one width to packed codes of another without unpacking
-them (what `slice` does to every quantized Linear). Only the tensor wrappers (pack_int32,
-unpack_int32) use torch.
+elements. This is compressed-tensors' layout since 0.18.0; 0.17 (the version vLLM 0.34 pins)
+put 32 // b codes in each word, which differs for 3, 5, 6 and 7 bits (padded_packed_columns;
+docs/formats.md says who reads which). The model-free commands cannot afford
+compressed-tensors' import (it pulls in transformers: ~5 s and ~120 MB), so this module
+reimplements the layout with vectorised numpy; tests check it bit for bit against
+compressed-tensors' own pack and unpack. `StreamRemap` maps packed codes of one width to
+packed codes of another without unpacking them (what `slice` does to every quantized Linear).
+Only the tensor wrappers (pack_int32, unpack_int32) use torch.
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ if sys.byteorder != "little":  # pragma: no cover - every supported platform is 
 
 def packed_columns(cols: int, bits: int) -> int:
     return -(-cols * bits // 32)
+
+
+def padded_packed_columns(cols: int, bits: int) -> int:
+    """Words per row in compressed-tensors 0.17's layout: 32 // bits codes per word, the rest
+    of each word padding (10 3-bit codes and 2 unused bits). It equals the dense layout for
+    1, 2, 4 and 8 bits, the widths that divide 32."""
+    return -(-cols // (32 // bits))
 
 
 def pack_int32(codes: torch.Tensor, bits: int) -> torch.Tensor:

@@ -192,6 +192,8 @@ def plan_slice(options: SliceOptions) -> Plan:
         _require_symmetric(options.parent, linears)
     choices = _choices(options, parent)
     warnings = _untrained_widths(choices, parent.bits, parent.info)
+    if options.format == "compressed-tensors":
+        warnings += ct_format.layout_warnings(_storage_widths(choices, options, parent.bits))
     outputs = [
         _output(parent, name, widths, single_width, options)
         for name, widths, single_width in choices
@@ -243,6 +245,12 @@ def _untrained_widths(choices: list[Choice], parent_bits: int, info: ParentInfo 
         for width in sorted({r for _, widths, _ in choices for r in widths.values()}, reverse=True)
         if width not in trained
     ]
+
+
+def _storage_widths(choices: list[Choice], options: SliceOptions, parent_bits: int) -> set[int]:
+    """The stored widths of the outputs (one more bit with extra precision; LinearSlicer)."""
+    widths = {r for _, per_module, _ in choices for r in per_module.values()}
+    return {r + 1 if options.extra_precision and r < parent_bits else r for r in widths}
 
 
 def _parent_bits(folder: ModelFolder, linears: dict[str, PackedLinear]) -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections import defaultdict
+from collections.abc import Hashable
 
 from matcli.arch import Architecture, LinearKind
 from matcli.errors import MatcliError
@@ -52,17 +54,56 @@ def select_linears(
 
 
 def targets_regex(arch: Architecture, modules: list[str]) -> str:
-    """One regex matching exactly `modules`, as compressed-tensors `targets` need.
+    """One regex matching exactly `modules`, as compressed-tensors `targets` need, under every
+    name a loader gives them.
 
-    When the modules are whole (layer set) x (projection set) products of the family's
-    Linears, the regex is written from the family's layer templates, so it also matches the
-    module names transformers uses after renaming an old checkpoint layout. Otherwise the
-    module names are listed one by one.
+    Modules inside decoder layers are written as (layers) x (names relative to a layer),
+    layers that quantize the same names sharing one term, with every layer prefix of the
+    family: its checkpoint layouts (transformers renames old ones on load) and its serving
+    layouts (vLLM applies regex targets to its own module names). Modules outside the layers
+    keep their checkpoint names.
     """
-    split = {m: arch.split_layer(m) for m in modules}
-    if all(s and arch.linear_kind(m) for m, s in split.items()):
-        layers = sorted({s[0] for s in split.values()})
-        names = sorted({s[1] for s in split.values()})
-        if len(layers) * len(names) == len(modules):
-            return arch.projection_regex(layers, names)
-    return "^(?:" + "|".join(re.escape(m) for m in modules) + ")$"
+    names_of: dict[int, set[str]] = defaultdict(set)
+    outside = []
+    for module in modules:
+        split = arch.split_layer(module)
+        if split:
+            names_of[split[0]].add(split[1])
+        else:
+            outside.append(re.escape(module))
+    layers_of: dict[tuple[str, ...], list[int]] = defaultdict(list)
+    for layer, names in names_of.items():
+        layers_of[tuple(sorted(names))].append(layer)
+    terms = [
+        arch.projection_pattern(layers, list(names)) for names, layers in sorted(layers_of.items())
+    ]
+    return "^(?:" + "|".join(terms + sorted(outside)) + ")$"
+
+
+def fused_conflicts(
+    arch: Architecture, modules: list[str], scheme_of: dict[str, Hashable]
+) -> str | None:
+    """A warning when vLLM would refuse the folder: it fuses some Linears of a layer into one
+    (q/k/v, gate/up; the family's `fused_linears`) and quantizes the fused module only when
+    every part has the same scheme. `modules` are the layers' 2-D weights (without
+    `.weight`), `scheme_of` the scheme of each quantized one (absent: unquantized)."""
+    present: dict[int, set[str]] = defaultdict(set)
+    for module in modules:
+        split = arch.split_layer(module)
+        if split:
+            present[split[0]].add(split[1])
+    mixed = set()
+    for layer, names in sorted(present.items()):
+        for parts in arch.family.fused_linears:
+            schemes = {scheme_of.get(arch.layer_name(layer, p)) for p in parts if p in names}
+            if len(schemes) > 1:
+                mixed.add((" + ".join(parts), layer))
+    if not mixed:
+        return None
+    fused = sorted({parts for parts, _ in mixed})
+    layers = sorted({layer for _, layer in mixed})
+    return (
+        f"vLLM fuses {'; '.join(fused)} into one Linear and quantizes it only when every part "
+        f"has the same scheme; layer(s) {', '.join(map(str, layers))} mix them, so vLLM will "
+        "refuse this folder (transformers loads it): quantize all parts or none (--layers)"
+    )

@@ -19,7 +19,7 @@ from matcli.options import QuantizeOptions
 from matcli.quant import ct_format
 from matcli.quant.ct_format import WeightScheme
 from matcli.quant.parent import CONFIG_KEY, ParentInfo
-from matcli.quant.targets import select_linears, targets_regex
+from matcli.quant.targets import fused_conflicts, select_linears, targets_regex
 
 
 @dataclass
@@ -89,6 +89,12 @@ def parent_plan(
         [(regex, targets.scheme)], ignore=["lm_head"]
     )
     config[CONFIG_KEY] = info.model_dump()
+    warnings = ct_format.layout_warnings({targets.scheme.bits})
+    layer_linears = [
+        n.removesuffix(".weight") for n, t in targets.folder.tensors.items() if len(t.shape) == 2
+    ]
+    fused = fused_conflicts(targets.arch, layer_linears, dict.fromkeys(targets.modules, 1))
+    warnings += [fused] if fused else []
     metadata = {"matcli.role": "parent", "matcli.bits": str(targets.scheme.bits)}
     output = OutputCheckpoint(
         name="", config=config, tensors=sorted(tensors, key=lambda t: t.name), metadata=metadata
@@ -100,4 +106,5 @@ def parent_plan(
         max_shard_bytes=options.max_shard_size,
         chunk_bytes=options.chunk_size,
         report=report or {},
+        warnings=warnings,
     )
