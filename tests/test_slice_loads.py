@@ -4,6 +4,7 @@ materializes (and so its logits) equal matcli's dequant(S(Q(w, c), r))."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -233,3 +234,43 @@ def test_several_widths_read_the_parent_once(llama_parent, tmp_path, monkeypatch
 
     one, three = bytes_read([4]), bytes_read([4, 3, 2])
     assert three == one
+
+
+def test_mix_n_match_under_dequantize_true(llama, llama_parent, tmp_path):
+    """transformers 5.25 with dequantize=True decompresses every Linear with one config group's
+    scheme (integrations/compressed_tensors.py get_dense_scheme: the first group), so no order
+    of the groups works: widest first (matcli's order) fails with a size mismatch, narrowest
+    first loads the wider layers wrong. The default (dequantize=False) and `--format dense`
+    give the exact weights (docs/formats.md)."""
+    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+
+    widths = {
+        f"model.layers.{i}.mlp.{p}": b
+        for i, b in ((0, 8), (1, 4))
+        for p in ("gate_proj", "up_proj", "down_proj")
+    }
+    expected = expected_weights(llama_parent, widths)
+    mixed, narrow_first = tmp_path / "mixed", tmp_path / "narrow-first"
+    for fmt, out in (("compressed-tensors", mixed), ("dense", tmp_path / "dense")):
+        code, _, err = run_matcli(
+            "slice", str(llama_parent), "--bits-config", "pyramid", "--format", fmt, "-o", str(out)
+        )
+        assert code == 0, err
+    check_invariant(llama, tmp_path / "dense", expected)
+
+    def load_dequantized(path: Path):
+        dequantize = CompressedTensorsConfig(dequantize=True)
+        return AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.float32, quantization_config=dequantize
+        )
+
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+        load_dequantized(mixed)
+    shutil.copytree(mixed, narrow_first)
+    config = json.loads((narrow_first / "config.json").read_text())
+    groups = config["quantization_config"]["config_groups"]
+    config["quantization_config"]["config_groups"] = dict(reversed(groups.items()))
+    (narrow_first / "config.json").write_text(json.dumps(config))
+    params = dict(load_dequantized(narrow_first).named_parameters())
+    wrong = {n for n in widths if not torch.equal(params[n + ".weight"], expected[n + ".weight"])}
+    assert wrong == {n for n, b in widths.items() if b == 8}

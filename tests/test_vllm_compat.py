@@ -326,6 +326,14 @@ def test_reproduced_model_data_is_vllms(vllm_root):
             ast.literal_eval(class_assignments(models / path, cls)["packed_modules_mapping"])
             == PACKED_MODULES
         )
+    wna16 = ast.parse((vllm_root / CT_DIR / "schemes/compressed_tensors_wNa16.py").read_text())
+    supported = next(
+        n.value
+        for n in wna16.body
+        if isinstance(n, ast.Assign)
+        and getattr(n.targets[0], "id", None) == "WNA16_SUPPORTED_TYPES_MAP"
+    )
+    assert [ast.literal_eval(k) for k in supported.keys] == list(range(2, 9))  # no int1
     mapper = class_assignments(models / "gemma3n_mm.py", "Gemma3nForConditionalGeneration")[
         "hf_to_vllm_mapper"
     ]
@@ -523,6 +531,11 @@ def test_slice_warns_about_the_layout_and_records_the_version(llama, bits, tmp_p
     assert code == 0 and "compressed-tensors 0.17" not in err
 
 
+def test_slice_warns_that_vllm_has_no_int1(llama_parent, tmp_path):
+    code, _, err = run_matcli("slice", str(llama_parent), "--bits", "1", "-o", str(tmp_path / "s"))
+    assert code == 0 and "int1 codes load in transformers but not in vLLM" in " ".join(err.split())
+
+
 def test_padded_layout_parent_is_refused(llama, tmp_path):
     """A 3-bit parent written by compressed-tensors 0.17: one line naming the layout."""
     parent = tmp_path / "parent"
@@ -597,3 +610,20 @@ def test_compressed_tensors_017_packs_as_reproduced(wheels, tmp_path):
     for bits in range(1, 9):
         assert np.array_equal(out[f"padded{bits}"], padded_pack(arrays[f"codes{bits}"], bits))
         assert bool(out[f"reads_dense{bits}"]) == (32 % bits == 0)
+
+
+@pytest.mark.parametrize(
+    ("layers", "warned"),
+    [
+        ("re:.*(q_proj|up_proj)$", "self_attn.q_proj + self_attn.k_proj + self_attn.v_proj"),
+        ("ffn,attention", None),
+        ("ffn", None),
+    ],
+)
+def test_quantize_warns_when_vllm_fused_parts_differ(llama, tmp_path, layers, warned):
+    code, _, err = run_matcli("quantize", str(llama), "-o", str(tmp_path / "p"), "--layers", layers)
+    text = " ".join(err.split())
+    assert code == 0, err
+    assert ("vLLM fuses" in text) == bool(warned)
+    if warned:
+        assert warned in text and "mlp.gate_proj + mlp.up_proj" in text and "layer(s) 0, 1" in text

@@ -153,18 +153,23 @@ def quantization_config(groups: list[tuple[str, WeightScheme]], ignore: list[str
 
 
 def layout_warnings(storage_bits: set[int]) -> list[str]:
-    """The reader-version warning for widths whose packing changed in compressed-tensors."""
+    """What readers cannot load a folder storing these widths (docs/formats.md)."""
+    warnings = []
+    if 1 in storage_bits:
+        warnings.append(
+            "int1 codes load in transformers but not in vLLM 0.34, whose weight-only scheme "
+            "(WNA16) takes 2 to 8 bits"
+        )
     odd = sorted(b for b in storage_bits if 32 % b)
-    if not odd:
-        return []
-    widths = ", ".join(f"int{b}" for b in odd)
-    return [
-        f"{widths} codes are packed as one dense bit stream (compressed-tensors >= "
-        f"{DENSE_LAYOUT_SINCE}, vLLM's WNA16 weight shapes); compressed-tensors 0.17 (pinned by "
-        f"vLLM 0.34) packs {32 // odd[0]} codes per int32 and cannot load them: use "
-        f"compressed-tensors >= {DENSE_LAYOUT_SINCE} with transformers, and not "
-        "VLLM_BATCH_INVARIANT=1 in vLLM 0.34"
-    ]
+    if odd:
+        warnings.append(
+            f"{', '.join(f'int{b}' for b in odd)} codes are packed as one dense bit stream "
+            f"(compressed-tensors >= {DENSE_LAYOUT_SINCE}, vLLM's WNA16 weight shapes); "
+            "compressed-tensors 0.17 (pinned by vLLM 0.34) pads 32 // b codes into each int32 "
+            f"and cannot load them: use compressed-tensors >= {DENSE_LAYOUT_SINCE} with "
+            "transformers, and not VLLM_BATCH_INVARIANT=1 in vLLM 0.34"
+        )
+    return warnings
 
 
 def layout_version() -> str:
