@@ -338,6 +338,9 @@ def test_reproduced_model_data_is_vllms(vllm_root):
         "hf_to_vllm_mapper"
     ]
     assert ast.literal_eval(mapper.keywords[0].value) == GEMMA3N_MM_PREFIXES
+    gemma3 = class_assignments(models / "gemma3_mm.py", "Gemma3ForConditionalGeneration")
+    prefixes = ast.literal_eval(gemma3["hf_to_vllm_mapper"].keywords[0].value)
+    assert prefixes["model.language_model."] == "language_model.model."
 
 
 # --- the folders --------------------------------------------------------------------------
@@ -627,3 +630,48 @@ def test_quantize_warns_when_vllm_fused_parts_differ(llama, tmp_path, layers, wa
     assert ("vLLM fuses" in text) == bool(warned)
     if warned:
         assert warned in text and "mlp.gate_proj + mlp.up_proj" in text and "layer(s) 0, 1" in text
+
+
+# (model_type, transformers v5 layer prefix, vLLM's): models/llama.py, qwen2.py, qwen3.py,
+# mistral.py, gemma2.py, gemma3.py name layers model.layers.N; gemma3_mm.py:519 and
+# gemma3n_mm.py:597 map model.language_model. to language_model.model.
+FAMILY_PREFIXES = [
+    ("llama", "model.layers.", "model.layers."),
+    ("qwen2", "model.layers.", "model.layers."),
+    ("qwen3", "model.layers.", "model.layers."),
+    ("mistral", "model.layers.", "model.layers."),
+    ("gemma2", "model.layers.", "model.layers."),
+    ("gemma3_text", "model.layers.", "model.layers."),
+    ("gemma3", "model.language_model.layers.", "language_model.model.layers."),
+    ("gemma3n_text", "model.layers.", "model.layers."),
+    ("gemma3n", "model.language_model.layers.", "language_model.model.layers."),
+]
+
+
+@pytest.mark.parametrize(("model_type", "hf", "served"), FAMILY_PREFIXES)
+def test_every_family_targets_both_namings(model_type, hf, served, rules):
+    from compressed_tensors.utils.match import match_named_modules
+
+    from matcli.arch import resolve
+    from matcli.quant.targets import targets_regex
+
+    arch = resolve({"model_type": model_type}, [hf + "0.mlp.up_proj.weight"])
+    ffn = arch.family.ffn
+    names = [ffn.gate, ffn.up, ffn.down, *arch.family.attention]
+    modules = [f"{hf}{i}.{n}" for i in (0, 1) for n in names]
+    scheme = ct_format.WeightScheme(4, True, None)
+    qc = ct_format.quantization_config([(targets_regex(arch, modules), scheme)], ["lm_head"])
+    for i in (0, 1):
+        for fused in (
+            "self_attn.qkv_proj",
+            "self_attn.o_proj",
+            "mlp.gate_up_proj",
+            "mlp.down_proj",
+        ):
+            got = rules.scheme(qc, f"{served}{i}.{fused}", PACKED_MODULES)
+            assert got == {"num_bits": 4, "group_size": None}, (served, fused)
+    vision = "vision_tower.vision_model.encoder.layers.0.self_attn.q_proj"
+    assert rules.scheme(qc, vision, PACKED_MODULES) is None
+    targets = qc["config_groups"]["group_0"]["targets"]
+    tree = module_tree([*modules, "model." + vision, f"{hf}2.mlp.up_proj"])
+    assert {n for n, _ in match_named_modules(tree, targets, qc["ignore"])} == set(modules)
