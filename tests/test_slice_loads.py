@@ -240,7 +240,8 @@ def test_mix_n_match_under_dequantize_true(llama, llama_parent, tmp_path):
     """transformers 5.25 with dequantize=True decompresses every Linear with one config group's
     scheme (integrations/compressed_tensors.py get_dense_scheme: the first group), so no order
     of the groups works: widest first (matcli's order) fails with a size mismatch, narrowest
-    first loads the wider layers wrong. The default (dequantize=False) and `--format dense`
+    first loads the wider layers wrong. The default (dequantize=False), followed by
+    compressed-tensors' decompress_model when plain weights are wanted, and `--format dense`
     give the exact weights (docs/formats.md)."""
     from transformers import AutoModelForCausalLM, CompressedTensorsConfig
 
@@ -274,3 +275,11 @@ def test_mix_n_match_under_dequantize_true(llama, llama_parent, tmp_path):
     params = dict(load_dequantized(narrow_first).named_parameters())
     wrong = {n for n in widths if not torch.equal(params[n + ".weight"], expected[n + ".weight"])}
     assert wrong == {n for n, b in widths.items() if b == 8}
+    # The workaround: load as usual, then decompress module by module (each Linear carries its
+    # own group's scheme), which leaves plain dense weights.
+    model = load(mixed)
+    model.hf_quantizer.compressor.decompress_model(model)
+    params = dict(model.named_parameters())
+    assert not [n for n in params if n.endswith("weight_packed")]
+    for name in widths:
+        assert torch.equal(params[name + ".weight"], expected[name + ".weight"]), name
