@@ -618,18 +618,22 @@ def test_compressed_tensors_017_packs_as_reproduced(wheels, tmp_path):
 @pytest.mark.parametrize(
     ("layers", "warned"),
     [
-        ("re:.*(q_proj|up_proj)$", "self_attn.q_proj + self_attn.k_proj + self_attn.v_proj"),
+        ("re:.*(q_proj|up_proj)$", "vLLM fuses mlp.gate_proj + mlp.up_proj; self_attn.q_proj"),
         ("ffn,attention", None),
         ("ffn", None),
+        ("re:(lm_head|.*mlp\\..*)$", "lm_head is outside the decoder layers"),
     ],
 )
-def test_quantize_warns_when_vllm_fused_parts_differ(llama, tmp_path, layers, warned):
+def test_quantize_warns_what_vllm_would_miss(llama, tmp_path, layers, warned):
     code, _, err = run_matcli("quantize", str(llama), "-o", str(tmp_path / "p"), "--layers", layers)
     text = " ".join(err.split())
     assert code == 0, err
-    assert ("vLLM fuses" in text) == bool(warned)
-    if warned:
-        assert warned in text and "mlp.gate_proj + mlp.up_proj" in text and "layer(s) 0, 1" in text
+    assert ("vLLM" in text) == bool(warned)
+    if warned and "fuses" in warned:
+        assert warned in text and "self_attn.k_proj + self_attn.v_proj" in text
+        assert "layer(s) 0, 1" in text
+    elif warned:
+        assert warned in text and "fuses" not in text
 
 
 # (model_type, transformers v5 layer prefix, vLLM's): models/llama.py, qwen2.py, qwen3.py,

@@ -80,6 +80,22 @@ def targets_regex(arch: Architecture, modules: list[str]) -> str:
     return "^(?:" + "|".join(terms + sorted(outside)) + ")$"
 
 
+def serving_warnings(arch: Architecture, linears: list[str], quantized: list[str]) -> list[str]:
+    """What vLLM would refuse or miss in a folder quantizing `quantized` among the 2-D
+    weights `linears` (module names)."""
+    fused = fused_conflicts(arch, linears, dict.fromkeys(quantized, 1))
+    warnings = [fused] if fused else []
+    outside = sorted(m for m in quantized if arch.split_layer(m) is None)
+    if outside:
+        others = f" (and {len(outside) - 1} more)" if len(outside) > 1 else ""
+        warnings.append(
+            f"{outside[0]}{others} is outside the decoder layers: its compressed-tensors target "
+            "is its checkpoint name, which vLLM may rename (Gemma 3n: model.self_decoder.*) and "
+            "then not find; for vLLM, quantize decoder-layer Linears only"
+        )
+    return warnings
+
+
 def fused_conflicts(
     arch: Architecture, modules: list[str], scheme_of: dict[str, Hashable]
 ) -> str | None:

@@ -19,7 +19,7 @@ from matcli.options import QuantizeOptions
 from matcli.quant import ct_format
 from matcli.quant.ct_format import WeightScheme
 from matcli.quant.parent import CONFIG_KEY, ParentInfo
-from matcli.quant.targets import fused_conflicts, select_linears, targets_regex
+from matcli.quant.targets import select_linears, serving_warnings, targets_regex
 
 
 @dataclass
@@ -90,11 +90,10 @@ def parent_plan(
     )
     config[CONFIG_KEY] = info.model_dump()
     warnings = ct_format.layout_warnings({targets.scheme.bits})
-    layer_linears = [
+    linears = [
         n.removesuffix(".weight") for n, t in targets.folder.tensors.items() if len(t.shape) == 2
     ]
-    fused = fused_conflicts(targets.arch, layer_linears, dict.fromkeys(targets.modules, 1))
-    warnings += [fused] if fused else []
+    warnings += serving_warnings(targets.arch, linears, targets.modules)
     metadata = {"matcli.role": "parent", "matcli.bits": str(targets.scheme.bits)}
     output = OutputCheckpoint(
         name="", config=config, tensors=sorted(tensors, key=lambda t: t.name), metadata=metadata
