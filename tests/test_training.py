@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_matcli
+from conftest import assert_refused, run_matcli
 from safetensors.torch import load_file
 
 from matcli.quant import grid
@@ -423,6 +423,27 @@ def test_a_run_logging_to_a_file_shows_its_progress(llama, corpus, tmp_path):
     assert any(line.startswith("qat: step 1/2  int8 ") for line in lines), err
     assert any(line.startswith("qat: step 2/2  int8 ") for line in lines), err
     assert any(line.startswith("writing: ") and "GB written" in line for line in lines), err
+
+
+def test_progress_lines_carry_tokens_per_second_and_the_time_left(
+    llama, corpus, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("MATCLI_PROGRESS_SECONDS", "0")  # a line for every step
+    args = [a for a in qat_args(llama, tmp_path / "o", corpus, "--steps", "4") if a != "-q"]
+    code, _, err = run_matcli(*args)
+    assert code == 0, err
+    steps = [line for line in err.splitlines() if line.startswith("qat: step ")]
+    assert [line.split()[2] for line in steps] == ["1/4", "2/4", "3/4", "4/4"], err
+    for line in steps[1:]:
+        rate = float(line.split(" tok/s")[0].rsplit(" ", 1)[1].replace(",", ""))
+        assert rate > 0 and " int2 " in line, line
+    assert all(" ETA 0:00:" in line for line in steps[1:3]) and "ETA" not in steps[3], err
+
+
+def test_a_bad_progress_interval_is_refused(llama, corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("MATCLI_PROGRESS_SECONDS", "soon")
+    out = tmp_path / "o"
+    assert_refused(qat_args(llama, out, corpus), out, "MATCLI_PROGRESS_SECONDS='soon'")
 
 
 @pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
