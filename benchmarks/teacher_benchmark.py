@@ -11,7 +11,6 @@ Rewrites the teacher section of docs/benchmarks.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -20,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, replace_section
+from common import machine, qat_setup, replace_section, step_benchmark_args
 
 VARIANTS = {"labels": None, "teacher": "original"}
 
@@ -31,26 +30,11 @@ def child(variant: str, args) -> None:
 
     import torch
 
-    from matcli.options import QuantizeOptions
     from matcli.train.distill import load_teacher
     from matcli.train.qat import MultiWidthLoss, batch_indices
-    from matcli.train.training import load_quant_model, training_windows
 
-    torch.manual_seed(0)
-    options = QuantizeOptions(
-        model=args.model,
-        output=Path("/unused"),
-        method="qat",
-        data=args.data,
-        seq_len=args.seq_len,
-        batch_size=args.batch_size,
-        device="cpu",
-        teacher=VARIANTS[variant],
-    )
-    windows = training_windows(options, options.model)
-    device = torch.device("cpu")
-    qm = load_quant_model(options, device)
-    objective = MultiWidthLoss(qm, options, qm.model, load_teacher(options, device))
+    options, windows, qm = qat_setup(args, teacher=VARIANTS[variant])
+    objective = MultiWidthLoss(qm, options, qm.model, load_teacher(options, torch.device("cpu")))
     optimizer = torch.optim.AdamW([p for p in qm.model.parameters() if p.requires_grad], lr=1e-5)
     times = []
     for step in range(args.steps):
@@ -73,14 +57,7 @@ def measure(variant: str, args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("model", type=Path)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--child", choices=list(VARIANTS))
-    args = parser.parse_args()
+    args = step_benchmark_args(list(VARIANTS))
     if args.child:
         child(args.child, args)
         return

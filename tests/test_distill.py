@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import assert_refused, build_llama, run_matcli
-from test_training import qat_args
+from test_training import qat_args, qat_options
 
 from matcli.options import QuantizeOptions
 from matcli.train.distill import OriginalTeacher, kl_to_teacher, load_teacher
@@ -52,16 +52,9 @@ def test_kl_and_its_gradient_equal_the_float64_formula(temperature):
 
 
 def options_for(llama: Path, corpus: Path, **overrides) -> QuantizeOptions:
-    settings = dict(
-        model=llama,
-        output=Path("/unused"),
-        method="qat",
-        data=corpus,
-        seq_len=16,
-        batch_size=2,
-        teacher="original",
+    return qat_options(
+        llama, corpus, **{"seq_len": 16, "batch_size": 2, "teacher": "original", **overrides}
     )
-    return QuantizeOptions(**{**settings, **overrides})
 
 
 class CountingTeacher(OriginalTeacher):

@@ -139,21 +139,18 @@ def test_training_dry_run_reports_the_work_and_trains_nothing(
 # --- QAT ---------------------------------------------------------------------------------------
 
 
-def test_qat_lowers_the_loss_of_every_width(llama, corpus):
+def qat_options(model: Path, data: Path, **overrides):
+    """QuantizeOptions of a short QAT run on a tiny model, for the train functions."""
     from matcli.options import QuantizeOptions
+
+    settings = dict(model=model, output=Path("/unused"), method="qat", data=data)
+    return QuantizeOptions(**{**settings, "seq_len": 32, "batch_size": 4, **overrides})
+
+
+def test_qat_lowers_the_loss_of_every_width(llama, corpus):
     from matcli.train.qat import train
 
-    options = QuantizeOptions(
-        model=llama,
-        output=Path("/unused"),
-        method="qat",
-        data=corpus,
-        seq_len=32,
-        batch_size=4,
-        steps=25,
-        lr=3e-3,
-        warmup_steps=2,
-    )
+    options = qat_options(llama, corpus, steps=25, lr=3e-3, warmup_steps=2)
     seen: list[dict[int, float]] = []
     qm, _, report = train(options, lambda done, total, losses: seen.append(losses))
     for bits in (8, 4, 2):
@@ -453,3 +450,44 @@ def test_binary_training_text_is_refused_in_one_line(llama, tmp_path, suffix):
     code, _, err = run_matcli(*qat_args(llama, tmp_path / "o", data))
     assert code == 2 and err.count("\n") == 1 and "is not UTF-8 text (byte 0" in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_gpu_curves_script_runs_end_to_end_on_the_cpu(llama, corpus, tmp_path, monkeypatch):
+    """scripts/gpu_curves.py with a tiny budget: the dense rows, one budget of both methods
+    (every width, both domains), and a second budget not started because it would overrun
+    the wall budget; the table is on disk. Its matcli commands run in this process (the
+    script starts a process each; only the start-up differs)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_curves", ROOT / "scripts/gpu_curves.py")
+    curves = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(curves)
+    commands = []
+
+    def in_process(argv):
+        commands.append(argv)
+        code, _, err = run_matcli(*argv)
+        assert code == 0, err
+
+    monkeypatch.setattr(curves, "run_matcli", in_process)
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    shutil.copy(corpus, texts / "wiki_train.txt")
+    (texts / "wiki_heldout.txt").write_text("the dog sat on the bone. " * 60)
+    (texts / "shakespeare_heldout.txt").write_text(
+        "To be, or not to be, that is the question. " * 30
+    )
+    out = tmp_path / "out"
+    tiny = ["--device", "cpu", "--seq-len", "32", "--batch-size", "2", "--eval-tokens", "256"]
+    curves.main([str(llama), str(texts), str(out), *tiny, "--budgets", "128,10000000000"])
+    rows = json.loads((out / "curves.json").read_text())
+    got = {(r["method"], r["tokens"], r["width"], r["domain"]) for r in rows}
+    domains = ("shakespeare_heldout", "wiki_heldout")
+    expected = {("dense", 0, "dense", d) for d in domains}
+    expected |= {("matquant", 128, f"int{b}", d) for b in (8, 4, 2) for d in domains}
+    expected |= {("int2-only-asym", 128, "int2", d) for d in domains}
+    assert got == expected and all(r["perplexity"] > 1 for r in rows)
+    table = (out / "curves.md").read_text()
+    assert "Stopped before 10,000,000,000 tokens" in table and "| matquant | 128 | int2 |" in table
+    assert not (out / "models").exists() or not any((out / "models").iterdir())
+    assert [a[a.index("--teacher") + 1] for a in commands] == ["original", "original"]

@@ -100,7 +100,7 @@ def minmax_params(
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     scale = _round_up_to(scale, scale_dtype or w.dtype)
     if symmetric:
-        zero = torch.full(scale.shape, symmetric_zero(bits), dtype=torch.int32)
+        zero = torch.full(scale.shape, symmetric_zero(bits), dtype=torch.int32, device=scale.device)
     else:
         zero = round_to_grid(-lo / scale.to(lo.dtype)).clamp(0, levels).to(torch.int32)
     return scale, zero

@@ -182,15 +182,18 @@ class FakeQuantLinear(nn.Module):
         self, weight: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(uint8 codes, scale in its storage dtype, integer zero point) of the current weights,
-        or of `weight` (the same Linear's weight gathered from its shards)."""
+        or of `weight` (the same Linear's weight gathered from its shards), on the CPU. They
+        are computed where the weights are (a GPU too), with the forward's own arithmetic."""
         if weight is not None:
             return minmax_codes(weight.detach().float().cpu(), self.scheme, self.scale_dtype)
         w = self.transformed_weight().detach().float()
         if self.clip_high is None:
-            return minmax_codes(w, self.scheme, self.scale_dtype)
-        s, z = self.params(w)
-        scale, zero = s.to(self.scale_dtype), grid.round_to_grid(z).to(torch.int32)
-        return grid.quantize_codes(w, scale, zero, self.scheme.bits), scale, zero
+            codes, scale, zero = minmax_codes(w, self.scheme, self.scale_dtype)
+        else:
+            s, z = self.params(w)
+            scale, zero = s.to(self.scale_dtype), grid.round_to_grid(z).to(torch.int32)
+            codes = grid.quantize_codes(w, scale, zero, self.scheme.bits)
+        return codes.cpu(), scale.cpu(), zero.cpu()
 
 
 def minmax_codes(
