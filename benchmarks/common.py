@@ -195,3 +195,35 @@ def largest_tensor(folder: Path) -> int:
 
     with ModelFolder(folder) as f:
         return max(t.nbytes for t in f.tensors.values())
+
+
+def qat_setup(args, **options):
+    """(options, token windows, fake-quantized model on the CPU) of a QAT step benchmark:
+    args.model, args.data, args.seq_len, args.batch_size; more QuantizeOptions as keywords."""
+    import torch
+
+    from matcli.options import QuantizeOptions
+    from matcli.train.training import load_quant_model, training_windows
+
+    torch.manual_seed(0)
+    settings = dict(model=args.model, output=Path("/unused"), method="qat", data=args.data)
+    quantize = QuantizeOptions(
+        **settings, seq_len=args.seq_len, batch_size=args.batch_size, device="cpu", **options
+    )
+    windows = training_windows(quantize, quantize.model)
+    return quantize, windows, load_quant_model(quantize, torch.device("cpu"))
+
+
+def step_benchmark_args(children: list[str]):
+    """The command line of a training-step benchmark (MODEL --data FILE ...); `--child` names
+    the variant a child process measures."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model", type=Path)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--child", choices=children)
+    return parser.parse_args()

@@ -10,7 +10,6 @@ steps is reported. Rewrites the qat section of docs/benchmarks.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -20,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, replace_section
+from common import machine, qat_setup, replace_section, step_benchmark_args
 
 
 def child(kind: str, args) -> None:
@@ -30,22 +29,9 @@ def child(kind: str, args) -> None:
     import torch
     import torch.nn.functional as F
 
-    from matcli.options import QuantizeOptions
     from matcli.train.qat import MultiWidthLoss, batch_indices
-    from matcli.train.training import load_quant_model, training_windows
 
-    torch.manual_seed(0)
-    options = QuantizeOptions(
-        model=args.model,
-        output=Path("/unused"),
-        method="qat",
-        data=args.data,
-        seq_len=args.seq_len,
-        batch_size=args.batch_size,
-        device="cpu",
-    )
-    windows = training_windows(options, options.model)
-    qm = load_quant_model(options, torch.device("cpu"))
+    options, windows, qm = qat_setup(args)
     objective = MultiWidthLoss(qm, options, qm.model)
     params = [p for p in qm.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
@@ -68,14 +54,7 @@ def child(kind: str, args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("model", type=Path)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--child", choices=["qat", "plain"])
-    args = parser.parse_args()
+    args = step_benchmark_args(["qat", "plain"])
     if args.child:
         child(args.child, args)
         return

@@ -270,3 +270,51 @@ def test_stream_remap_slices_packed_words_like_unpack_slice_pack(parent_bits, ex
         ours = remap(words.reshape(-1).view(np.uint8))
         assert np.array_equal(ours, pack_unsigned(stored[q], storage).reshape(-1).view(np.uint8))
         assert remap.counted == np.count_nonzero(table[q] == (1 << bits))
+
+
+# --- the tie rule of Q(w, c) ---------------------------------------------------------------------
+
+
+def _half_to_even_codes(w: torch.Tensor, scale: float, zero: int, bits: int) -> list[int]:
+    """The float64/rational reference: Python's round() on exact fractions rounds half to even."""
+    from fractions import Fraction
+
+    top = (1 << bits) - 1
+    return [
+        min(top, max(0, round(Fraction(x) / Fraction(scale)) + zero))
+        for x in w.double().flatten().tolist()
+    ]
+
+
+@pytest.mark.parametrize(("dtype", "symmetric"), [(torch.bfloat16, True), (torch.float32, False)])
+def test_ties_round_half_to_even_in_the_grid_and_in_training(dtype, symmetric):
+    """Exact halves of w / alpha (common in bf16 checkpoints) give the same codes in
+    `quantize_codes`, in training's fake quantization and in its export, bit for bit equal to a
+    rational reference; half of them differ from rounding half away from zero."""
+    from matcli.quant.ct_format import WeightScheme
+    from matcli.train.fakequant import FakeQuantLinear, fake_codes
+
+    s = 2.0**-6
+    if symmetric:  # max |w| = 127.5 s: alpha = 2 max / 255 = s exactly, z = 128
+        steps = torch.cat([torch.arange(-128, 127) + 0.5, torch.tensor([127.5])])
+    else:  # min -2.5 s, max 252.5 s: alpha = s, z = round(2.5) = 2 (a tie itself)
+        steps = torch.cat([torch.arange(-3, 252) + 0.5, torch.tensor([252.5])])
+    w = (steps * s).to(dtype).repeat(3, 1)
+    scale, zero = grid.minmax_params(w, 8, symmetric)
+    assert torch.all(scale.double() == s)
+    assert torch.all(zero == (128 if symmetric else 2))
+    codes = grid.quantize_codes(w, scale, zero, 8)
+    expected = _half_to_even_codes(w, s, int(zero[0, 0]), 8)
+    assert codes.flatten().tolist() == expected
+    away = torch.sign(steps) * torch.floor(steps.abs() + 0.5) + zero[0, 0]
+    assert (codes[0].double() != away.clamp(0, 255).double()).float().mean() >= 0.45
+
+    linear = torch.nn.Linear(w.shape[1], 3, bias=False)
+    linear.weight.data = w.float()
+    fq = FakeQuantLinear(linear, WeightScheme(8, symmetric, None), dtype)
+    expected_weight = (codes.double() - zero.double()) * s
+    assert torch.equal(fq.quantized_weight(8).double(), expected_weight)
+    exported, exported_scale, exported_zero = fq.export()
+    assert torch.equal(exported, codes) and torch.equal(exported_zero, zero)
+    q = fake_codes(w.float(), scale.float(), zero.float(), 8).reshape(codes.shape)
+    assert torch.equal(q.to(torch.uint8), codes)

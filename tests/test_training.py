@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_matcli
+from conftest import assert_refused, run_matcli
 from safetensors.torch import load_file
 
 from matcli.quant import grid
@@ -139,21 +139,18 @@ def test_training_dry_run_reports_the_work_and_trains_nothing(
 # --- QAT ---------------------------------------------------------------------------------------
 
 
-def test_qat_lowers_the_loss_of_every_width(llama, corpus):
+def qat_options(model: Path, data: Path, **overrides):
+    """QuantizeOptions of a short QAT run on a tiny model, for the train functions."""
     from matcli.options import QuantizeOptions
+
+    settings = dict(model=model, output=Path("/unused"), method="qat", data=data)
+    return QuantizeOptions(**{**settings, "seq_len": 32, "batch_size": 4, **overrides})
+
+
+def test_qat_lowers_the_loss_of_every_width(llama, corpus):
     from matcli.train.qat import train
 
-    options = QuantizeOptions(
-        model=llama,
-        output=Path("/unused"),
-        method="qat",
-        data=corpus,
-        seq_len=32,
-        batch_size=4,
-        steps=25,
-        lr=3e-3,
-        warmup_steps=2,
-    )
+    options = qat_options(llama, corpus, steps=25, lr=3e-3, warmup_steps=2)
     seen: list[dict[int, float]] = []
     qm, _, report = train(options, lambda done, total, losses: seen.append(losses))
     for bits in (8, 4, 2):
@@ -425,6 +422,27 @@ def test_a_run_logging_to_a_file_shows_its_progress(llama, corpus, tmp_path):
     assert any(line.startswith("writing: ") and "GB written" in line for line in lines), err
 
 
+def test_progress_lines_carry_tokens_per_second_and_the_time_left(
+    llama, corpus, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("MATCLI_PROGRESS_SECONDS", "0")  # a line for every step
+    args = [a for a in qat_args(llama, tmp_path / "o", corpus, "--steps", "4") if a != "-q"]
+    code, _, err = run_matcli(*args)
+    assert code == 0, err
+    steps = [line for line in err.splitlines() if line.startswith("qat: step ")]
+    assert [line.split()[2] for line in steps] == ["1/4", "2/4", "3/4", "4/4"], err
+    for line in steps[1:]:
+        rate = float(line.split(" tok/s")[0].rsplit(" ", 1)[1].replace(",", ""))
+        assert rate > 0 and " int2 " in line, line
+    assert all(" ETA 0:00:" in line for line in steps[1:3]) and "ETA" not in steps[3], err
+
+
+def test_a_bad_progress_interval_is_refused(llama, corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("MATCLI_PROGRESS_SECONDS", "soon")
+    out = tmp_path / "o"
+    assert_refused(qat_args(llama, out, corpus), out, "MATCLI_PROGRESS_SECONDS='soon'")
+
+
 @pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
 def test_binary_training_text_is_refused_in_one_line(llama, tmp_path, suffix):
     data = tmp_path / f"data{suffix}"
@@ -432,3 +450,47 @@ def test_binary_training_text_is_refused_in_one_line(llama, tmp_path, suffix):
     code, _, err = run_matcli(*qat_args(llama, tmp_path / "o", data))
     assert code == 2 and err.count("\n") == 1 and "is not UTF-8 text (byte 0" in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_gpu_curves_script_runs_end_to_end_on_the_cpu(llama, corpus, tmp_path, monkeypatch):
+    """scripts/gpu_curves.py with a tiny budget: the dense rows, one budget of both methods
+    (every width, both domains), and a second budget not started because it would overrun
+    the wall budget; the table is on disk. Its matcli commands run in this process (the
+    script starts a process each; only the start-up differs)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_curves", ROOT / "scripts/gpu_curves.py")
+    curves = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(curves)
+    commands = []
+
+    def in_process(argv):
+        commands.append(argv)
+        code, _, err = run_matcli(*argv)
+        assert code == 0, err
+
+    monkeypatch.setattr(curves, "run_matcli", in_process)
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    shutil.copy(corpus, texts / "wiki_train.txt")
+    (texts / "wiki_heldout.txt").write_text("the dog sat on the bone. " * 60)
+    (texts / "shakespeare_heldout.txt").write_text(
+        "To be, or not to be, that is the question. " * 30
+    )
+    out = tmp_path / "out"
+    tiny = ["--device", "cpu", "--seq-len", "32", "--batch-size", "2", "--eval-tokens", "256"]
+    curves.main([str(llama), str(texts), str(out), *tiny, "--budgets", "128,10000000000"])
+    rows = json.loads((out / "curves.json").read_text())
+    got = {(r["method"], r["tokens"], r["width"], r["domain"]) for r in rows}
+    domains = ("shakespeare_heldout", "wiki_heldout")
+    expected = {("dense", 0, "dense", d) for d in domains}
+    expected |= {("matquant", 128, f"int{b}", d) for b in (8, 4, 2) for d in domains}
+    expected |= {("int2-only-asym", 128, "int2", d) for d in domains}
+    assert got == expected and all(r["perplexity"] > 1 for r in rows)
+    table = (out / "curves.md").read_text()
+    assert "Stopped before 10,000,000,000 tokens" in table and "| matquant | 128 | int2 |" in table
+    assert not (out / "models").exists() or not any((out / "models").iterdir())
+    assert [a[a.index("--teacher") + 1] for a in commands] == ["original", "original"]
+    # the time of a budget: a line through the last two runs (start-up + seconds per token)
+    assert curves._estimate([(100, 10.0), (200, 15.0)], 1000) == 55.0
+    assert curves._estimate([(100, 10.0)], 1000) == 100.0 and curves._estimate([], 5) == 0

@@ -17,7 +17,8 @@ def run(options: QuantizeOptions, invocation: Invocation) -> None:
     def build(reporter):
         if options.dry_run:
             return method.dry_run(options)
-        with reporter.training(options.method, method.progress_unit) as progress:
+        tokens = method.tokens_per_unit(options) if method.tokens_per_unit else None
+        with reporter.training(options.method, method.progress_unit, tokens) as progress:
             return method.plan(options, progress)
 
     if run_writing(options, invocation, build, CHECKPOINT):

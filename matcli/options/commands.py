@@ -86,6 +86,21 @@ class QuantizeOptions(WriteOptions, ShardOptions, StreamOptions):
         None, "Co-distillation TEACHER->STUDENT[;STUDENT], e.g. 8->2 or 8->4;2 (qat)."
     )
     distill_only: bool = option(False, "Students learn from the teacher alone (no labels).")
+    teacher: Literal["original"] | None = option(
+        None,
+        "Distil every width from the dense model being quantized (original): KL divergence to "
+        "its logits, computed once per batch.",
+    )
+    teacher_weight: float = option(
+        1.0,
+        "With --teacher: the KL's share of each width's loss, the rest cross-entropy on the "
+        "labels (1: KL only, as LLM-QAT; 0.5: Hinton's even mix).",
+        ge=0,
+        le=1,
+    )
+    teacher_temperature: float = option(
+        1.0, "With --teacher: softmax temperature T of both distributions (KL times T^2).", gt=0
+    )
     # --- data and loop (qat, omniquant) -------------------------------------------------
     data: Path | None = option(
         None, "Training/calibration text: .txt, .jsonl, .parquet, or a cached HF dataset name."
@@ -152,6 +167,7 @@ class QuantizeOptions(WriteOptions, ShardOptions, StreamOptions):
             raise ValueError(
                 f"--method {self.method} trains on text: add --data FILE (.txt, .jsonl or .parquet)"
             )
+        _check_teacher(self)
         if self.distill is not None:
             teacher, students = parse_distill(self.distill)
             if teacher > self.bits or any(s not in self.train_bits for s in students):
@@ -160,6 +176,23 @@ class QuantizeOptions(WriteOptions, ShardOptions, StreamOptions):
                     "and every student one of --train-bits"
                 )
         return self
+
+
+def _check_teacher(options: QuantizeOptions) -> None:
+    """--teacher needs a method that trains; its weight and temperature need a logit loss."""
+    use = get_method(options.method).teacher_use
+    if options.teacher is not None and use is None:
+        raise ValueError(
+            f"--teacher: --method {options.method} does not train, so it has nothing to "
+            "distil; use --method " + " or ".join(m.name for m in METHODS.values() if m.teacher_use)
+        )
+    tuned = {"teacher_weight", "teacher_temperature"} & options.model_fields_set
+    if tuned and (options.teacher is None or use != "logits"):
+        flag = "--" + sorted(tuned)[0].replace("_", "-")
+        raise ValueError(
+            f"{flag} weighs a KL loss on logits: add --teacher original with --method "
+            + " or ".join(m.name for m in METHODS.values() if m.teacher_use == "logits")
+        )
 
 
 def paper_loss_weights(widths: list[int]) -> list[float]:

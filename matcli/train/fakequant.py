@@ -1,8 +1,9 @@
 """Differentiable MatQuant: Linears whose forward uses dequant(S(Q(W, c), r)).
 
-The forward values are exactly those of `grid` (the same rounding, clamping and slicing as
-the exported parent and `matcli slice`); gradients use the straight-through estimator through
-both roundings (Q's and S's): d w_r / d w = 1 inside the clamp ranges, 0 outside.
+The forward values are exactly those of `grid` (the same rounding, `grid.round_to_grid` with
+ties to even, clamping and slicing as the exported parent and `matcli slice`); gradients use
+the straight-through estimator through both roundings (Q's and S's): d w_r / d w = 1 inside
+the clamp ranges, 0 outside.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from matcli.quant.ct_format import WeightScheme
 
 
 def _round_ste(x: torch.Tensor) -> torch.Tensor:
-    return x + (torch.round(x) - x).detach()
+    return x + (grid.round_to_grid(x) - x).detach()
 
 
 def _round_half_up_ste(x: torch.Tensor) -> torch.Tensor:
@@ -59,7 +60,7 @@ class _MatQuantSTE(torch.autograd.Function):
     def forward(ctx, w, scale, zero, parent_bits: int, bits: int, extra_precision: bool):
         rows, cols = w.shape
         u = w.reshape(rows, scale.shape[1], -1) / scale.unsqueeze(-1)
-        q = torch.round(u) + zero.unsqueeze(-1)
+        q = grid.round_to_grid(u) + zero.unsqueeze(-1)
         top = (1 << parent_bits) - 1
         inside = (q >= 0) & (q <= top)
         q = q.clamp(0, top)
@@ -181,15 +182,18 @@ class FakeQuantLinear(nn.Module):
         self, weight: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(uint8 codes, scale in its storage dtype, integer zero point) of the current weights,
-        or of `weight` (the same Linear's weight gathered from its shards)."""
+        or of `weight` (the same Linear's weight gathered from its shards), on the CPU. They
+        are computed where the weights are (a GPU too), with the forward's own arithmetic."""
         if weight is not None:
             return minmax_codes(weight.detach().float().cpu(), self.scheme, self.scale_dtype)
         w = self.transformed_weight().detach().float()
         if self.clip_high is None:
-            return minmax_codes(w, self.scheme, self.scale_dtype)
-        s, z = self.params(w)
-        scale, zero = s.to(self.scale_dtype), z.round().to(torch.int32)
-        return grid.quantize_codes(w, scale, zero, self.scheme.bits), scale, zero
+            codes, scale, zero = minmax_codes(w, self.scheme, self.scale_dtype)
+        else:
+            s, z = self.params(w)
+            scale, zero = s.to(self.scale_dtype), grid.round_to_grid(z).to(torch.int32)
+            codes = grid.quantize_codes(w, scale, zero, self.scheme.bits)
+        return codes.cpu(), scale.cpu(), zero.cpu()
 
 
 def minmax_codes(

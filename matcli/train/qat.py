@@ -27,6 +27,7 @@ from matcli.devices import pick_device
 from matcli.errors import MatcliError
 from matcli.options import QuantizeOptions, parse_distill
 from matcli.quant.widths import widest_first
+from matcli.train.distill import OriginalTeacher, kl_to_teacher, load_teacher
 from matcli.train.fakequant import at_bits
 from matcli.train.registry import Progress
 from matcli.train.training import (
@@ -50,8 +51,16 @@ class MultiWidthLoss:
     only on the last backward of a step.
     """
 
-    def __init__(self, qm: QuantModel, options: QuantizeOptions, model: nn.Module):
+    def __init__(
+        self,
+        qm: QuantModel,
+        options: QuantizeOptions,
+        model: nn.Module,
+        teacher: OriginalTeacher | None = None,
+    ):
         self.model = model  # the transformers model, or its DDP wrapper
+        self.original = teacher  # --teacher original: the frozen dense model
+        self.teacher_weight = options.teacher_weight
         self.wrapped = qm.wrapped
         weight_of = dict(zip(options.train_bits, options.loss_weights))
         self.widths = widest_first(weight_of)
@@ -76,6 +85,8 @@ class MultiWidthLoss:
         `sync(last)` gives the context of each backward: DDP's no_sync unless `last`.
         """
         targets = input_ids[:, 1:].reshape(-1)
+        # Once per micro-batch, shared by every width.
+        original = self.original.log_probs(input_ids) if self.original is not None else None
         teacher = None
         if self.teacher is not None and self.teacher not in self.widths:
             with torch.no_grad():
@@ -85,7 +96,7 @@ class MultiWidthLoss:
             with sync(i == len(self.widths) - 1):
                 logits = self._logits(input_ids, bits)
                 flat = logits.reshape(-1, logits.shape[-1])
-                loss = F.cross_entropy(flat, targets)
+                loss = self._label_loss(flat, targets, original)
                 if bits in self.students and teacher is not None:
                     kl = F.kl_div(
                         F.log_softmax(flat, -1),
@@ -99,6 +110,17 @@ class MultiWidthLoss:
                 (weight * scale * loss).backward()
             losses[bits] = loss.item()
         return losses
+
+    def _label_loss(
+        self, flat: torch.Tensor, targets: torch.Tensor, original: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Cross-entropy on the labels, mixed with the KL to the original model if given."""
+        if original is None:
+            return F.cross_entropy(flat, targets)
+        kl = kl_to_teacher(flat, original, self.original.temperature)
+        if self.teacher_weight == 1:
+            return kl
+        return self.teacher_weight * kl + (1 - self.teacher_weight) * F.cross_entropy(flat, targets)
 
 
 def warmup_steps(options: QuantizeOptions) -> int:
@@ -188,7 +210,9 @@ class QatRun:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_schedule(options, warmup_steps(options))
         )
-        self.objective = MultiWidthLoss(self.qm, options, self.model)
+        self.objective = MultiWidthLoss(
+            self.qm, options, self.model, load_teacher(options, self.device)
+        )
         self.global_batch = options.batch_size * options.grad_accum * self.world
 
     def _choose_trainable(self) -> None:
@@ -288,6 +312,12 @@ class QatRun:
             else "one process",
             "final_losses": {f"int{b}": round(v, 5) for b, v in history.items()},
         }
+        if options.teacher is not None:
+            report["teacher"] = {
+                "model": options.teacher,
+                "kl_weight": options.teacher_weight,
+                "temperature": options.teacher_temperature,
+            }
         return self.qm, history, report
 
     def _save(self, step: int) -> None:

@@ -8,6 +8,7 @@ imports neither torch nor transformers: the callables import their modules when 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -42,6 +43,12 @@ class Method:
     dry_run: Callable[[QuantizeOptions], Plan]
     # After the output is written (qat removes its training state).
     finish: Callable[[QuantizeOptions], None] = _no_finish
+    # What `--teacher original` distils: "logits" (KL of every width's logits to the dense
+    # model's), "blocks" (the dense model's block outputs, the method's own target: the option
+    # changes nothing); None: the method does not train and refuses a teacher.
+    teacher_use: str | None = None
+    # Tokens one progress unit processes (for tokens/s in the progress lines); None: unknown.
+    tokens_per_unit: Callable[[QuantizeOptions], int] | None = None
 
 
 def _lazy(module: str, function: str) -> Callable:
@@ -97,12 +104,18 @@ METHODS: dict[str, Method] = {
             "step",
             "matcli.train.qat",
             finish=_lazy("matcli.train.qat", "finish"),
+            teacher_use="logits",
+            tokens_per_unit=lambda o: (
+                o.batch_size * o.grad_accum * o.seq_len * int(os.environ.get("WORLD_SIZE", "1"))
+            ),
         ),
         _trained(
             "omniquant",
             "MatQuant block-wise calibration on --data (clipping + LET learnt, weights frozen)",
             "block",
             "matcli.train.omniquant",
+            teacher_use="blocks",
+            tokens_per_unit=lambda o: o.samples * o.seq_len * o.epochs,
         ),
     )
 }

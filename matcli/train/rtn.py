@@ -96,7 +96,7 @@ class RtnLinear:
         self, start: int, stop: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         w = self.folder.read_rows(self.weight.name, start, stop)
-        _check_finite(w, self.weight.name, start)
+        check_finite(w, self.weight.name, start)
         scale, zero = grid.minmax_params(
             w, self.scheme.bits, self.scheme.symmetric, self.scheme.group_size
         )
@@ -176,7 +176,7 @@ def streamed_plan(
     return parent_plan(targets, tensors, info, options)
 
 
-def _check_finite(rows: torch.Tensor, name: str, first_row: int) -> None:
+def check_finite(rows: torch.Tensor, name: str, first_row: int) -> None:
     """NaN or inf has no place on an integer grid (MinMax would turn every code of its group
     into garbage): refused while streaming, with where it is."""
     bad = ~torch.isfinite(rows)

@@ -96,7 +96,11 @@ def load_quant_model(
     each shard on its own device, so no rank ever holds the whole model there)."""
     from transformers import AutoModelForCausalLM
 
+    from matcli.train.rtn import check_finite
+
     targets = quant_targets(options)
+    for module in targets.modules:  # NaN would poison every update: refused before loading
+        check_finite(targets.folder.read(module + ".weight"), module + ".weight", 0)
     scale_dtype = torch_dtype(targets.folder.tensors[targets.modules[0] + ".weight"].dtype)
     model = AutoModelForCausalLM.from_pretrained(options.model, dtype=torch.float32)
     if not shard:
