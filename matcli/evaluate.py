@@ -17,10 +17,8 @@ from matcli.quant.widths import check_width
 def load_model(path: Path, bits: int | None = None, extra_precision: bool = False):
     """A float32 causal LM: loaded by stock transformers, or, with `bits`, a parent sliced in
     memory."""
-    from transformers import AutoModelForCausalLM
-
     if bits is None:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        return pretrained(path)
     with ModelFolder(path) as folder:
         linears = ct_format.packed_linears(folder)
         if not linears:
@@ -31,6 +29,19 @@ def load_model(path: Path, bits: int | None = None, extra_precision: bool = Fals
         config = {k: v for k, v in folder.config.items() if k != "quantization_config"}
         state = dequantized_state_dict(folder, bits, extra_precision)
     return model_from_state(config, state, str(path))
+
+
+def pretrained(path: Path):
+    """A float32 causal LM loaded by stock transformers, without its loading bar: stderr is
+    matcli's (its progress, and an error's one line)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    finally:
+        logging.enable_progress_bar()
 
 
 def model_from_state(config: dict, state: dict[str, torch.Tensor], what: str):

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from matcli.arch import language_config
 from matcli.checkpoint.aux_files import aux_files
 from matcli.checkpoint.defaults import DEFAULT_CHUNK_BYTES, INDEX_NAME
 from matcli.checkpoint.links import resolve_inside
@@ -88,10 +89,9 @@ class ModelFolder:
         return _read_index(self.path)
 
     def text_config(self, key: str | None) -> dict:
-        """The language-model part of the config (multimodal wrappers nest it under a key)."""
-        if key and isinstance(self.config.get(key), dict):
-            return self.config[key]
-        return self.config
+        """The language-model part of the config (multimodal wrappers nest it under a key;
+        a nested value that is not an object is refused)."""
+        return language_config(self.config, key)
 
     # --- data ------------------------------------------------------------------------------
 
