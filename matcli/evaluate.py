@@ -7,11 +7,35 @@ from pathlib import Path
 
 import torch
 
+from matcli.arch import config_text, families, resolve
+from matcli.arch.shapes import check_shapes
 from matcli.checkpoint.reader import ModelFolder
 from matcli.errors import MatcliError
 from matcli.quant import ct_format
 from matcli.quant.reference import dequantized_state_dict
 from matcli.quant.widths import check_width
+
+
+def check_model_folder(path: Path) -> None:
+    """The model folder checked as every command checks it (shard headers, index, links,
+    config.json, shapes against it) before transformers reads a file of it. A family matcli
+    does not know is left to transformers, if transformers knows it (eval loads any causal LM).
+    """
+    from transformers import CONFIG_MAPPING
+
+    with ModelFolder(path) as folder:
+        model_type = config_text(folder.config, "model_type", default=None)
+        if model_type not in {f for family in families().values() for f in family.model_types}:
+            if model_type not in CONFIG_MAPPING:
+                raise MatcliError(
+                    f"{path}: config.json model_type {model_type!r} is not a model transformers "
+                    "knows; fix config.json"
+                )
+            return
+        arch = resolve(folder.config, list(folder.tensors))
+        text_config = folder.text_config(arch.family.text_config)
+        shapes = {name: info.shape for name, info in folder.tensors.items()}
+        check_shapes(arch, text_config, arch.num_layers(text_config), shapes)
 
 
 def load_model(path: Path, bits: int | None = None, extra_precision: bool = False):

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import assert_refused
+from test_hostile_corpus import CORRUPTIONS
 
 
 def _copy(source: Path, tmp_path: Path, name: str = "model") -> Path:
@@ -134,3 +137,207 @@ def test_non_finite_ffn_weights_are_refused_while_ranking(llama, tmp_path, value
     assert_refused(
         args, out, f"{name} holds 2 NaN or infinite value(s) (the first in row 2)", inputs=[model]
     )
+
+
+# --- eval: model folder kinds and text files -----------------------------------------------
+
+TEXT = "the cat sat on the mat. " * 40
+DATA_FILES: dict[str, Callable[[Path], Path]] = {
+    "binary .txt": lambda d: _write_bytes(d / "data.txt", bytes(range(256)) * 4),
+    "latin-1 .txt": lambda d: _write_bytes(d / "data.txt", "caf\xe9 ".encode("latin-1") * 50),
+    "empty .txt": lambda d: _write_bytes(d / "data.txt", b""),
+    "missing .txt": lambda d: d / "missing.txt",
+    "unknown suffix": lambda d: _write_bytes(d / "data.bin", TEXT.encode()),
+    ".jsonl not JSON": lambda d: _write_bytes(d / "data.jsonl", b'{"text": "a"}\n{oops\n'),
+    ".jsonl without text": lambda d: _write_bytes(d / "data.jsonl", b'{"body": "a"}\n'),
+    ".jsonl binary": lambda d: _write_bytes(d / "data.jsonl", b"\x00\xff\xfe" * 30),
+    ".parquet not parquet": lambda d: _write_bytes(d / "data.parquet", b"PAR1 not really"),
+}
+
+
+def _write_bytes(path: Path, content: bytes) -> Path:
+    path.write_bytes(content)
+    return path
+
+
+def _text(tmp_path: Path) -> Path:
+    return _write_bytes(tmp_path / "text.txt", TEXT.encode())
+
+
+@pytest.mark.parametrize("kind", DATA_FILES)
+def test_eval_refuses_bad_text(llama, tmp_path, kind):
+    data = DATA_FILES[kind](tmp_path)
+    args = ["eval", str(llama), "--data", str(data), "--seq-len", "16", "-q"]
+    assert_refused(args, tmp_path / "none", "error: ", inputs=[llama])
+
+
+# Every malformed model folder of the corpus, for eval of a dense model and of a parent
+# sliced in memory (--bits).
+EVAL_FOLDERS = [(corruption, parent) for corruption in CORRUPTIONS for parent in (False, True)]
+
+
+@pytest.mark.parametrize(
+    ("corruption", "parent"), EVAL_FOLDERS, ids=lambda v: {True: "--bits", False: "dense"}.get(v, v)
+)
+def test_eval_refuses_a_malformed_folder(request, tmp_path, corruption, parent):
+    model = _copy(request.getfixturevalue("llama_parent" if parent else "llama"), tmp_path)
+    CORRUPTIONS[corruption](model)
+    args = ["eval", str(model), "--data", str(_text(tmp_path)), "--seq-len", "16", "-q"]
+    assert_refused(args + (["--bits", "4"] if parent else []), tmp_path / "none", "error: ")
+
+
+# --- truncate-embeddings and eval-retrieval: embedding files -------------------------------
+
+
+def _npy_header(path: Path, header: str) -> Path:
+    text = header.encode().ljust(118) + b"\n"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text)
+    return path
+
+
+def _safetensors_raw(path: Path, header: bytes, data: bytes = b"") -> None:
+    path.write_bytes(struct.pack("<Q", len(header)) + header + data)
+
+
+EMBEDDINGS: dict[str, Callable[[Path], Path]] = {
+    ".npy object dtype": lambda d: _save_npy(d, np.array([[object()] * 4] * 3, dtype=object)),
+    ".npy 1-D": lambda d: _save_npy(d, np.zeros(8, np.float32)),
+    ".npy 3-D": lambda d: _save_npy(d, np.zeros((2, 3, 4), np.float32)),
+    ".npy integers": lambda d: _save_npy(d, np.zeros((4, 8), np.int32)),
+    ".npy truncated": lambda d: _truncated(_save_npy(d, np.ones((16, 8), np.float32))),
+    ".npy NaN row": lambda d: _save_npy(d, np.array([[1.0] * 8, [np.nan] * 8], np.float32)),
+    ".npy pickle": lambda d: _pickle_npy(d / "e.npy"),
+    ".npy bad header": lambda d: _npy_header(d / "e.npy", "{'descr': '<f4', 'shape': (2,"),
+    ".npy not npy": lambda d: _write_bytes(d / "e.npy", b"just text, not an array"),
+    ".npy empty file": lambda d: _write_bytes(d / "e.npy", b""),
+    ".safetensors not JSON": lambda d: _st(d, b"{nope"),
+    ".safetensors absurd length": lambda d: _write_bytes(
+        d / "e.safetensors", struct.pack("<Q", 2**62) + b"{}"
+    ),
+    ".safetensors truncated": lambda d: _st(
+        d, b'{"e": {"dtype": "F32", "shape": [4, 8], "data_offsets": [0, 128]}}', b"\0" * 64
+    ),
+    ".safetensors integer tensor": lambda d: _st(
+        d, b'{"e": {"dtype": "I32", "shape": [2, 2], "data_offsets": [0, 16]}}', b"\0" * 16
+    ),
+    ".safetensors 1-D": lambda d: _st(
+        d, b'{"e": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}', b"\0" * 16
+    ),
+    ".safetensors no tensors": lambda d: _st(d, b"{}"),
+    ".parquet not parquet": lambda d: _write_bytes(d / "e.parquet", b"PAR1 garbage PAR1"),
+    ".parquet no column": lambda d: _parquet(d, {"other": [[1.0, 2.0]]}),
+    ".parquet strings": lambda d: _parquet(d, {"embedding": ["a", "b"]}),
+    ".parquet ragged rows": lambda d: _parquet(d, {"embedding": [[1.0, 2.0], [1.0, 2.0, 3.0]]}),
+    "unknown suffix": lambda d: _write_bytes(d / "e.csv", b"1,2,3\n"),
+    "missing file": lambda d: d / "missing.npy",
+    "a folder without modules.json": lambda d: (d / "folder").mkdir() or d / "folder",
+}
+
+
+def _save_npy(folder: Path, array: np.ndarray) -> Path:
+    np.save(folder / "e.npy", array, allow_pickle=True)
+    return folder / "e.npy"
+
+
+def _pickle_npy(path: Path) -> Path:
+    np.save(path, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    return path
+
+
+def _truncated(path: Path) -> Path:
+    path.write_bytes(path.read_bytes()[:-40])
+    return path
+
+
+def _st(folder: Path, header: bytes, data: bytes = b"") -> Path:
+    _safetensors_raw(folder / "e.safetensors", header, data)
+    return folder / "e.safetensors"
+
+
+def _parquet(folder: Path, columns: dict) -> Path:
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(columns), folder / "e.parquet")
+    return folder / "e.parquet"
+
+
+@pytest.mark.parametrize("kind", EMBEDDINGS)
+def test_truncate_embeddings_refuses(tmp_path, kind):
+    source = EMBEDDINGS[kind](tmp_path)
+    out = tmp_path / "out"
+    args = ["truncate-embeddings", str(source), "--dims", "2", "-o", str(out / "t.npy"), "-q"]
+    out.mkdir()
+    assert_refused(args, out, "error: ", inputs=[source] if source.exists() else [])
+
+
+@pytest.mark.parametrize("side", ["corpus", "queries"])
+@pytest.mark.parametrize("kind", [k for k in EMBEDDINGS if "modules.json" not in k])
+def test_eval_retrieval_refuses(tmp_path, kind, side):
+    good_dir = tmp_path / "good"
+    good_dir.mkdir()
+    good = _save_npy(good_dir, np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32))
+    bad = EMBEDDINGS[kind](tmp_path)
+    files = {"corpus": good, "queries": good, side: bad}
+    args = ["eval-retrieval", "--corpus", str(files["corpus"]), "--queries", str(files["queries"])]
+    assert_refused([*args, "--dims", "4", "--k", "2", "-q"], tmp_path / "none", "error: ")
+
+
+QRELS: dict[str, bytes | None] = {
+    "missing": None,
+    "binary .tsv": bytes(range(256)) * 2,
+    "latin-1 .tsv": "q1\tcaf\xe9\t1\n".encode("latin-1"),
+    "one column": b"q1\nq2\n",
+    "relevance a word": b"q1\td1\tvery\nq2\td2\t1\n",
+    "JSON not JSON": b"{q1: ",
+    "JSON a list": b"[1, 2]",
+    "JSON docs a list": b'{"q1": ["d1"]}',
+    "JSON relevance a word": b'{"q1": {"d1": "high"}}',
+}
+
+
+@pytest.mark.parametrize("kind", QRELS)
+def test_eval_retrieval_refuses_bad_qrels(tmp_path, kind):
+    good = _save_npy(tmp_path, np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32))
+    qrels = tmp_path / ("qrels.json" if kind.startswith("JSON") else "qrels.tsv")
+    if QRELS[kind] is not None:
+        qrels.write_bytes(QRELS[kind])
+    args = ["eval-retrieval", "--corpus", str(good), "--queries", str(good), "--qrels", str(qrels)]
+    assert_refused([*args, "--dims", "4", "--k", "2", "-q"], tmp_path / "none", "error: ")
+
+
+def _st_json(name: str, content: bytes | None) -> Callable[[Path], None]:
+    def corrupt(folder: Path) -> None:
+        if content is None:
+            (folder / name).unlink()
+        else:
+            (folder / name).write_bytes(content)
+
+    return corrupt
+
+
+ST_FOLDERS: dict[str, Callable[[Path], None]] = {
+    "modules.json not JSON": _st_json("modules.json", b"[{"),
+    "modules.json an object": _st_json("modules.json", b'{"a": 1}'),
+    "modules.json not UTF-8": _st_json("modules.json", b'[{"type": "\xff"}]'),
+    "modules.json entries not objects": _st_json("modules.json", b"[1, 2]"),
+    "module path outside": _st_json(
+        "modules.json", b'[{"idx": 0, "name": "0", "path": "../..", "type": "x.Transformer"}]'
+    ),
+    "Pooling config missing": _st_json("1_Pooling/config.json", None),
+    "Pooling config not JSON": _st_json("1_Pooling/config.json", b"{"),
+    "Pooling dimension a word": _st_json(
+        "1_Pooling/config.json", b'{"word_embedding_dimension": "big"}'
+    ),
+    "Pooling without dimension": _st_json("1_Pooling/config.json", b'{"pooling_mode": "mean"}'),
+    "Transformer hidden_size a word": lambda f: _edit_config(f, hidden_size="big"),
+}
+
+
+@pytest.mark.parametrize("kind", ST_FOLDERS)
+def test_truncate_embeddings_refuses_a_malformed_model(sentence_model, tmp_path, kind):
+    model = _copy(sentence_model, tmp_path)
+    ST_FOLDERS[kind](model)
+    out = tmp_path / "out"
+    args = ["truncate-embeddings", str(model), "--dims", "16", "-o", str(out), "-q"]
+    assert_refused(args, out, "error: ", inputs=[model])
