@@ -268,13 +268,6 @@ def check_layer_list(key: str, values: list, layers: int) -> None:
         )
 
 
-def config_bool(config: dict, key: str, default: object = _REQUIRED) -> bool:
-    given, value = _field(config, key, default)
-    if given and not isinstance(value, bool):
-        raise _refuse(key, "true or false", value)
-    return value
-
-
 def config_text(config: dict, key: str, default: object = _REQUIRED) -> str:
     given, value = _field(config, key, default)
     if given and not isinstance(value, str):
