@@ -7,11 +7,12 @@ from pathlib import Path
 
 import torch
 
-from matcli.arch import config_text, families, resolve
+from matcli.arch import config_section, config_text, families, resolve
 from matcli.arch.shapes import check_shapes
 from matcli.checkpoint.reader import ModelFolder
 from matcli.errors import MatcliError
 from matcli.quant import ct_format
+from matcli.quant.parent import CONFIG_KEY
 from matcli.quant.reference import dequantized_state_dict
 from matcli.quant.widths import check_width
 
@@ -24,6 +25,7 @@ def check_model_folder(path: Path) -> None:
     from transformers import CONFIG_MAPPING
 
     with ModelFolder(path) as folder:
+        config_section(folder.config, CONFIG_KEY)  # eval reports the widths it records
         model_type = config_text(folder.config, "model_type", default=None)
         if model_type not in {f for family in families().values() for f in family.model_types}:
             if model_type not in CONFIG_MAPPING:

@@ -341,3 +341,31 @@ def test_truncate_embeddings_refuses_a_malformed_model(sentence_model, tmp_path,
     out = tmp_path / "out"
     args = ["truncate-embeddings", str(model), "--dims", "16", "-o", str(out), "-q"]
     assert_refused(args, out, "error: ", inputs=[model])
+
+
+# --- a parent's own config blocks ----------------------------------------------------------
+
+PARENT_BLOCKS = [
+    ("inspect", {"matcli": [1]}, "config.json: matcli must be an object, not [1]"),
+    ("eval", {"matcli": "parent"}, "config.json: matcli must be an object, not 'parent'"),
+    ("inspect", {"matcli": {"role": "slice", "parent": 3}}, "parent must be an object, not 3"),
+    ("slice", {"ignore": 5}, "quantization_config ignore must be a list of module names, not 5"),
+]
+
+
+@pytest.mark.parametrize(("command", "fields", "match"), PARENT_BLOCKS, ids=lambda v: str(v)[:30])
+def test_parent_config_blocks(llama_parent, tmp_path, command, fields, match):
+    parent = _copy(llama_parent, tmp_path, "parent")
+    config = json.loads((parent / "config.json").read_text())
+    if "ignore" in fields:
+        config["quantization_config"].update(fields)
+    else:
+        config.update(fields)
+    (parent / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out"
+    args = {
+        "inspect": ["inspect", str(parent)],
+        "eval": ["eval", str(parent), "--data", str(_text(tmp_path)), "--bits", "4", "-q"],
+        "slice": ["slice", str(parent), "--bits", "4", "-o", str(out), "-q"],
+    }[command]
+    assert_refused(args, out, match, inputs=[parent])

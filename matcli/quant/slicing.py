@@ -393,6 +393,11 @@ def _sliced_quantization_config(
         for scheme, modules in sorted(by_scheme.items(), key=lambda kv: -kv[0].bits)
     ]
     ignore = folder.config["quantization_config"].get("ignore") or []
+    if not isinstance(ignore, list) or not all(isinstance(i, str) for i in ignore):
+        raise MatcliError(
+            f"{folder.path}: config.json: quantization_config ignore must be a list of module "
+            f"names, not {ignore!r}; re-create the parent with matcli quantize"
+        )
     return ct_format.quantization_config(groups, ignore)
 
 
