@@ -369,3 +369,40 @@ def test_parent_config_blocks(llama_parent, tmp_path, command, fields, match):
         "slice": ["slice", str(parent), "--bits", "4", "-o", str(out), "-q"],
     }[command]
     assert_refused(args, out, match, inputs=[parent])
+
+
+# --- the shape check accepts every family's stock checkpoints ------------------------------
+
+SMALL = dict(
+    vocab_size=96,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,  # not hidden / heads: the check must read it, not assume it
+)
+
+
+@pytest.mark.parametrize("family", ["Qwen3", "Qwen2", "Mistral", "Gemma2", "Gemma3Text"])
+@pytest.mark.parametrize("hub_style", [False, True], ids=["full config", "defaults left out"])
+def test_stock_checkpoints_pass_the_shape_check(tmp_path, family, hub_style):
+    """A checkpoint saved by transformers is accepted, also with the fields hub configs leave
+    out (their class's defaults) removed from config.json."""
+    import torch
+    import transformers
+
+    from matcli.checkpoint.reader import ModelFolder
+    from matcli.matformer.source import read_source
+
+    config_class = getattr(transformers, f"{family}Config")
+    settings = {k: v for k, v in SMALL.items() if family != "Qwen2" or k != "head_dim"}
+    model = transformers.AutoModelForCausalLM.from_config(config_class(**settings))
+    model.to(torch.float32).save_pretrained(tmp_path / "model")
+    if hub_style:
+        config = json.loads((tmp_path / "model" / "config.json").read_text())
+        for key in ("head_dim", "num_key_value_heads", "vocab_size", "intermediate_size"):
+            config.pop(key, None)
+        (tmp_path / "model" / "config.json").write_text(json.dumps(config))
+    with ModelFolder(tmp_path / "model") as folder:
+        assert read_source(folder).full_widths == [64, 64]

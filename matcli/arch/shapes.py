@@ -34,12 +34,11 @@ class ConfigDims:
 def config_dims(arch: Architecture, text_config: dict, num_layers: int) -> ConfigDims:
     """The sizes in config.json (its language-model part), each read by a typed accessor."""
     keys = arch.family.config
-    heads = config_int(text_config, keys.num_heads, minimum=1, default=None)
     return ConfigDims(
         hidden=config_int(text_config, keys.hidden_size, minimum=1, default=None),
         ffn=config_per_layer(text_config, keys.intermediate_size, num_layers, default=None),
-        heads=heads,
-        kv_heads=config_int(text_config, keys.num_kv_heads, minimum=1, default=heads),
+        heads=config_int(text_config, keys.num_heads, minimum=1, default=None),
+        kv_heads=config_int(text_config, keys.num_kv_heads, minimum=1, default=None),
         head_dim=config_int(text_config, keys.head_dim, minimum=1, default=None),
         vocab=config_int(text_config, keys.vocab_size, minimum=1, default=None),
     )
