@@ -230,7 +230,9 @@ def _field(config: dict, key: str, default: object) -> tuple[bool, object]:
 
 
 def _refuse(key: str, expected: str, value: object) -> MatcliError:
-    return MatcliError(f"config.json: {key} must be {expected}, not {value!r}; fix config.json")
+    shown = repr(value)  # shortened: a hostile value may be megabytes long
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return MatcliError(f"config.json: {key} must be {expected}, not {shown}; fix config.json")
 
 
 def _whole(minimum: int) -> str:
