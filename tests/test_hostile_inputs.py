@@ -373,15 +373,9 @@ def test_parent_config_blocks(llama_parent, tmp_path, command, fields, match):
 
 # --- the shape check accepts every family's stock checkpoints ------------------------------
 
-SMALL = dict(
-    vocab_size=96,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,  # not hidden / heads: the check must read it, not assume it
-)
+SIZES = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2)
+# head_dim is not hidden / heads: the check must read it, not assume it.
+HEADS = dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16)
 
 
 @pytest.mark.parametrize("family", ["Qwen3", "Qwen2", "Mistral", "Gemma2", "Gemma3Text"])
@@ -396,7 +390,9 @@ def test_stock_checkpoints_pass_the_shape_check(tmp_path, family, hub_style):
     from matcli.matformer.source import read_source
 
     config_class = getattr(transformers, f"{family}Config")
-    settings = {k: v for k, v in SMALL.items() if family != "Qwen2" or k != "head_dim"}
+    settings = {**SIZES, **HEADS}
+    if family == "Qwen2":  # its config derives head_dim
+        del settings["head_dim"]
     model = transformers.AutoModelForCausalLM.from_config(config_class(**settings))
     model.to(torch.float32).save_pretrained(tmp_path / "model")
     if hub_style:
