@@ -152,7 +152,7 @@ def write_random_checkpoint(
     rng = np.random.default_rng(0)
     fixed = fixed or {}
 
-    def random_chunks(dtype: str, shape: tuple[int, ...]):
+    def random_chunks(dtype: str, shape: tuple[int, ...], positive: bool = False):
         rows = max(1, (64 << 20) // max(1, int(np.prod(shape[1:])) * 4))
         for start in range(0, shape[0], rows):
             n = min(rows, shape[0] - start)
@@ -161,9 +161,10 @@ def write_random_checkpoint(
                     rng.integers(-(2**31), 2**31 - 1, size=(n, *shape[1:]), dtype=np.int32)
                 )
             else:
-                yield (
-                    torch.from_numpy(rng.standard_normal((n, *shape[1:]), dtype=np.float32)) * 0.02
-                ).to(torch.bfloat16)
+                values = rng.standard_normal((n, *shape[1:]), dtype=np.float32) * 0.02
+                # Scales are positive (slice refuses a zero, negative or non-finite one).
+                values = np.abs(values) + 1e-4 if positive else values
+                yield torch.from_numpy(values).to(torch.bfloat16)
 
     tensors = []
     for name in sorted({**specs, **fixed}):
@@ -177,7 +178,12 @@ def write_random_checkpoint(
         else:
             dtype, shape = specs[name]
             tensors.append(
-                OutputTensor(name, dtype, shape, lambda d=dtype, s=shape: random_chunks(d, s))
+                OutputTensor(
+                    name,
+                    dtype,
+                    shape,
+                    lambda d=dtype, s=shape, n=name: random_chunks(d, s, n.endswith("_scale")),
+                )
             )
     staging = path.with_name(path.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)

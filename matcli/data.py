@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from matcli.errors import MatcliError
+from matcli.inputs import read_utf8
 
 
 def read_texts(path: Path | str, text_field: str = "text") -> list[str]:
@@ -32,14 +33,7 @@ def read_texts(path: Path | str, text_field: str = "text") -> list[str]:
 
 
 def _utf8_text(path: Path) -> str:
-    """A text file's contents; a binary or non-UTF-8 file is refused with the byte offset."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise MatcliError(
-            f"--data {path} is not UTF-8 text (byte {e.start} cannot be decoded); "
-            "give a UTF-8 .txt or .jsonl file"
-        ) from e
+    return read_utf8(path, "--data", "give a UTF-8 .txt or .jsonl file")
 
 
 def _jsonl_texts(path: Path, text_field: str) -> list[str]:
@@ -62,7 +56,10 @@ def _parquet_texts(path: Path, text_field: str) -> list[str]:
         import pyarrow.parquet as pq
     except ImportError as e:
         raise MatcliError("reading .parquet needs pyarrow: pip install 'matcli[parquet]'") from e
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for a corrupt file
+        raise MatcliError(f"--data {path} is not a valid parquet file: {e}") from e
     if text_field not in table.column_names:
         raise MatcliError(
             f"--data {path} has no column {text_field!r} (columns: {', '.join(table.column_names)})"

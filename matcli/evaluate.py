@@ -7,20 +7,44 @@ from pathlib import Path
 
 import torch
 
+from matcli.arch import config_section, config_text, families, resolve
+from matcli.arch.shapes import check_shapes
 from matcli.checkpoint.reader import ModelFolder
 from matcli.errors import MatcliError
 from matcli.quant import ct_format
+from matcli.quant.parent import CONFIG_KEY
 from matcli.quant.reference import dequantized_state_dict
 from matcli.quant.widths import check_width
+
+
+def check_model_folder(path: Path) -> None:
+    """The model folder checked as every command checks it (shard headers, index, links,
+    config.json, shapes against it) before transformers reads a file of it. A family matcli
+    does not know is left to transformers, if transformers knows it (eval loads any causal LM).
+    """
+    from transformers import CONFIG_MAPPING
+
+    with ModelFolder(path) as folder:
+        config_section(folder.config, CONFIG_KEY)  # eval reports the widths it records
+        model_type = config_text(folder.config, "model_type", default=None)
+        if model_type not in {f for family in families().values() for f in family.model_types}:
+            if model_type not in CONFIG_MAPPING:
+                raise MatcliError(
+                    f"{path}: config.json model_type {model_type!r} is not a model transformers "
+                    "knows; fix config.json"
+                )
+            return
+        arch = resolve(folder.config, list(folder.tensors))
+        text_config = folder.text_config(arch.family.text_config)
+        shapes = {name: info.shape for name, info in folder.tensors.items()}
+        check_shapes(arch, text_config, arch.num_layers(text_config), shapes)
 
 
 def load_model(path: Path, bits: int | None = None, extra_precision: bool = False):
     """A float32 causal LM: loaded by stock transformers, or, with `bits`, a parent sliced in
     memory."""
-    from transformers import AutoModelForCausalLM
-
     if bits is None:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        return pretrained(path)
     with ModelFolder(path) as folder:
         linears = ct_format.packed_linears(folder)
         if not linears:
@@ -31,6 +55,19 @@ def load_model(path: Path, bits: int | None = None, extra_precision: bool = Fals
         config = {k: v for k, v in folder.config.items() if k != "quantization_config"}
         state = dequantized_state_dict(folder, bits, extra_precision)
     return model_from_state(config, state, str(path))
+
+
+def pretrained(path: Path):
+    """A float32 causal LM loaded by stock transformers, without its loading bar: stderr is
+    matcli's (its progress, and an error's one line)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    finally:
+        logging.enable_progress_bar()
 
 
 def model_from_state(config: dict, state: dict[str, torch.Tensor], what: str):

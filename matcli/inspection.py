@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from matcli.arch import Architecture, family_for_model_type, resolve
+from matcli.arch import Architecture, config_section, family_for_model_type, resolve
 from matcli.checkpoint.reader import ModelFolder
 from matcli.errors import MatcliError
 from matcli.quant import ct_format
@@ -17,7 +17,7 @@ def inspect_model(path: Path) -> dict:
         arch, num_layers = _architecture(folder)
         linears = ct_format.packed_linears(folder)
         quantized = _quantized_groups(folder, arch, linears)
-        info = folder.config.get(CONFIG_KEY) or {}
+        info = config_section(folder.config, CONFIG_KEY) or {}
         total_weights = sum(g["weights"] for g in quantized)
         stored_bytes = sum(g["stored_bytes"] for g in quantized)
         storage = set().union(*(lin.tensor_names() for lin in linears.values()))
@@ -30,7 +30,7 @@ def inspect_model(path: Path) -> dict:
             "num_layers": num_layers,
             "role": info.get("role") or ("quantized" if linears else "dense"),
             "trained_bits": info.get("trained_bits")
-            or (info.get("parent") or {}).get("trained_bits"),
+            or (config_section(info, "parent") or {}).get("trained_bits"),
             "matcli": info or None,
             "tensors": len(folder.tensors),
             "parameters": unquantized + total_weights,

@@ -316,10 +316,10 @@ def test_os_errors_are_one_line(monkeypatch, capsys, error, expected):
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ('"two"', "config.json num_hidden_layers is 'two', not a whole number"),
-        ("-2", "config.json num_hidden_layers is -2; it must be at least 1"),
-        ("0", "config.json num_hidden_layers is 0; it must be at least 1"),
-        ("2.5", "config.json num_hidden_layers is 2.5, not a whole number"),
+        ('"two"', "config.json: num_hidden_layers must be a positive whole number, not 'two'"),
+        ("-2", "config.json: num_hidden_layers must be a positive whole number, not -2"),
+        ("0", "config.json: num_hidden_layers must be a positive whole number, not 0"),
+        ("2.5", "config.json: num_hidden_layers must be a positive whole number, not 2.5"),
     ],
 )
 @pytest.mark.parametrize("command", ["extract", "slice", "inspect"])

@@ -558,7 +558,8 @@ def test_kv_producers_of_the_35_layer_gemma3n_are_18_and_19(gemma3n_35):
         (
             {"intermediate_size": [128, 128, 256, 128]},
             [],
-            "config.json intermediate_size says 128 for layer 3 but its FFN weights are 256 wide",
+            "model.layers.3.mlp.gate_proj.weight has shape [256, 64] but config.json says "
+            "[128 (intermediate_size[3]), 64 (hidden_size)]",
         ),
         (
             {"num_kv_shared_layers": 4},

@@ -1,4 +1,5 @@
-"""Fuzz of what a model folder is opened with besides the shards: config.json and the index.
+"""Fuzz of what a model folder is opened with besides the shards: config.json (through the
+typed accessors and the shape check) and the index.
 Random JSON values and random mutations of valid files either open (and then the folder's
 facts are consistent) or raise MatcliError with a one-line message; nothing else."""
 
@@ -17,8 +18,15 @@ from safetensors.numpy import save_file
 from matcli.arch import resolve
 from matcli.checkpoint.reader import ModelFolder
 from matcli.errors import MatcliError
+from matcli.matformer.source import read_source
 
-CONFIG = {"model_type": "llama", "num_hidden_layers": 1, "intermediate_size": 8}
+CONFIG = {
+    "model_type": "llama",
+    "num_hidden_layers": 1,
+    "intermediate_size": 8,
+    "hidden_size": 4,
+    "num_attention_heads": 1,
+}
 TENSORS = {
     "model.layers.0.mlp.up_proj.weight": np.zeros((8, 4), np.float32),
     "model.layers.0.mlp.down_proj.weight": np.zeros((4, 8), np.float32),
@@ -65,6 +73,8 @@ def check_open(folder: Path) -> None:
             arch = resolve(model.config, list(model.tensors))
             arch.num_layers(model.text_config(arch.family.text_config))
             assert set(model.tensors) == set(TENSORS)
+            # The typed config accessors and the shape check (what extract and quantize run).
+            assert read_source(model).full_widths == [8]
     except MatcliError as e:
         assert "\n" not in str(e)
 

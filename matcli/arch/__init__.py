@@ -29,9 +29,16 @@ class FfnNames(BaseModel):
 
 
 class ConfigKeys(BaseModel):
+    """Names of the config.json fields matcli reads (the shape checks: arch/shapes.py)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     num_layers: str
     intermediate_size: str
+    hidden_size: str = "hidden_size"
+    num_heads: str = "num_attention_heads"
+    num_kv_heads: str = "num_key_value_heads"
+    head_dim: str = "head_dim"
+    vocab_size: str = "vocab_size"
 
 
 class KvSharing(BaseModel):
@@ -56,7 +63,7 @@ class Family(BaseModel):
     text_config: str | None
     layers: tuple[str, ...]
     ffn: FfnNames
-    attention: tuple[str, ...]
+    attention: tuple[str, str, str, str]  # the q, k, v and output projections, in this order
     other_linear: tuple[str, ...]
     embeddings: tuple[str, ...]
     lm_head: str | None
@@ -177,10 +184,7 @@ class Architecture:
         return not set(self.family.effective_excludes) & set(tensor_name.split("."))
 
     def num_layers(self, text_config: dict) -> int:
-        key = self.family.config.num_layers
-        if key not in text_config:
-            raise MatcliError(f"config.json has no {key!r}; the {self.name} config is incomplete")
-        return config_int(text_config, key, minimum=1)
+        return config_int(text_config, self.family.config.num_layers, minimum=1)
 
     def projection_regex(self, layers: list[int], names: list[str]) -> str:
         """A regex matching the modules `names` (relative to a layer) in the given layers."""
@@ -203,18 +207,87 @@ class Architecture:
 def resolve(config: dict, tensor_names: list[str]) -> Architecture:
     """The family of a checkpoint, bound to its tensor names; its layer count, when the
     config gives one, is checked here, so every command refuses a malformed one."""
-    family = family_for_model_type(config.get("model_type"))
-    text = config.get(family.text_config, config) if family.text_config else config
-    if isinstance(text, dict) and family.config.num_layers in text:
+    family = family_for_model_type(config_text(config, "model_type", default=None))
+    text = language_config(config, family.text_config)
+    if family.config.num_layers in text:
         config_int(text, family.config.num_layers, minimum=1)
     return Architecture(family, tensor_names)
 
 
-def config_int(config: dict, key: str, minimum: int = 0) -> int:
-    """A whole-number field of config.json, or one line naming the field and what it holds."""
+def language_config(config: dict, key: str | None) -> dict:
+    """The language-model part of config.json: nested under the family's key (`key`) in
+    multimodal wrappers (a nested value that is not an object is refused), else the config."""
+    nested = config_section(config, key) if key else None
+    return config if nested is None else nested
+
+
+# Typed accessors of config.json fields: each refuses a value of the wrong type in one line
+# naming the field and the type it must have. `default` is returned for a missing (or null)
+# field; without one, a missing field is refused.
+_REQUIRED = object()
+
+
+def _field(config: dict, key: str, default: object) -> tuple[bool, object]:
+    """(whether the field was given, its value or the default)."""
     value = config.get(key)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise MatcliError(f"config.json {key} is {value!r}, not a whole number; fix config.json")
-    if value < minimum:
-        raise MatcliError(f"config.json {key} is {value}; it must be at least {minimum}")
+    if value is not None:
+        return True, value
+    if default is _REQUIRED:
+        raise MatcliError(f"config.json has no {key}; add it (the config is incomplete)")
+    return False, default
+
+
+def _refuse(key: str, expected: str, value: object) -> MatcliError:
+    shown = repr(value)  # shortened: a hostile value may be megabytes long
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return MatcliError(f"config.json: {key} must be {expected}, not {shown}; fix config.json")
+
+
+def _whole(minimum: int) -> str:
+    return {0: "a whole number >= 0", 1: "a positive whole number"}.get(
+        minimum, f"a whole number >= {minimum}"
+    )
+
+
+def config_int(config: dict, key: str, minimum: int = 0, default: object = _REQUIRED) -> int:
+    """A whole-number field (at least `minimum`)."""
+    given, value = _field(config, key, default)
+    if given and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+        raise _refuse(key, _whole(minimum), value)
+    return value
+
+
+def config_per_layer(config: dict, key: str, layers: int, default: object = _REQUIRED) -> list:
+    """A field that is one whole number (>= 1) for every layer, or a list of one per layer."""
+    given, value = _field(config, key, default)
+    if not given:
+        return [value] * layers
+    values = value if isinstance(value, list) else [value] * layers
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+        raise _refuse(key, "a positive whole number or a list of them (one per layer)", value)
+    check_layer_list(key, values, layers)
+    return values
+
+
+def check_layer_list(key: str, values: list, layers: int) -> None:
+    """A per-layer list of config.json must have one entry per layer."""
+    if len(values) != layers:
+        raise MatcliError(
+            f"config.json {key} has {len(values)} entries but the model has {layers} layers; "
+            "give one entry per layer"
+        )
+
+
+def config_text(config: dict, key: str, default: object = _REQUIRED) -> str:
+    given, value = _field(config, key, default)
+    if given and not isinstance(value, str):
+        raise _refuse(key, "a string", value)
+    return value
+
+
+def config_section(config: dict, key: str, default: object = None) -> dict | None:
+    """A nested object (a multimodal wrapper's text_config, matcli's own block)."""
+    given, value = _field(config, key, default)
+    if given and not isinstance(value, dict):
+        raise _refuse(key, "an object", value)
     return value

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from matcli.arch import language_config
 from matcli.checkpoint.aux_files import aux_files
 from matcli.checkpoint.defaults import DEFAULT_CHUNK_BYTES, INDEX_NAME
 from matcli.checkpoint.links import resolve_inside
@@ -22,6 +22,7 @@ from matcli.checkpoint.safetensors_file import (
     read_range,
 )
 from matcli.errors import MatcliError
+from matcli.inputs import read_json
 
 if TYPE_CHECKING:  # torch is imported on the first tensor read: byte-level commands never need it
     import torch
@@ -44,7 +45,7 @@ class ModelFolder:
         _check_folder(self.path)
         for name in ("config.json", INDEX_NAME):  # links: the policy of checkpoint/links.py
             resolve_inside(self.path, self.path / name)
-        self.config = _read_json(self.path / "config.json", "config.json")
+        self.config = read_json(self.path / "config.json", "config.json")
         if not isinstance(self.config, dict):
             raise MatcliError(
                 f"{self.path / 'config.json'} is not a JSON object; fix or re-create it"
@@ -88,10 +89,9 @@ class ModelFolder:
         return _read_index(self.path)
 
     def text_config(self, key: str | None) -> dict:
-        """The language-model part of the config (multimodal wrappers nest it under a key)."""
-        if key and isinstance(self.config.get(key), dict):
-            return self.config[key]
-        return self.config
+        """The language-model part of the config (multimodal wrappers nest it under a key;
+        a nested value that is not an object is refused)."""
+        return language_config(self.config, key)
 
     # --- data ------------------------------------------------------------------------------
 
@@ -245,22 +245,11 @@ def _check_inside(folder: Path, name: object) -> None:
         )
 
 
-def _read_json(path: Path, what: str) -> object:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise MatcliError(f"{path} is missing") from e
-    except ValueError as e:  # a JSONDecodeError, UnicodeDecodeError or a too-long number
-        raise MatcliError(f"{path} ({what}) is not valid JSON: {e}; fix or re-create it") from e
-    except RecursionError as e:
-        raise MatcliError(f"{path} ({what}) is JSON nested too deeply; fix or re-create it") from e
-
-
 def _read_index(folder: Path) -> dict[str, str]:
     """The index's weight_map, checked: a non-empty object of tensor name -> shard file name,
     next to an optional `metadata` object."""
     path = folder / INDEX_NAME
-    index = _read_json(path, INDEX_NAME)
+    index = read_json(path, INDEX_NAME)
     if not isinstance(index, dict):
         raise MatcliError(f"{path} is not a JSON object; fix or re-create the index")
     weight_map = index.get("weight_map")

@@ -42,8 +42,9 @@ def _perplexities(options: EvalOptions) -> tuple[list[dict], int]:
 
     from matcli.data import read_texts, token_windows
     from matcli.devices import pick_device
-    from matcli.evaluate import load_model, perplexity
+    from matcli.evaluate import check_model_folder, load_model, perplexity
 
+    check_model_folder(options.model)  # before transformers reads any file of it
     on = pick_device(options.device)
     tokenizer = AutoTokenizer.from_pretrained(options.model)
     windows = token_windows(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from matcli.arch import Architecture
+from matcli.arch import Architecture, config_int
 from matcli.checkpoint.plan import copy_tensor
 from matcli.checkpoint.reader import ModelFolder
 from matcli.checkpoint.writer import OutputTensor
@@ -81,7 +81,8 @@ class Extraction:
     def _outside_layers(self, name: str, chunk_bytes: int) -> OutputTensor:
         for suffix, block in self.arch.family.layer_blocked_tensors.items():
             if name.endswith(suffix):
-                runs = block_runs(self.choice.kept, int(self.source.text_config[block.block]))
+                size = config_int(self.source.text_config, block.block, minimum=1)
+                runs = block_runs(self.choice.kept, size)
                 return select_along(
                     self.folder, name, name, block.dim, runs, chunk_bytes, BLOCKS_LABEL
                 )

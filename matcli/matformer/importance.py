@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from matcli.arch import resolve
+from matcli.arch import Architecture, resolve
+from matcli.checkpoint.nonfinite import check_finite
 from matcli.errors import MatcliError
 
 
@@ -21,15 +22,17 @@ def neuron_importance(
     model_path: Path, data: Path, seq_len: int, max_tokens: int
 ) -> dict[int, torch.Tensor]:
     """{layer: importance per FFN neuron}, measured with stock transformers on `data`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from matcli.data import read_texts, token_windows
+    from matcli.evaluate import pretrained
 
     windows = token_windows(
         AutoTokenizer.from_pretrained(model_path), read_texts(data), seq_len, max_tokens
     )
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    model = pretrained(model_path)
     arch = resolve(model.config.to_dict(), [n for n, _ in model.named_parameters()])
+    _check_ffn_finite(model, arch)
     sums: dict[int, torch.Tensor] = {}
     downs: dict[int, torch.nn.Module] = {}
     hooks = []
@@ -54,6 +57,17 @@ def neuron_importance(
     for hook in hooks:
         hook.remove()
     return {layer: sums[layer] * downs[layer].weight.float().norm(dim=0) for layer in sorted(downs)}
+
+
+def _check_ffn_finite(model, arch: Architecture) -> None:
+    """NaN or inf in an FFN weight would rank neurons by garbage: refused with the tensor's
+    name and the count, on the weights already in memory (no extra read of the files)."""
+    ffn = arch.family.ffn
+    relative = {f"{n}.weight" for n in (ffn.gate, ffn.up, ffn.down, ffn.fused_gate_up) if n}
+    for name, weight in model.named_parameters():
+        split = arch.split_layer(name)
+        if split and split[1] in relative:
+            check_finite(weight, name, action="rank neurons with")
 
 
 def neuron_ranking(

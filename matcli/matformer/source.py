@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from matcli.arch import Architecture, Family, resolve
+from matcli.arch import Architecture, Family, check_layer_list, config_int, resolve
+from matcli.arch.shapes import check_shapes
 from matcli.checkpoint.reader import ModelFolder
 from matcli.errors import MatcliError
 
@@ -35,7 +36,7 @@ class Source:
     def first_kv_shared(self) -> int:
         """The first layer that reuses an earlier layer's KV cache (the layer count: none)."""
         kv = self.family.kv_sharing
-        shared = int(self.text_config.get(kv.shared_layers) or 0) if kv else 0
+        shared = config_int(self.text_config, kv.shared_layers, default=0) if kv else 0
         return self.num_layers - shared
 
     def kv_producers(self) -> set[int]:
@@ -80,8 +81,9 @@ def read_source(folder: ModelFolder) -> Source:
         _layer_tensors(arch, folder, num_layers),
     )
     _check_list_lengths(source)
-    _check_declared_widths(source)
     _check_kv_shared_count(source)
+    shapes = {name: info.shape for name, info in folder.tensors.items()}
+    check_shapes(arch, text_config, num_layers, shapes)  # FFN, attention, embeddings
     return source
 
 
@@ -133,36 +135,17 @@ def _layer_tensors(
 
 
 def _check_list_lengths(source: Source) -> None:
-    family, num_layers = source.family, source.num_layers
-    for key in dict.fromkeys([*family.per_layer_lists, family.config.intermediate_size]):
+    family = source.family
+    for key in family.per_layer_lists:
         values = source.text_config.get(key)
-        if isinstance(values, list) and len(values) != num_layers:
-            raise MatcliError(
-                f"config.json {key} has {len(values)} entries but the model has {num_layers} "
-                f"layers ({family.config.num_layers}); give one entry per layer"
-            )
-
-
-def _check_declared_widths(source: Source) -> None:
-    key = source.family.config.intermediate_size
-    declared = source.text_config.get(key)
-    declared = declared if isinstance(declared, list) else [declared] * source.num_layers
-    for layer, (said, width) in enumerate(zip(declared, source.full_widths)):
-        if said is not None and said != width:
-            raise MatcliError(
-                f"config.json {key} says {said} for layer {layer} but its FFN weights are "
-                f"{width} wide; fix config.json"
-            )
+        if isinstance(values, list):
+            check_layer_list(key, values, source.num_layers)
 
 
 def _check_kv_shared_count(source: Source) -> None:
     kv = source.family.kv_sharing
-    shared = source.text_config.get(kv.shared_layers) if kv else None
-    if shared is not None and (
-        isinstance(shared, bool)
-        or not isinstance(shared, int)
-        or not 0 <= shared < source.num_layers
-    ):
+    shared = config_int(source.text_config, kv.shared_layers, default=None) if kv else None
+    if shared is not None and shared >= source.num_layers:
         raise MatcliError(
             f"config.json {kv.shared_layers} is {shared!r}; it must be a layer count in "
             f"0..{source.num_layers - 1}"

@@ -10,13 +10,17 @@ exactly the truncated (rotated, renormalized) outputs of the original model.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from matcli.arch import config_int
+from matcli.checkpoint.links import resolve_inside
 from matcli.errors import MatcliError
+from matcli.inputs import read_json, read_json_object
 from matcli.mrl.transform import Rotation
 from matcli.mrl.truncate import check_pca_rows, load_rotation, write_rotation
 from matcli.mrl.writers import SafetensorsWriter
@@ -44,18 +48,31 @@ LEGACY_POOLING_FLAGS = (
 
 
 def read_modules(folder: Path) -> list[dict]:
+    """modules.json, checked: a non-empty list of objects whose `type` and `path` are strings,
+    each path inside the model folder."""
     path = folder / "modules.json"
     if not path.is_file():
         raise MatcliError(
             f"{folder} has no modules.json: matcli truncates sentence-transformers model folders "
             "(save the model with SentenceTransformer.save), or embedding files"
         )
-    try:
-        modules = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise MatcliError(f"{path} is not valid JSON: {e}") from e
+    modules = read_json(resolve_inside(folder, path), "modules.json")
     if not isinstance(modules, list) or not modules:
         raise MatcliError(f"{path} must list the model's modules")
+    for module in modules:
+        if not isinstance(module, dict) or not all(
+            isinstance(module.get(key, ""), str) for key in ("type", "path")
+        ):
+            raise MatcliError(
+                f"{path}: every module must be an object with a string type and path; "
+                "fix modules.json"
+            )
+        relative = module.get("path", "")
+        if os.path.isabs(relative) or ".." in Path(relative).parts:
+            raise MatcliError(
+                f"{path} puts a module at {relative!r}, outside the model folder; refusing to "
+                "read it (fix modules.json)"
+            )
     return modules
 
 
@@ -64,28 +81,40 @@ def embedding_dim(folder: Path, modules: list[dict]) -> int:
     dim = None
     for module in modules:
         kind = module.get("type", "").rsplit(".", 1)[-1]
-        config_path = folder / module.get("path", "") / "config.json"
+        if kind not in ("Transformer", "Pooling", "Dense"):
+            continue
+        config_path = resolve_inside(folder, folder / module.get("path", "") / "config.json")
+        if not config_path.is_file():
+            raise MatcliError(f"{config_path} is missing: the {kind} module needs its config")
+        config = read_json_object(config_path, f"the {kind} module's config")
         if kind == "Transformer":
-            config = json.loads(config_path.read_text())
-            dim = config.get("hidden_size") or config.get("d_model")
+            dim = config_int(config, "hidden_size", 1, default=None) or config_int(
+                config, "d_model", 1, default=None
+            )
         elif kind == "Pooling":
-            dim = _pooling_dim(json.loads(config_path.read_text()))
-        elif kind == "Dense":
-            dim = json.loads(config_path.read_text())["out_features"]
+            dim = _pooling_dim(config)
+        else:
+            dim = config_int(config, "out_features", 1)
     if not dim:
         raise MatcliError(
             f"cannot tell the embedding dimension of {folder} from its modules; matcli knows "
             "Transformer, Pooling and Dense"
         )
-    return int(dim)
+    return dim
 
 
 def _pooling_dim(config: dict) -> int:
     """Token dim x number of pooling modes; both the legacy (pooling_mode_* flags,
     word_embedding_dimension) and the current (pooling_mode, embedding_dimension) configs."""
-    token_dim = config.get("embedding_dimension") or config["word_embedding_dimension"]
+    token_dim = config_int(config, "embedding_dimension", 1, default=None) or config_int(
+        config, "word_embedding_dimension", 1
+    )
     mode = config.get("pooling_mode")
     if mode is not None:
+        if not isinstance(mode, (str, list)) or not mode:
+            raise MatcliError(
+                f"pooling config: pooling_mode must be a mode or a list of modes, not {mode!r}"
+            )
         return token_dim * (1 if isinstance(mode, str) else len(mode))
     return token_dim * (sum(bool(config.get(m)) for m in LEGACY_POOLING_FLAGS) or 1)
 

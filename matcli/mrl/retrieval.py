@@ -16,7 +16,6 @@ TIMING_REPEATS times; the median is reported.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import statistics
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from matcli.errors import MatcliError
+from matcli.inputs import read_json_object, read_utf8
 from matcli.mrl.sources import (
     EmbeddingSource,
     ParquetSource,
@@ -165,20 +165,32 @@ def read_qrels(path: Path) -> dict[str, dict[str, float]]:
     if not path.is_file():
         raise MatcliError(f"--qrels {path} does not exist")
     if path.suffix == ".json":
-        data = json.loads(path.read_text())
-        return {str(q): {str(d): float(r) for d, r in docs.items()} for q, docs in data.items()}
+        return _json_qrels(path, read_json_object(path, "--qrels"))
+    lines = read_utf8(path, "--qrels", "give a UTF-8 TSV/CSV or JSON file").splitlines()
+    delimiter = "\t" if lines and "\t" in lines[0] else ","
     qrels: dict[str, dict[str, float]] = {}
-    with open(path, newline="") as f:
-        delimiter = "\t" if "\t" in f.readline() else ","
-        f.seek(0)
-        for i, row in enumerate(csv.reader(f, delimiter=delimiter)):
-            if not row or (i == 0 and not _is_number(row[-1]) and len(row) >= 3):
-                continue
-            if len(row) < 2:
-                raise MatcliError(f"--qrels {path} line {i + 1}: need query_id and doc_id")
-            relevance = float(row[2]) if len(row) > 2 else 1.0
-            qrels.setdefault(row[0], {})[row[1]] = relevance
+    for i, row in enumerate(csv.reader(lines, delimiter=delimiter)):
+        if not row or (i == 0 and not _is_number(row[-1]) and len(row) >= 3):
+            continue
+        if len(row) < 2 or (len(row) > 2 and not _is_number(row[2])):
+            raise MatcliError(
+                f"--qrels {path} line {i + 1}: need query_id, doc_id and an optional number"
+            )
+        relevance = float(row[2]) if len(row) > 2 else 1.0
+        qrels.setdefault(row[0], {})[row[1]] = relevance
     return qrels
+
+
+def _json_qrels(path: Path, data: dict) -> dict[str, dict[str, float]]:
+    """{query: {doc: relevance}}, each relevance a number."""
+    for query, docs in data.items():
+        if not isinstance(docs, dict) or not all(
+            isinstance(r, (int, float)) and not isinstance(r, bool) for r in docs.values()
+        ):
+            raise MatcliError(
+                f"--qrels {path}: query {query!r} must map document ids to relevance numbers"
+            )
+    return {str(q): {str(d): float(r) for d, r in docs.items()} for q, docs in data.items()}
 
 
 def _is_number(text: str) -> bool:

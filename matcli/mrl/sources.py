@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from tokenize import TokenError
 
 import numpy as np
 
@@ -98,7 +99,7 @@ class NpySource(EmbeddingSource):
                     else np.lib.format.read_array_header_2_0
                 )
                 shape, fortran, dtype = read(f)
-            except (ValueError, SyntaxError) as e:
+            except (ValueError, SyntaxError, TokenError) as e:  # numpy parses the header as Python
                 raise MatcliError(
                     f"{path} is not a valid .npy file ({e}); re-create it with numpy.save"
                 ) from e

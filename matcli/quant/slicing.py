@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from matcli.arch import Architecture, resolve
+from matcli.arch import Architecture, config_int, resolve
+from matcli.arch.shapes import check_shapes
+from matcli.checkpoint.nonfinite import check_scales, float_values
 from matcli.checkpoint.plan import OutputCheckpoint, Plan, copy_tensor
 from matcli.checkpoint.reader import ModelFolder
 from matcli.checkpoint.writer import OutputTensor, dtype_code
@@ -140,6 +142,7 @@ class LinearSlicer:
         name = self.linear.tensor(SCALE)
         info = self.folder.tensors[name]
         raw = self.folder.read_elements(name, 0, info.rows)
+        check_scales(float_values(raw, info.dtype, name), name)
         yield grid.sliced_scale_bits(raw, info.dtype, self.parent_bits, self.bits)
 
     def dense_tensor(self, dtype: torch.dtype) -> OutputTensor:
@@ -152,6 +155,7 @@ class LinearSlicer:
 
         def chunks():
             scale, zero = ct_format.read_scale_zero(self.folder, lin)
+            check_scales(scale, lin.tensor(SCALE))
             for start, stop, codes in self._parent_rows(chunk_bytes):
                 sliced = table[codes]
                 if self.extra_precision:
@@ -185,6 +189,7 @@ def plan_slice(options: SliceOptions) -> Plan:
             "--method rtn, then matcli slice PARENT"
         )
     arch = resolve(folder.config, list(folder.tensors))
+    _check_linear_shapes(folder, arch, linears)
     parent = Parent(
         folder, arch, linears, _parent_bits(folder, linears), parent_info(folder.config)
     )
@@ -207,6 +212,20 @@ def plan_slice(options: SliceOptions) -> Plan:
         warnings=warnings,
         uses_torch=options.format == "dense",
     )
+
+
+def _check_linear_shapes(
+    folder: ModelFolder, arch: Architecture, linears: dict[str, PackedLinear]
+) -> None:
+    """Each quantized Linear's [out, in] (its weight_shape) against config.json, when the
+    config gives the layer count (the per-layer FFN widths need it)."""
+    text_config = folder.text_config(arch.family.text_config)
+    num_layers = config_int(text_config, arch.family.config.num_layers, minimum=1, default=None)
+    if num_layers is not None:
+        shapes = {
+            lin.tensor(SHAPE): (lin.out_features, lin.in_features) for lin in linears.values()
+        }
+        check_shapes(arch, text_config, num_layers, shapes, "." + SHAPE, "holds")
 
 
 @dataclass(frozen=True)
@@ -382,6 +401,11 @@ def _sliced_quantization_config(
         for scheme, modules in sorted(by_scheme.items(), key=lambda kv: -kv[0].bits)
     ]
     ignore = folder.config["quantization_config"].get("ignore") or []
+    if not isinstance(ignore, list) or not all(isinstance(i, str) for i in ignore):
+        raise MatcliError(
+            f"{folder.path}: config.json: quantization_config ignore must be a list of module "
+            f"names, not {ignore!r}; re-create the parent with matcli quantize"
+        )
     return ct_format.quantization_config(groups, ignore)
 
 
