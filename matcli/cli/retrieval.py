@@ -21,10 +21,13 @@ HELP = (
 
 
 def run(options: EvalRetrievalOptions, invocation: Invocation) -> None:
+    from matcli.mrl.ann import IndexSpec, require_faiss
     from matcli.mrl.retrieval import evaluate, load_matrix, parse_funnel, read_qrels
 
     if options.plot:
         _check_plot(options.plot)  # before the searches, which can take long
+    if options.index:
+        require_faiss()  # before the embeddings are read
     corpus_matrix, doc_ids = load_matrix(options.corpus, options.key)
     query_matrix, query_ids = load_matrix(options.queries, options.key)
     report = evaluate(
@@ -35,6 +38,7 @@ def run(options: EvalRetrievalOptions, invocation: Invocation) -> None:
         read_qrels(options.qrels) if options.qrels else None,
         (query_ids, doc_ids),
         [parse_funnel(f) for f in options.funnel],
+        IndexSpec.from_options(options) if options.index else None,
     )
     if options.plot:
         _plot(report, options.plot)
@@ -64,14 +68,23 @@ def render(report: dict) -> None:
         table.add_row(*(str(row[c]) if c == "dim" else f"{row[c]:.4f}" for c in columns))
     out.print(table)
     for f in report["funnels"]:
-        recall = next(
-            v for key, v in f.items() if key.startswith("recall@") and key.endswith("_vs_full")
-        )
-        out.print(
-            f"funnel {f['funnel']}: recall vs full {recall:.4f}, "
-            f"{f['flops_vs_full']:.1f}x fewer FLOPs, {f['ms_per_query']:.3f} ms/query vs "
-            f"{f['full_ms_per_query']:.3f} ms full ({f['speedup_vs_full']:.1f}x faster)"
-        )
+        out.print(_funnel_line(f))
+
+
+def _funnel_line(f: dict) -> str:
+    recall = next(
+        v for key, v in f.items() if key.startswith("recall@") and key.endswith("_vs_full")
+    )
+    if "index" in f:
+        params = ", ".join(f"{k}={v}" for k, v in f["index_params"].items())
+        cost = f"{f['index']} index ({params}) built in {f['build_seconds']:.1f} s"
+    else:
+        cost = f"{f['flops_vs_full']:.1f}x fewer FLOPs"
+    return (
+        f"funnel {f['funnel']}: recall vs full {recall:.4f}, {cost}, "
+        f"{f['ms_per_query']:.3f} ms/query vs {f['full_ms_per_query']:.3f} ms full "
+        f"({f['speedup_vs_full']:.1f}x faster)"
+    )
 
 
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")

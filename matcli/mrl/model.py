@@ -5,6 +5,11 @@ the end: an optional LayerNorm (--pre-norm layer_norm), a Dense projection D -> 
 activation (the first d rows of the identity, or of a PCA rotation), and a Normalize module
 (unless --no-renormalize). Stock sentence-transformers loads the result and its outputs are
 exactly the truncated (rotated, renormalized) outputs of the original model.
+
+The folder follows sentence-transformers' own conventions, so that a re-save by the library
+changes nothing: `truncate_dim` is recorded in config_sentence_transformers.json (a loaded
+model reports it), the added module folders are named `{idx}_{ClassName}` as `save()` names
+them, and modules.json spells each added module's type as the library that saved the input did.
 """
 
 from __future__ import annotations
@@ -26,9 +31,31 @@ from matcli.mrl.truncate import check_pca_rows, load_rotation, write_rotation
 from matcli.mrl.writers import SafetensorsWriter
 from matcli.options import TruncateOptions
 
-DENSE = "sentence_transformers.models.Dense"
-NORMALIZE = "sentence_transformers.models.Normalize"
-LAYER_NORM = "sentence_transformers.models.LayerNorm"
+# The type of each added module in modules.json: (the alias every version imports, the class
+# path that sentence-transformers >= 6 writes when it saves). An input saved by a version that
+# writes class paths gets class paths, so that a re-save by it rewrites nothing; an older input
+# keeps the alias, which the version that loads it knows.
+MODULE_TYPES = {
+    "Dense": (
+        "sentence_transformers.models.Dense",
+        "sentence_transformers.base.modules.dense.Dense",
+    ),
+    "Normalize": (
+        "sentence_transformers.models.Normalize",
+        "sentence_transformers.base.modules.normalize.Normalize",
+    ),
+    "LayerNorm": (
+        "sentence_transformers.models.LayerNorm",
+        "sentence_transformers.sentence_transformer.modules.layer_norm.LayerNorm",
+    ),
+}
+CLASS_PATH_PREFIXES = ("sentence_transformers.base.", "sentence_transformers.sentence_transformer.")
+# What sentence-transformers >= 6 adds to the config of a Dense and a Normalize module.
+FEATURE_NAMES = {
+    "module_input_name": "sentence_embedding",
+    "module_output_name": "sentence_embedding",
+}
+ST_CONFIG = "config_sentence_transformers.json"
 FILE_ONLY_OPTIONS = {
     "key": "--key",
     "dtype": "--dtype",
@@ -131,8 +158,10 @@ class ModelTruncationPlan:
         dim: int,
         rotation: Rotation | None,
         texts: list[str],
+        st_config: dict,
     ):
         self.options, self.modules, self.dim = options, modules, dim
+        self.st_config = st_config  # config_sentence_transformers.json, gaining truncate_dim
         self.rotation = rotation  # from --rotation; --pca fits it on `texts` when writing
         self.texts = texts
         self.warnings: list[str] = []
@@ -178,24 +207,29 @@ class ModelTruncationPlan:
         return written
 
     def _write_model(self, target: Path, d: int, rotation: Rotation | None) -> dict:
-        """Copy the model, append the modules; the manifest fields of the folder."""
+        """Copy the model, append the modules, record truncate_dim; the manifest fields."""
         options, dim = self.options, self.dim
         shutil.copytree(
             options.input, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*")
         )
+        class_paths = saved_with_class_paths(self.modules)
         added = []
         if options.pre_norm == "layer_norm":
-            added.append(("MatryoshkaLayerNorm", LAYER_NORM, lambda p: _layer_norm_module(p, dim)))
-        added.append(("MatryoshkaDense", DENSE, lambda p: _dense_module(p, dim, d, rotation)))
+            added.append(("LayerNorm", lambda p: _layer_norm_module(p, dim)))
+        added.append(("Dense", lambda p: _dense_module(p, dim, d, rotation, class_paths)))
         if options.renormalize:
-            added.append(("MatryoshkaNormalize", NORMALIZE, lambda p: p.mkdir()))
+            added.append(("Normalize", lambda p: _normalize_module(p, class_paths)))
         new_modules = list(self.modules)
-        for name, kind, write in added:
+        for kind, write in added:
             idx = len(new_modules)
-            path = f"{idx}_{name}"
+            path = f"{idx}_{kind}"  # as SentenceTransformer.save names a module's folder
             write(target / path)
-            new_modules.append({"idx": idx, "name": str(idx), "path": path, "type": kind})
-        (target / "modules.json").write_text(json.dumps(new_modules, indent=2) + "\n")
+            module_type = MODULE_TYPES[kind][class_paths]
+            new_modules.append({"idx": idx, "name": str(idx), "path": path, "type": module_type})
+        # Formatted as SentenceTransformer.save writes these two files.
+        (target / "modules.json").write_text(json.dumps(new_modules, indent=2))
+        st_config = self.st_config | {"truncate_dim": d}
+        (target / ST_CONFIG).write_text(json.dumps(st_config, indent=2, sort_keys=True))
         return {
             "input": str(options.input),
             "source_dim": dim,
@@ -222,7 +256,8 @@ def plan_model_truncation(options: TruncateOptions) -> ModelTruncationPlan:
             )
     rotation = load_rotation(options.rotation, dim, options.pre_norm) if options.rotation else None
     texts = _pca_texts(options) if options.pca else []
-    return ModelTruncationPlan(options, modules, dim, rotation, texts)
+    st_config = _read_st_config(options.input)
+    return ModelTruncationPlan(options, modules, dim, rotation, texts, st_config)
 
 
 def _refuse_file_options(options: TruncateOptions) -> None:
@@ -233,6 +268,27 @@ def _refuse_file_options(options: TruncateOptions) -> None:
             f"{', '.join(given)} {verb} to embeddings files, not to a model folder (its outputs "
             f"are float vectors); drop {pronoun}"
         )
+
+
+def saved_with_class_paths(modules: list[dict]) -> bool:
+    """Whether the input's modules.json spells types as class paths (saved by
+    sentence-transformers >= 6) rather than as `sentence_transformers.models.X` aliases."""
+    return any(str(m.get("type", "")).startswith(CLASS_PATH_PREFIXES) for m in modules)
+
+
+def _read_st_config(folder: Path) -> dict:
+    """The model-level config (prompts, similarity function, versions), or {} for a folder saved
+    before sentence-transformers 2 wrote one."""
+    path = folder / ST_CONFIG
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise MatcliError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(config, dict):
+        raise MatcliError(f"{path} must hold a JSON object")
+    return config
 
 
 def _copied_bytes(folder: Path) -> int:
@@ -272,7 +328,9 @@ def _fit_rotation(options: TruncateOptions, dim: int, texts: list[str]) -> Rotat
     return fit.finish(center=options.pca_center)[0]
 
 
-def _dense_module(path: Path, dim: int, d: int, rotation: Rotation | None) -> None:
+def _dense_module(
+    path: Path, dim: int, d: int, rotation: Rotation | None, class_paths: bool
+) -> None:
     """y = W x + b with W = the first d columns of the rotation, transposed (the first d rows
     of the identity without a rotation)."""
     path.mkdir()
@@ -291,8 +349,8 @@ def _dense_module(path: Path, dim: int, d: int, rotation: Rotation | None) -> No
         "out_features": d,
         "bias": bias is not None,
         "activation_function": "torch.nn.modules.linear.Identity",
-    }
-    (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    } | (FEATURE_NAMES if class_paths else {})
+    _module_config(path, config)
     extras = [("linear.bias", "F32", (d,), bias.tobytes())] if bias is not None else []
     writer = SafetensorsWriter(
         path / "model.safetensors", "linear.weight", (d, dim), "float32", {"format": "pt"}, extras
@@ -304,10 +362,22 @@ def _dense_module(path: Path, dim: int, d: int, rotation: Rotation | None) -> No
 def _layer_norm_module(path: Path, dim: int) -> None:
     """LayerNorm over the full vector with unit gain and zero bias (what nomic v1.5 does)."""
     path.mkdir()
-    (path / "config.json").write_text(json.dumps({"dimension": dim}) + "\n")
+    _module_config(path, {"dimension": dim})
     extras = [("norm.bias", "F32", (dim,), np.zeros(dim, dtype=np.float32).tobytes())]
     writer = SafetensorsWriter(
         path / "model.safetensors", "norm.weight", (dim,), "float32", {"format": "pt"}, extras
     )
     writer.write(np.ones(dim, dtype=np.float32))
     writer.close()
+
+
+def _normalize_module(path: Path, class_paths: bool) -> None:
+    """No weights; sentence-transformers >= 6 saves the feature names it reads and writes."""
+    path.mkdir()
+    if class_paths:
+        _module_config(path, FEATURE_NAMES)
+
+
+def _module_config(path: Path, config: dict) -> None:
+    """A module's config.json, formatted as sentence-transformers' Module.save_config writes it."""
+    (path / "config.json").write_text(json.dumps(config, indent=4))

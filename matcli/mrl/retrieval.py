@@ -5,7 +5,9 @@ product. For each dimension d the report gives recall@k against the exact full-d
 top-k (no labels needed) and, with relevance labels, nDCG@10, MRR@10 and recall@k. The
 funnel (MRL paper §4.3.1) shortlists K_1 candidates at d_1 over the whole corpus, then
 reranks the survivors at d_2, ... (`16:200,64:50,384:10`), at N*d_1 + sum K_{i-1}*d_i
-multiply-adds per query instead of N*D.
+multiply-adds per query instead of N*D. With an approximate index (`--index hnsw|ivf`,
+matcli/mrl/ann.py) the first stage searches an index on the d_1 prefix instead of the whole
+corpus, and the later stages rerank exactly as before.
 
 Timing is the same for the full-dimension baseline and every funnel: the normalized prefixes
 of corpus and queries at every dimension a search reads are built once, untimed (they are the
@@ -36,6 +38,7 @@ from matcli.mrl.sources import (
 )
 
 SCORE_BLOCK_ELEMENTS = 1 << 24  # query x corpus scores held at once (64 MB of float32)
+RERANK_BLOCK_ELEMENTS = 1 << 20  # candidate floats gathered at once (4 MB)
 TIMING_REPEATS = 3  # timed runs of each search after its warm-up; the median is reported
 
 
@@ -133,24 +136,28 @@ def top_k(queries: np.ndarray, corpus: np.ndarray, k: int) -> np.ndarray:
 def rerank(
     queries: np.ndarray, corpus: np.ndarray, candidates: np.ndarray, keep: int
 ) -> np.ndarray:
-    """The `keep` best of each query's candidates, scored on `corpus` rows (in query batches,
-    so the gathered candidate vectors stay about SCORE_BLOCK_ELEMENTS floats)."""
+    """The `keep` best of each query's candidates, scored on `corpus` rows. A candidate -1 (an
+    index that found fewer than asked) scores -inf: it stays last, and stays -1.
+
+    Candidate rows are gathered for a few queries at a time into one reused buffer (about
+    RERANK_BLOCK_ELEMENTS floats): gathering into fresh memory spends most of its time faulting
+    in new pages, which made reranking 200 candidates dearer than an HNSW search."""
     import torch
 
-    q, c, cand = (
-        torch.from_numpy(np.ascontiguousarray(queries)),
-        torch.from_numpy(corpus),
-        torch.from_numpy(candidates),
-    )
-    batch = max(1, SCORE_BLOCK_ELEMENTS // max(1, candidates.shape[1] * corpus.shape[1]))
-    scores = torch.cat(
-        [
-            torch.bmm(c[cand[s : s + batch]], q[s : s + batch, :, None])[..., 0]
-            for s in range(0, len(q), batch)
-        ]
-    )
-    order = np.lexsort((candidates, -scores.numpy()), axis=-1)[:, :keep]
-    return np.take_along_axis(candidates, order, axis=1)
+    missing = candidates < 0
+    rows, width = candidates.shape[1], corpus.shape[1]
+    q, c = torch.from_numpy(np.ascontiguousarray(queries)), torch.from_numpy(corpus)
+    cand = torch.from_numpy(np.where(missing, 0, candidates))
+    batch = max(1, RERANK_BLOCK_ELEMENTS // max(1, rows * width))
+    gathered = torch.empty(batch * rows, width, dtype=c.dtype)
+    scores = torch.empty(len(q), rows, dtype=c.dtype)
+    for s in range(0, len(q), batch):
+        ids = cand[s : s + batch].reshape(-1)
+        torch.index_select(c, 0, ids, out=gathered[: len(ids)])
+        vectors = gathered[: len(ids)].view(-1, rows, width)
+        scores[s : s + batch] = torch.bmm(vectors, q[s : s + batch, :, None])[..., 0]
+    order = np.lexsort((candidates, -np.where(missing, -np.inf, scores.numpy())), axis=-1)
+    return np.take_along_axis(candidates, order[:, :keep], axis=1)
 
 
 def overlap_recall(found: np.ndarray, exact: np.ndarray) -> float:
@@ -213,7 +220,7 @@ def label_metrics(
         relevant = {d: r for d, r in qrels.get(qid, {}).items() if r > 0}
         if not relevant:
             continue
-        docs = [doc_ids[i] for i in row]
+        docs = [doc_ids[i] for i in row if i >= 0]  # -1: an index found fewer
         gains = [relevant.get(d, 0.0) for d in docs[:10]]
         dcg = sum(g / math.log2(i + 2) for i, g in enumerate(gains))
         ideal = sorted(relevant.values(), reverse=True)[:10]
@@ -271,12 +278,16 @@ def evaluate(
     qrels=None,
     ids=None,
     funnels=(),
+    ann=None,
 ) -> dict:
-    """The whole report: per-dimension quality, and each funnel's quality, time and FLOPs."""
+    """The whole report: per-dimension quality, and each funnel's quality, time and FLOPs (with
+    `ann`, an IndexSpec: the first stage searches that index; its build time is reported)."""
     full = corpus.shape[1]
     if queries.shape[1] != full:
         raise MatcliError(f"queries have {queries.shape[1]} dimensions but the corpus has {full}")
     check_request(len(corpus), full, dims, k, funnels)
+    if ann is not None:
+        ann.params(len(corpus))  # its limits, checked before any search
     rank_k = max(k, 10)
     # The index of every timed search, built untimed for the baseline and the funnels alike.
     searched = {full} | {s.dim for stages in funnels for s in stages}
@@ -301,38 +312,62 @@ def evaluate(
         "k": k,
         "dims": rows,
     }
-    report["funnels"] = [
-        _funnel(index, len(corpus), full, stages, exact, k, qrels, ids, full_seconds)
-        for stages in funnels
-    ]
+    baseline = FunnelBaseline(index, full, exact, k, qrels, ids, full_seconds)
+    report["funnels"] = [_funnel(baseline, stages, ann) for stages in funnels]
     return report
 
 
-def run_funnel(index: dict[int, tuple[np.ndarray, np.ndarray]], stages: list[Stage]) -> np.ndarray:
-    """Shortlist over the whole corpus at the first stage's dimension, then rerank stage by
-    stage."""
-    candidates = top_k(*index[stages[0].dim], stages[0].keep)
+@dataclass(frozen=True)
+class FunnelBaseline:
+    """What every funnel is measured against: the normalized prefixes, exact full-dimension
+    search (its ranking and median seconds), and the labels."""
+
+    index: dict[int, tuple[np.ndarray, np.ndarray]]
+    full: int
+    exact: np.ndarray
+    k: int
+    qrels: dict | None
+    ids: tuple | None
+    full_seconds: float
+
+
+def run_funnel(
+    index: dict[int, tuple[np.ndarray, np.ndarray]], stages: list[Stage], shortlist=None
+) -> np.ndarray:
+    """Shortlist at the first stage's dimension (over the whole corpus, or with `shortlist`,
+    an approximate index's search), then rerank stage by stage."""
+    first = stages[0]
+    if shortlist is None:
+        candidates = top_k(*index[first.dim], first.keep)
+    else:
+        candidates = shortlist(index[first.dim][0], first.keep)
     for s in stages[1:]:
         candidates = rerank(*index[s.dim], candidates, s.keep)
     return candidates
 
 
-def _funnel(
-    index, corpus_rows: int, full: int, stages: list[Stage], exact, k, qrels, ids, full_seconds
-) -> dict:
-    candidates, seconds = timed_search(lambda: run_funnel(index, stages))
-    queries = len(exact)
-    flops = corpus_rows * stages[0].dim + sum(a.keep * b.dim for a, b in zip(stages, stages[1:]))
-    final_k = min(k, stages[-1].keep)
-    result = {
-        "funnel": ",".join(f"{s.dim}:{s.keep}" for s in stages),
-        f"recall@{final_k}_vs_full": overlap_recall(candidates, exact[:, :final_k]),
-        "flops_per_query": flops,
-        "flops_vs_full": corpus_rows * full / flops,
+def _funnel(base: FunnelBaseline, stages: list[Stage], ann) -> dict:
+    result = {"funnel": ",".join(f"{s.dim}:{s.keep}" for s in stages)}
+    shortlist = None
+    if ann is not None:
+        from matcli.mrl.ann import build_shortlist
+
+        shortlist, built = build_shortlist(ann, base.index[stages[0].dim][1])
+        result.update(built)
+    candidates, seconds = timed_search(lambda: run_funnel(base.index, stages, shortlist))
+    queries, corpus_rows = base.exact.shape[0], len(base.index[base.full][1])
+    final_k = min(base.k, stages[-1].keep)
+    result[f"recall@{final_k}_vs_full"] = overlap_recall(candidates, base.exact[:, :final_k])
+    if ann is None:  # an index's work per query is not a fixed number of multiply-adds
+        flops = corpus_rows * stages[0].dim + sum(
+            a.keep * b.dim for a, b in zip(stages, stages[1:])
+        )
+        result |= {"flops_per_query": flops, "flops_vs_full": corpus_rows * base.full / flops}
+    result |= {
         "ms_per_query": seconds / queries * 1e3,
-        "full_ms_per_query": full_seconds / queries * 1e3,
-        "speedup_vs_full": full_seconds / seconds,
+        "full_ms_per_query": base.full_seconds / queries * 1e3,
+        "speedup_vs_full": base.full_seconds / seconds,
     }
-    if qrels is not None:
-        result.update(label_metrics(candidates, ids[0], ids[1], qrels, final_k))
+    if base.qrels is not None:
+        result.update(label_metrics(candidates, base.ids[0], base.ids[1], base.qrels, final_k))
     return result

@@ -461,6 +461,45 @@ class EvalRetrievalOptions(OutputOptions):
     plot: Path | None = option(
         None, "Write a plot of quality against dimension, .png/.svg/.pdf (needs matplotlib)."
     )
+    # --- the funnel's approximate first stage (faiss) ---------------------------------------
+    index: Literal["hnsw", "ivf"] | None = option(
+        None,
+        "Shortlist each --funnel's first stage with an approximate index on its prefix: hnsw or "
+        "ivf (faiss; pip install 'matcli[ann]'); later stages rerank exactly.",
+    )
+    hnsw_m: int = option(32, "HNSW: neighbours per node (faiss M).", ge=2, le=512)
+    hnsw_ef_construction: int = option(
+        64, "HNSW: candidates kept while building (higher: better graph, slower build).", ge=1
+    )
+    hnsw_ef_search: int = option(
+        256, "HNSW: candidates kept while searching (at least the shortlist is used).", ge=1
+    )
+    ivf_nlist: int | None = option(
+        None, "IVF: clusters (default: 4 sqrt(N), at most N/39; at most N).", ge=1
+    )
+    ivf_nprobe: int = option(
+        64, "IVF: clusters searched per query (at most --ivf-nlist are).", ge=1
+    )
+
+    @model_validator(mode="after")
+    def _index_options(self) -> EvalRetrievalOptions:
+        if self.index and not self.funnel:
+            raise ValueError(
+                "--index builds the first stage of a funnel: add --funnel DIM:KEEP,..., "
+                "e.g. --funnel 64:200,384:10"
+            )
+        fields = type(self).model_fields
+        for kind in ("hnsw", "ivf"):
+            # A recipe may list every field at its default; another value would be ignored.
+            given = sorted(
+                f
+                for f in self.model_fields_set
+                if f.startswith(kind + "_") and getattr(self, f) != fields[f].default
+            )
+            if given and self.index != kind:
+                flags = ", ".join("--" + f.replace("_", "-") for f in given)
+                raise ValueError(f"{flags} apply to --index {kind}; add it or drop them")
+        return self
 
 
 class DemoOptions(Options):
