@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from matcli.checkpoint.nonfinite import check_finite
 from matcli.checkpoint.plan import Plan, copy_tensor
 from matcli.checkpoint.reader import ModelFolder
 from matcli.checkpoint.writer import OutputTensor
-from matcli.errors import MatcliError
 from matcli.options import QuantizeOptions
 from matcli.quant import ct_format, grid
 from matcli.quant.ct_format import PACKED, SCALE, SHAPE, ZERO, WeightScheme
@@ -174,15 +174,3 @@ def streamed_plan(
         else:
             tensors.append(copy_tensor(folder, name))
     return parent_plan(targets, tensors, info, options)
-
-
-def check_finite(rows: torch.Tensor, name: str, first_row: int) -> None:
-    """NaN or inf has no place on an integer grid (MinMax would turn every code of its group
-    into garbage): refused while streaming, with where it is."""
-    bad = ~torch.isfinite(rows)
-    if bad.any():
-        row = first_row + int(bad.any(dim=-1).nonzero()[0, 0])
-        raise MatcliError(
-            f"{name} holds {int(bad.sum())} NaN or infinite value(s) (the first in row {row}); "
-            "matcli cannot quantize them: repair or re-export the checkpoint"
-        )

@@ -96,7 +96,7 @@ def load_quant_model(
     each shard on its own device, so no rank ever holds the whole model there)."""
     from transformers import AutoModelForCausalLM
 
-    from matcli.train.rtn import check_finite
+    from matcli.checkpoint.nonfinite import check_finite
 
     targets = quant_targets(options)
     for module in targets.modules:  # NaN would poison every update: refused before loading
