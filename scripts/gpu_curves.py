@@ -148,8 +148,8 @@ def train(method: str, tokens: int, args, folder: Path) -> tuple[int, float]:
 
 def run_matcli(argv: list[str]) -> None:
     """`python -m matcli ARGV` in its own process (a fresh CUDA context and memory per run)."""
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1"}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1"}  # keeps carried wheels
     subprocess.run([sys.executable, "-m", "matcli", *argv], check=True, env=env)
 
 

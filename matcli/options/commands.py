@@ -186,7 +186,12 @@ def _check_teacher(options: QuantizeOptions) -> None:
             f"--teacher: --method {options.method} does not train, so it has nothing to "
             "distil; use --method " + " or ".join(m.name for m in METHODS.values() if m.teacher_use)
         )
-    tuned = {"teacher_weight", "teacher_temperature"} & options.model_fields_set
+    fields = type(options).model_fields
+    tuned = {
+        name
+        for name in ("teacher_weight", "teacher_temperature")
+        if getattr(options, name) != fields[name].default
+    }
     if tuned and (options.teacher is None or use != "logits"):
         flag = "--" + sorted(tuned)[0].replace("_", "-")
         raise ValueError(

@@ -4,7 +4,9 @@ Loss per step (paper Eq. 7): sum over r in R of lambda_r * next-token cross-entr
 model whose quantized Linears are S(Q(W, c), r). Q is recomputed from the same weights for
 every r of a step, so all widths see one Q. Optional co-distillation (`8->2`, `8->4;2`): the
 teacher width's logits (detached) are a target for the students, KL added to their
-cross-entropy with equal weight, or replacing it (`--distill-only`).
+cross-entropy with equal weight, or replacing it (`--distill-only`). With `--teacher original`
+each width's cross-entropy becomes (or is mixed with) the KL to a frozen copy of the dense model,
+whose forward runs once per micro-batch for every width (`matcli.train.distill`).
 
 Runs alone or under torchrun (FSDP2 or DDP from torch; NCCL on GPUs, gloo on CPUs): every
 rank takes its share of each global batch and rank 0 writes the parent.
