@@ -69,6 +69,8 @@ class Family(BaseModel):
     effective_excludes: tuple[str, ...]
     ffn_input_norm: str | None
     norm_offset: float
+    # GGUF metadata (`slice --format gguf`), validated by matcli/quant/gguf_metadata.py.
+    gguf: dict | None = None
 
     def takes_per_layer_intermediate(self, text_config: dict) -> bool:
         """Whether this config can hold one FFN width per layer: the family's config class

@@ -192,6 +192,10 @@ def plan_slice(options: SliceOptions) -> Plan:
         _require_symmetric(options.parent, linears)
     choices = _choices(options, parent)
     warnings = _untrained_widths(choices, parent.bits, parent.info)
+    if options.format == "gguf":
+        from matcli.quant.gguf_slice import plan_gguf
+
+        return plan_gguf(options, parent, choices[0], warnings)
     outputs = [
         _output(parent, name, widths, single_width, options)
         for name, widths, single_width in choices
