@@ -13,6 +13,7 @@ from conftest import assert_refused, build_llama, run_matcli
 
 from matcli.checkpoint.reader import ModelFolder
 from matcli.quant import gguf_format
+from matcli.quant.gguf_runtime import llama_cpp_model
 from matcli.quant.reference import dequantized_state_dict
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "gguf-parent-g32.yaml"
@@ -31,7 +32,7 @@ def bpe_tokenizer():
         special_tokens=["<|endoftext|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tokenizer.train_from_iterator(["The quick brown fox jumps over the lazy dog. " * 20])
+    tokenizer.train_from_iterator(["The quick brown fox jumps over the lazy dog. " * 20], trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>"
     )
@@ -249,7 +250,11 @@ def llama_cpp_module():
     except ImportError:
         pip = [sys.executable, "-m", "pip"]
         if not list(WHEELS.glob("llama_cpp_python-*.whl")):
-            env = {**os.environ, "CMAKE_ARGS": "-DGGML_NATIVE=ON", "CMAKE_BUILD_PARALLEL_LEVEL": "2"}
+            env = {
+                **os.environ,
+                "CMAKE_ARGS": "-DGGML_NATIVE=ON",
+                "CMAKE_BUILD_PARALLEL_LEVEL": "2",
+            }
             subprocess.run(
                 [*pip, "wheel", "--no-deps", "--no-binary", "llama-cpp-python", "-w", str(WHEELS),
                  "llama-cpp-python"], env=env, check=True,
@@ -258,27 +263,6 @@ def llama_cpp_module():
         subprocess.run([*pip, "install", str(wheel), "diskcache", "jinja2"], check=True)
         import llama_cpp
     return llama_cpp
-
-
-def llama_cpp_model(path: Path, n_ctx: int = 64):
-    """A llama.cpp model of a GGUF file, without the extra CPU buffer types (AMX/repacked
-    weights): with them, this build segfaults in batched evaluation on AMX CPUs for any Q8_0
-    or Q4_0 file, gguf-py's own included."""
-    llama_cpp = llama_cpp_module()
-    defaults = llama_cpp.llama_cpp.llama_model_default_params
-
-    def params():
-        p = defaults()
-        p.use_extra_bufts = False
-        return p
-
-    llama_cpp.llama_cpp.llama_model_default_params = params
-    try:
-        return llama_cpp.Llama(
-            model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False, n_threads=2
-        )
-    finally:
-        llama_cpp.llama_cpp.llama_model_default_params = defaults
 
 
 @pytest.mark.llamacpp
@@ -290,7 +274,8 @@ def test_llama_cpp_runs_matcli_gguf(gguf_parent, tmp_path, bits):
 
     out = slice_gguf(gguf_parent, tmp_path / f"m{bits}.gguf", "--bits", str(bits))
     tokens = [int(t) for t in np.random.default_rng(0).integers(0, 300, 32)]
-    llm = llama_cpp_model(out)
+    llama_cpp_module()  # built from the sdist once if missing
+    llm = llama_cpp_model(out, n_ctx=64)
     llm.eval(tokens)
     got = np.array(llm.scores[: len(tokens)])
     base = AutoModelForCausalLM.from_pretrained(gguf_parent.parent / "dense", dtype=torch.float32)

@@ -23,7 +23,8 @@ def _written(summary: dict) -> None:
 COMMAND = writing_command(
     "slice",
     "Slice r-bit checkpoints out of a Matryoshka parent, S(q, c, r) of the MatQuant paper, "
-    "streamed without a model. One output folder per width (OUT/int4, OUT/int2 when several), or one llama.cpp file with --format gguf.",
+    "streamed without a model. One output folder per width (OUT/int4, OUT/int2 when several), "
+    "or one llama.cpp file with --format gguf.",
     SliceOptions,
     _slicing,
     Renderers(dry_run=CHECKPOINT.dry_run, written=_written),

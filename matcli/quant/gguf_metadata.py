@@ -67,8 +67,6 @@ def heads_of(arch: Architecture, family: GgufFamily, name: str, config: dict) ->
     return _value(config, [key], name) if key else None
 
 
-
-
 def hparams(family: GgufFamily, config: dict) -> list[tuple[str, object, str]]:
     """(`{arch}.KEY`, value, gguf value type) for every hyper-parameter of the family."""
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
@@ -101,8 +99,7 @@ def _value(config: dict, sources: list[str], what: str) -> object:
     if optional:
         return None
     raise MatcliError(
-        f"config.json has none of {', '.join(sources)} (needed for GGUF key {what}); "
-        "fix the config"
+        f"config.json has none of {', '.join(sources)} (needed for GGUF key {what}); fix the config"
     )
 
 

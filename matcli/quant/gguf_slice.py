@@ -262,9 +262,7 @@ class GgufPlan:
         report["tokenizer pre"] = self.vocab.pre
         if self.ctx.measured.tensors:
             report["re-quantized tensors"] = self.ctx.measured.tensors
-            report["re-quantization relative RMS error"] = round(
-                self.ctx.measured.relative_rms, 6
-            )
+            report["re-quantization relative RMS error"] = round(self.ctx.measured.relative_rms, 6)
         return report
 
     def embed_manifest(self, invocation: dict) -> None:
