@@ -227,6 +227,20 @@ def test_family_without_gguf_data_is_refused(gemma3n, tmp_path):
     assert_refused([*args, "--requantize"], out, "has no GGUF metadata yet", inputs=[parent])
 
 
+def test_sentencepiece_style_tokenizer_is_refused(gguf_parent, tmp_path):
+    """A Llama 2 / Mistral tokenizer (BPE with byte fallback) would be misread as byte-level."""
+    import shutil
+
+    parent = tmp_path / "parent"
+    shutil.copytree(gguf_parent, parent)
+    tokenizer = json.loads((parent / "tokenizer.json").read_text())
+    tokenizer["model"]["byte_fallback"] = True
+    (parent / "tokenizer.json").write_text(json.dumps(tokenizer))
+    out = tmp_path / "s.gguf"
+    args = ["slice", str(parent), "--bits", "8", "--format", "gguf", "-o", str(out)]
+    assert_refused(args, out, "SentencePiece-style", inputs=[parent])
+
+
 def test_inexact_fp16_scale_is_refused():
     """A bf16 scale below fp16's range is not silently rounded: it counts as inexact."""
     scale = np.array([2.0**-30, 0.5, 1e6], dtype=np.float32)

@@ -152,6 +152,12 @@ def vocabulary(folder: Path, vocab_size: int) -> Vocabulary:
             f"{path}: GGUF output supports BPE tokenizers (tokenizer.json model type BPE), "
             f"not {model.get('type')!r}; use --format compressed-tensors"
         )
+    if _sentencepiece_style(data):
+        raise MatcliError(
+            f"{path}: a SentencePiece-style BPE tokenizer (byte fallback, '▁' for spaces) is "
+            "llama.cpp's `llama` tokenizer model, which matcli's GGUF output does not write yet; "
+            "use --format compressed-tensors"
+        )
     added = {t["id"]: t for t in data.get("added_tokens") or []}
     by_id = {i: t for t, i in model.get("vocab", {}).items()} | {
         i: t["content"] for i, t in added.items()
@@ -165,6 +171,13 @@ def vocabulary(folder: Path, vocab_size: int) -> Vocabulary:
     ids = Tokenizer.from_file(str(path)).encode(CHECK_TEXT).ids
     pre = PRE_TOKENIZERS.get(sha256(str(ids).encode()).hexdigest())
     return Vocabulary(tokens=tokens, token_types=types, pre=pre or "default", known_pre=bool(pre))
+
+
+def _sentencepiece_style(data: dict) -> bool:
+    """Llama 2 / Mistral tokenizers: BPE over '▁'-marked text with byte fallback, which
+    llama.cpp reads as its SentencePiece (`llama`) model, not as byte-level `gpt2`."""
+    text = json.dumps([data.get("normalizer"), data.get("pre_tokenizer")])
+    return bool((data.get("model") or {}).get("byte_fallback")) or "Metaspace" in text
 
 
 def _token_type(gguf, added: dict | None, present: bool) -> int:
