@@ -219,6 +219,20 @@ def test_refusals(gguf_parent, channel_parent, tmp_path):
                    folder, "--format gguf only")  # fmt: skip
 
 
+def test_dry_run_writes_nothing_and_existing_file_needs_force(gguf_parent, tmp_path):
+    out = tmp_path / "d.gguf"
+    args = ["slice", str(gguf_parent), "--bits", "4", "--format", "gguf", "-o", str(out)]
+    code, stdout, err = run_matcli(*args, "--dry-run", "--json")
+    assert code == 0, err
+    plan = json.loads(stdout)["outputs"][0]
+    assert plan["transforms"]["int8 -> int4 Q4_0 (exact)"]["tensors"] == 10
+    assert not list(tmp_path.iterdir())
+    out.write_bytes(b"keep")
+    code, _, err = run_matcli(*args, "-q")
+    assert code == 2 and "exists" in err and out.read_bytes() == b"keep"
+    assert run_matcli(*args, "-q", "--force")[0] == 0 and out.read_bytes()[:4] == b"GGUF"
+
+
 def test_family_without_gguf_data_is_refused(gemma3n, tmp_path):
     parent = tmp_path / "parent"
     assert run_matcli("quantize", str(gemma3n), "-o", str(parent), "-q")[0] == 0
