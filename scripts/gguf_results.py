@@ -61,14 +61,24 @@ def llama_cpp_perplexity(llm, wins: list[list[int]]) -> tuple[float, float]:
 
 
 def generation_speed(llm, prompt: list[int], tokens: int) -> float:
-    """Greedy decoding tokens/s after a prompt."""
+    """Greedy decoding tokens/s after a prompt (timed from the first generated token, so
+    the prompt's evaluation is not counted)."""
     llm.reset()
-    llm.eval(prompt)
+    generated = llm.generate(prompt, temp=0.0)
+    next(generated)
     start = time.perf_counter()
-    generated = llm.generate(prompt, temp=0.0, reset=False)
     for _ in range(tokens):
         next(generated)
     return tokens / (time.perf_counter() - start)
+
+
+def transformers_perplexity(folder: Path, data: Path, seq_len: int, max_tokens: int) -> float:
+    """`matcli eval` of the compressed-tensors slice (kept in FOLDER.eval.json: it is slow)."""
+    cached = folder.with_suffix(".eval.json")
+    if not cached.exists():
+        window_args = ["--seq-len", str(seq_len), "--max-tokens", str(max_tokens)]
+        cached.write_text(matcli("eval", str(folder), "--data", str(data), *window_args, "--json"))
+    return json.loads(cached.read_text())["results"][0]["perplexity"]
 
 
 def main() -> None:
@@ -78,7 +88,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--max-tokens", type=int, default=8192)
-    parser.add_argument("--threads", type=int, default=2)
+    # One thread: on CPUs shared with other jobs, llama.cpp's spinning thread barrier made two
+    # threads ten times slower than one (0.5 vs 6 generated tokens/s at load average 12).
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     parent = args.work / "parent"
     if not parent.exists():
@@ -91,11 +103,7 @@ def main() -> None:
         matcli("slice", str(parent), "--bits", str(bits), "--format", "gguf", "-o",
                str(gguf_file), "-q", "--force")  # fmt: skip
         matcli("slice", str(parent), "--bits", str(bits), "-o", str(folder), "-q", "--force")
-        window_args = ["--seq-len", str(args.seq_len), "--max-tokens", str(args.max_tokens)]
-        evaluated = json.loads(
-            matcli("eval", str(folder), "--data", str(args.data), *window_args, "--json")
-        )
-        ct_ppl = evaluated["results"][0]["perplexity"]
+        ct_ppl = transformers_perplexity(folder, args.data, args.seq_len, args.max_tokens)
         llm = llama_cpp_model(gguf_file, args.seq_len, args.threads)
         ppl, prompt_speed = llama_cpp_perplexity(llm, wins)
         gen_speed = generation_speed(llm, wins[0][:16], 128)
