@@ -88,8 +88,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--max-tokens", type=int, default=8192)
-    # One thread: on CPUs shared with other jobs, llama.cpp's spinning thread barrier made two
-    # threads ten times slower than one (0.5 vs 6 generated tokens/s at load average 12).
+    # One thread: on CPUs shared with other jobs, two threads generated ten times slower than
+    # one (0.5 vs 6 tokens/s at load average 12; most likely threads spinning at barriers).
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     parent = args.work / "parent"
