@@ -171,6 +171,10 @@ def test_requantize_reports_the_added_error(channel_parent, tmp_path):
     report = json.loads(stdout)["report"]
     assert report["re-quantized tensors"] == 6 and report["Q4_0 tensors"] == 6
     assert 0 < report["re-quantization relative RMS error"] < 0.1
+    # The unquantized attention (BF16, rows of q/k permuted for llama.cpp) loads back exactly.
+    loaded, parent = loaded_weights(out), reference(channel_parent, 2)
+    attention = [n for n in parent if "self_attn" in n]
+    assert len(attention) == 8 and all(torch.equal(loaded[n], parent[n]) for n in attention)
 
 
 def test_block_encoding_matches_gguf_py():
