@@ -114,6 +114,10 @@ def _write(
         **invocation.manifest_fields(),
         "options": options.model_dump(mode="json", exclude=DISPLAY_FIELDS),
     }
+    # A plan whose output file carries its own manifest (GGUF metadata) takes these fields
+    # before writing; it then returns no folder for a manifest file.
+    if hasattr(plan, "embed_manifest"):
+        plan.embed_manifest(common)
     staged = _staged(options.output, options.force, options.writes_file())
     with staged as staging, reporter.bytes("writing", plan.total_bytes()) as on_bytes:
         for folder, fields in plan.write(staging, on_bytes):

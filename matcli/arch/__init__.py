@@ -78,6 +78,8 @@ class Family(BaseModel):
     norm_offset: float
     serving_layers: tuple[str, ...]
     fused_linears: tuple[tuple[str, ...], ...]
+    # GGUF metadata (`slice --format gguf`), validated by matcli/quant/gguf_metadata.py.
+    gguf: dict | None = None
 
     def takes_per_layer_intermediate(self, text_config: dict) -> bool:
         """Whether this config can hold one FFN width per layer: the family's config class

@@ -235,12 +235,18 @@ class SliceOptions(WriteOptions, ShardOptions, StreamOptions):
         None, "Budget for a named --bits-config: average bits per quantized weight.", gt=0
     )
     extra_precision: bool = option(False, "No clamp: 2^r + 1 levels, stored with r + 1 bits.")
-    format: Literal["compressed-tensors", "dense"] = option(
+    format: Literal["compressed-tensors", "dense", "gguf"] = option(
         "compressed-tensors",
-        "compressed-tensors (pack-quantized at r bits) or dense (dequantized).",
+        "compressed-tensors (pack-quantized at r bits), dense (dequantized) or gguf "
+        "(one llama.cpp file, -o NAME.gguf: Q8_0/Q4_0 from a symmetric group-32 parent).",
     )
     dtype: Literal["bfloat16", "float16", "float32"] | None = option(
         None, "Dense weights dtype: bfloat16, float16 or float32 (default: the model's)."
+    )
+    requantize: bool = option(
+        False,
+        "--format gguf: re-quantize Linears with no exact ggml type to Q8_0/Q4_0 "
+        "(reports the added weight error) instead of refusing.",
     )
 
     _bits = field_validator("bits")(lambda cls, v: _widths(v))
@@ -259,7 +265,30 @@ class SliceOptions(WriteOptions, ShardOptions, StreamOptions):
             )
         if self.dtype is not None and self.format != "dense":
             raise ValueError("--dtype applies to --format dense only")
+        for problem, message in self._gguf_conflicts():
+            if problem:
+                raise ValueError(message)
         return self
+
+    def _gguf_conflicts(self) -> list[tuple[bool, str]]:
+        gguf = self.format == "gguf"
+        return [
+            (self.requantize and not gguf, "--requantize applies to --format gguf only"),
+            (
+                gguf and self.output.suffix != ".gguf",
+                f"--format gguf writes one file: give -o a path ending in .gguf, "
+                f"not {self.output.name!r}",
+            ),
+            (
+                gguf and self.bits is not None and len(self.bits) > 1,
+                "--format gguf writes one file: give one width (e.g. --bits 4), "
+                "and run slice once per width",
+            ),
+        ]
+
+    def writes_file(self) -> bool:
+        """A GGUF slice is one file; the other formats are folders."""
+        return self.format == "gguf"
 
 
 class CalibrationOptions(Options):

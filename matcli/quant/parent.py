@@ -38,7 +38,7 @@ class SliceInfo(BaseModel):
     bits: int | None  # None for per-layer (Mix'n'Match) widths
     layer_bits: dict[str, int] | None = None
     average_bits: float
-    format: Literal["compressed-tensors", "dense"]
+    format: Literal["compressed-tensors", "dense", "gguf"]
     storage_bits: int | None = None
     extra_precision: bool = False
     extra_bucket_fraction: float | None = None

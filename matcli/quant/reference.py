@@ -13,12 +13,16 @@ from matcli.quant import ct_format, grid
 
 
 def dequantized_state_dict(
-    folder: ModelFolder, bits: int | dict[str, int] | None = None, extra_precision: bool = False
+    folder: ModelFolder,
+    bits: int | dict[str, int] | None = None,
+    extra_precision: bool = False,
+    scale_dtype: torch.dtype | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every tensor of the checkpoint, each quantized Linear replaced by its dense weight.
 
     With `bits` (one width, or a width per module), each Linear is first sliced to r,
-    S(q, c, r), as `matcli slice` would.
+    S(q, c, r), as `matcli slice` would. With `scale_dtype` (e.g. float32, as ggml computes
+    d * q) the product is rounded in that dtype instead of the stored scale's.
     """
     linears = ct_format.packed_linears(folder)
     owned = set().union(*(lin.tensor_names() for lin in linears.values()))
@@ -29,6 +33,8 @@ def dequantized_state_dict(
         codes = ct_format.read_codes(folder, lin, 0, lin.out_features)
         sliced = grid.slice_codes(codes, c, r, extra_precision)
         scale, zero = ct_format.read_scale_zero(folder, lin)
+        if scale_dtype is not None:
+            scale = scale.to(scale_dtype)
         state[module + ".weight"] = grid.dequantize(
             grid.codes_on_parent_grid(sliced, c, r), scale, zero
         )

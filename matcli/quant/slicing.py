@@ -199,6 +199,10 @@ def plan_slice(options: SliceOptions) -> Plan:
     warnings = _untrained_widths(choices, parent.bits, parent.info)
     if options.format == "compressed-tensors":
         warnings += ct_format.layout_warnings(_storage_widths(choices, options, parent.bits))
+    if options.format == "gguf":
+        from matcli.quant.gguf_slice import plan_gguf
+
+        return plan_gguf(options, parent, choices[0], warnings)
     outputs = [
         _output(parent, name, widths, single_width, options)
         for name, widths, single_width in choices
