@@ -14,7 +14,17 @@ import traceback
 import typer
 
 from matcli import __version__
-from matcli.cli import demo, evaluation, extract, quantize, retrieval, slicing, summary, truncate
+from matcli.cli import (
+    demo,
+    evaluation,
+    extract,
+    nest,
+    quantize,
+    retrieval,
+    slicing,
+    summary,
+    truncate,
+)
 from matcli.cli.generate import register
 from matcli.errors import RUNTIME, USAGE, MatcliError
 
@@ -23,6 +33,7 @@ COMMANDS = [
     slicing.COMMAND,
     extract.EXTRACT,
     extract.REORDER,
+    nest.COMMAND,
     truncate.COMMAND,
     retrieval.COMMAND,
     summary.COMMAND,
