@@ -44,7 +44,7 @@ COMMANDS = [
 app = typer.Typer(
     name="matcli",
     help="Turn one trained model into many: Matryoshka quantization (quantize, slice), MatFormer "
-    "submodels (extract), MRL embeddings (truncate-embeddings), inspect, eval, demo.",
+    "submodels (nest, extract), MRL embeddings (truncate-embeddings), inspect, eval, demo.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
