@@ -19,6 +19,13 @@ run matcli nest "$M" -o "$OUT" --data "$TRAIN" --seq-len "$SEQ" --batch-size "$B
   --device "$DEVICE" --force --json
 echo "== nest took $(( $(date +%s) - start )) s" >>"$LOG"
 run matcli eval "$M" $EVAL
-for ratio in 0.25 0.5 0.75 1; do
+run matcli eval "$OUT" $EVAL  # full width (`--ffn-config 1` would mean one neuron)
+for ratio in 0.25 0.5 0.75; do
   run matcli eval "$OUT" --ffn-config "$ratio" $EVAL
+done
+# Reorder only (the same importance measurement, no training), for comparison.
+run matcli reorder "$M" -o "$OUT-reordered" --data "$TRAIN" --seq-len "$SEQ" \
+  --max-tokens "$CALIBRATION" --force --json
+for ratio in 0.25 0.5 0.75; do
+  run matcli eval "$OUT-reordered" --ffn-config "$ratio" $EVAL
 done
