@@ -41,7 +41,7 @@ def plain_interval() -> float:
 
 
 # (done, total, loss per width): what a training method reports after each step or block.
-TrainingUpdate = Callable[[int, int, dict[int, float]], None]
+TrainingUpdate = Callable[[int, int, dict[int | str, float]], None]
 
 
 class Reporter:
@@ -158,8 +158,12 @@ def _gb(n: int) -> str:
     return f"{n / 1e9:.2f}"
 
 
-def _losses(losses: dict[int, float]) -> str:
-    return "  ".join(f"int{b} {v:.4g}" for b, v in sorted(losses.items(), reverse=True))
+def _losses(losses: dict[int | str, float]) -> str:
+    """Widths in bits (int8 ...), or named granularities as they are (nest's ffn0.5 ...)."""
+    return "  ".join(
+        f"{b if isinstance(b, str) else f'int{b}'} {v:.4g}"
+        for b, v in sorted(losses.items(), reverse=True)
+    )
 
 
 def _byte_bar():

@@ -14,7 +14,17 @@ import traceback
 import typer
 
 from matcli import __version__
-from matcli.cli import demo, evaluation, extract, quantize, retrieval, slicing, summary, truncate
+from matcli.cli import (
+    demo,
+    evaluation,
+    extract,
+    nest,
+    quantize,
+    retrieval,
+    slicing,
+    summary,
+    truncate,
+)
 from matcli.cli.generate import register
 from matcli.errors import RUNTIME, USAGE, MatcliError
 
@@ -23,6 +33,7 @@ COMMANDS = [
     slicing.COMMAND,
     extract.EXTRACT,
     extract.REORDER,
+    nest.COMMAND,
     truncate.COMMAND,
     retrieval.COMMAND,
     summary.COMMAND,
@@ -33,7 +44,7 @@ COMMANDS = [
 app = typer.Typer(
     name="matcli",
     help="Turn one trained model into many: Matryoshka quantization (quantize, slice), MatFormer "
-    "submodels (extract), MRL embeddings (truncate-embeddings), inspect, eval, demo.",
+    "submodels (nest, extract), MRL embeddings (truncate-embeddings), inspect, eval, demo.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

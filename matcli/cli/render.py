@@ -85,6 +85,8 @@ def _what(info: dict) -> str:
         widths = sorted(set(info["ffn_widths"]))
         what = f"{len(info['ffn_widths'])} layers, FFN widths {widths}"
         return what + (", neurons sorted by importance" if info.get("reordered") else "")
+    if role == "nested":
+        return f"nested FFNs at {', '.join(f'{g:g}' for g in info['granularities'])} of each width"
     return role or "model"
 
 

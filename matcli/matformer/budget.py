@@ -2,12 +2,13 @@
 
 The paper (§3.3, App. D.1) finds the best Mix'n'Match models have widths non-decreasing with
 depth and change as little as possible between layers. Candidates are therefore: every layer
-at one trained granularity (the family's trained widths, Gemma 3n's 8192 and 16384; else 1/8,
-1/4, 1/2, all of its width), or the first k kept layers at one granularity and the rest at
-the next larger one (the latter only for families whose config accepts a width per layer,
-such as Gemma 3n). The largest candidate within the budget wins; with --rank-by-loss, the
-few largest are measured on the calibration text instead. The budget counts every tensor, or
-with --budget-of effective only the family's effective parameters (Google's "E2B" count).
+at one trained granularity (a nested model's own, from `matcli nest`; else the family's
+trained widths, Gemma 3n's 8192 and 16384; else 1/8, 1/4, 1/2, all of its width), or the
+first k kept layers at one granularity and the rest at the next larger one (the latter only
+for families whose config accepts a width per layer, such as Gemma 3n). The largest candidate
+within the budget wins; with --rank-by-loss, the few largest are measured on the calibration
+text instead. The budget counts every tensor, or with --budget-of effective only the family's
+effective parameters (Google's "E2B" count).
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ from matcli.checkpoint.reader import ModelFolder
 from matcli.checkpoint.writer import OutputTensor
 from matcli.errors import MatcliError
 from matcli.matformer.extraction import Extraction
-from matcli.matformer.ffn_config import FfnChoice, checked_choice, kept_layers, trained_widths
+from matcli.matformer.ffn_config import (
+    FfnChoice,
+    checked_choice,
+    kept_layers,
+    layer_granularities,
+)
 from matcli.matformer.ffn_spec import parse_layer_list
 from matcli.matformer.source import Source
 from matcli.options import ExtractOptions, parse_size
@@ -79,7 +85,7 @@ def fitting_choices(
     skip = parse_layer_list(options.skip_layers or "")
     kept = kept_layers(source, skip)
     family = source.family
-    levels = [trained_widths(family.trained_ffn_widths, source.full_widths[i]) for i in kept]
+    levels = [layer_granularities(source, i) for i in kept]
     uniform_only = not family.takes_per_layer_intermediate(source.text_config)
     sized = []
     for widths in candidates(levels, uniform_only=uniform_only):

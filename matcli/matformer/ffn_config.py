@@ -33,6 +33,14 @@ def trained_widths(trained: tuple[int, ...] | None, full: int) -> list[int]:
     return sorted(full // g for g in GRANULARITIES.values())
 
 
+def layer_granularities(source: Source, layer: int) -> list[int]:
+    """The widths `layer` was trained at, ascending: a nested model's own record (`matcli
+    nest`), else the family's (`trained_widths`)."""
+    if source.nested_widths is not None:
+        return source.nested_widths[layer]
+    return trained_widths(source.family.trained_ffn_widths, source.full_widths[layer])
+
+
 def kept_layers(source: Source, skip: list[int]) -> list[int]:
     """The original indices of the layers left after skipping `skip`: every skipped index is
     a layer, one layer is left, no skipped layer computes KV that later layers reuse, and
@@ -128,17 +136,16 @@ def width_warnings(source: Source, choice: FfnChoice) -> list[str]:
     """Widths off the trained granularities (the family's trained widths, else 1/8..1), or
     not multiples of 128."""
     trained, full = source.family.trained_ffn_widths, source.full_widths
-    allowed = {full[layer]: trained_widths(trained, full[layer]) for layer in choice.kept}
+    allowed = {layer: layer_granularities(source, layer) for layer in choice.kept}
     warnings = []
-    odd = sorted(
-        {w for w, layer in zip(choice.widths, choice.kept) if w not in allowed[full[layer]]}
-    )
+    odd = sorted({w for w, layer in zip(choice.widths, choice.kept) if w not in allowed[layer]})
     if odd:
-        basis = (
-            f"{source.arch.name} was trained at"
-            if trained and set(allowed) & set(trained)
-            else "1/8, 1/4, 1/2 or all of a layer's width:"
-        )
+        if source.nested_widths is not None:
+            basis = "this model was nested (matcli nest) at"
+        elif trained and {full[layer] for layer in choice.kept} & set(trained):
+            basis = f"{source.arch.name} was trained at"
+        else:
+            basis = "1/8, 1/4, 1/2 or all of a layer's width:"
         shown = ", ".join(map(str, sorted(set().union(*allowed.values()))))
         warnings.append(
             f"widths {odd} are not trained MatFormer granularities ({basis} {shown}); quality "

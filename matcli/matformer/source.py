@@ -13,6 +13,7 @@ from matcli.arch import Architecture, Family, check_layer_list, config_int, reso
 from matcli.arch.shapes import check_shapes
 from matcli.checkpoint.reader import ModelFolder
 from matcli.errors import MatcliError
+from matcli.matformer.granularities import nested_widths
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,8 @@ class Source:
     text_config: dict  # the language-model part of config.json
     full_widths: list[int]  # each layer's FFN width
     layer_tensors: list[frozenset[str]]  # each layer's tensor names, relative to the layer
+    # A nested model's (`matcli nest`) widths per layer, ascending; None: not nested.
+    nested_widths: list[list[int]] | None = None
 
     @property
     def num_layers(self) -> int:
@@ -74,11 +77,13 @@ def read_source(folder: ModelFolder) -> Source:
     arch = resolve(folder.config, list(folder.tensors))
     text_config = folder.text_config(arch.family.text_config)
     num_layers = arch.num_layers(text_config)
+    full_widths = [_full_width(arch, folder, layer) for layer in range(num_layers)]
     source = Source(
         arch,
         text_config,
-        [_full_width(arch, folder, layer) for layer in range(num_layers)],
+        full_widths,
         _layer_tensors(arch, folder, num_layers),
+        nested_widths(folder.config, full_widths),
     )
     _check_list_lengths(source)
     _check_kv_shared_count(source)

@@ -53,7 +53,42 @@ def _known_method(name: str) -> str:
     return name
 
 
-class QuantizeOptions(WriteOptions, ShardOptions, StreamOptions):
+class TrainingLoopOptions(Options):
+    """The training loop that `quantize --method qat|omniquant` and `nest` share: data
+    windows, batches, optimizer schedule, precision, devices, seeds and resumable state."""
+
+    text_field: str = option("text", "Field/column holding the text in .jsonl/.parquet/datasets.")
+    max_tokens: int | None = option(None, "Use at most this many tokens of --data.", gt=0)
+    seq_len: int = option(512, "Tokens per sequence.", gt=1)
+    batch_size: int = option(4, "Sequences per micro-batch (per process under torchrun).", gt=0)
+    grad_accum: int = option(1, "Micro-batches per optimizer step.", gt=0)
+    warmup_steps: int | None = option(
+        None, "Linear warmup steps (default min(150, steps / 5)).", ge=0
+    )
+    schedule: Literal["cosine", "constant"] | None = option(
+        None, "cosine (the default) or constant after the warmup."
+    )
+    weight_decay: float = option(0.0, "AdamW weight decay.", ge=0)
+    max_grad_norm: float = option(1.0, "Gradients are clipped to this global norm.", gt=0)
+    precision: Literal["fp32", "bf16"] = option("fp32", "fp32 or bf16 (autocast).")
+    gradient_checkpointing: bool = option(False, "Trade compute for activation memory.")
+    device: str = option("auto", f"{DEVICE_HELP}.")
+    parallel: Literal["fsdp", "ddp"] = option(
+        "fsdp",
+        "Under torchrun (qat, nest): fsdp (FSDP2: weights, gradients and optimizer state "
+        "sharded; for models that do not fit one device) or ddp (replicated; faster when the "
+        "model fits).",
+    )
+    seed: int = option(0, "Seed of the data order and initialisation.")
+    save_every: int = option(
+        0, "qat, nest: save the training state every N steps (it is also saved on Ctrl-C).", ge=0
+    )
+    resume: bool = option(False, "qat, nest: continue from the saved training state.")
+
+    _device = field_validator("device")(lambda cls, v: check_device(v))
+
+
+class QuantizeOptions(WriteOptions, ShardOptions, StreamOptions, TrainingLoopOptions):
     model: Path = option(..., "Dense Hugging Face model folder.", argument=True)
     method: str = option(
         "rtn",
@@ -105,39 +140,13 @@ class QuantizeOptions(WriteOptions, ShardOptions, StreamOptions):
     data: Path | None = option(
         None, "Training/calibration text: .txt, .jsonl, .parquet, or a cached HF dataset name."
     )
-    text_field: str = option("text", "Field/column holding the text in .jsonl/.parquet/datasets.")
-    max_tokens: int | None = option(None, "Use at most this many tokens of --data.", gt=0)
     steps: int = option(100, "QAT optimizer steps.", gt=0)
-    seq_len: int = option(512, "Tokens per sequence.", gt=1)
-    batch_size: int = option(4, "Sequences per micro-batch (per process under torchrun).", gt=0)
-    grad_accum: int = option(1, "Micro-batches per optimizer step.", gt=0)
     lr: float | None = option(
         None, "Learning rate (qat default 1e-5 with warmup + cosine; omniquant LWC 1e-2).", gt=0
     )
-    warmup_steps: int | None = option(
-        None, "Linear warmup steps (default min(150, steps / 5)).", ge=0
-    )
-    schedule: Literal["cosine", "constant"] | None = option(
-        None, "cosine (qat default) or constant."
-    )
-    weight_decay: float = option(0.0, "AdamW weight decay.", ge=0)
-    max_grad_norm: float = option(1.0, "Gradients are clipped to this global norm.", gt=0)
     trainable: Literal["all", "quantized"] = option(
         "all", "qat: all parameters (paper) or only the quantized weights."
     )
-    precision: Literal["fp32", "bf16"] = option("fp32", "fp32 or bf16 (autocast).")
-    gradient_checkpointing: bool = option(False, "Trade compute for activation memory.")
-    device: str = option("auto", f"{DEVICE_HELP}.")
-    parallel: Literal["fsdp", "ddp"] = option(
-        "fsdp",
-        "qat under torchrun: fsdp (FSDP2: weights, gradients and optimizer state sharded; for "
-        "models that do not fit one device) or ddp (replicated; faster when the model fits).",
-    )
-    seed: int = option(0, "Seed of the data order and initialisation.")
-    save_every: int = option(
-        0, "qat: save the training state every N steps (it is also saved on Ctrl-C).", ge=0
-    )
-    resume: bool = option(False, "qat: continue from the saved training state.")
     # --- OmniQuant ----------------------------------------------------------------------
     epochs: int = option(2, "omniquant: passes over the calibration samples per block.", gt=0)
     samples: int = option(32, "omniquant: calibration sequences.", gt=0)
@@ -148,7 +157,6 @@ class QuantizeOptions(WriteOptions, ShardOptions, StreamOptions):
     # it: a recipe's lambda are weights of its own widths.
     RESETS: ClassVar[dict[str, tuple[str, ...]]] = {"train_bits": ("loss_weights",)}
 
-    _device = field_validator("device")(lambda cls, v: check_device(v))
     _method = field_validator("method")(lambda cls, v: _known_method(v))
 
     @model_validator(mode="after")
@@ -340,6 +348,54 @@ class ExtractOptions(WriteOptions, ShardOptions, StreamOptions, CalibrationOptio
 class ReorderOptions(WriteOptions, ShardOptions, StreamOptions, CalibrationOptions):
     model: Path = option(..., "Dense Hugging Face model folder.", argument=True)
     data: Path = option(..., "Calibration text (.txt or .jsonl).")
+
+
+class NestOptions(WriteOptions, ShardOptions, StreamOptions, TrainingLoopOptions):
+    model: Path = option(..., "Dense Hugging Face causal language model folder.", argument=True)
+    data: Path = option(..., "Training text: .txt, .jsonl, .parquet, or a cached HF dataset name.")
+    widths: FloatList = option(
+        [0.25, 0.5, 0.75, 1.0],
+        "Granularities trained together: fractions of each layer's FFN width, increasing, "
+        "ending at 1 (each must give whole neurons).",
+    )
+    loss_weights: FloatList | None = option(
+        None, "Weight of each granularity's loss, one per --widths entry (default: all 1)."
+    )
+    teacher_weight: float = option(
+        1.0,
+        "The KL to the original model's logits as a share of each granularity's loss, the rest "
+        "cross-entropy on the labels (1: distillation only).",
+        ge=0,
+        le=1,
+    )
+    teacher_temperature: float = option(
+        1.0, "Softmax temperature T of teacher and student (the KL is scaled by T^2).", gt=0
+    )
+    calibration_tokens: int = option(
+        16384, "Tokens of --data the neuron importance (the reorder) is measured on.", gt=1
+    )
+    steps: int = option(100, "Optimizer steps (0: the reordered model, untrained).", ge=0)
+    lr: float | None = option(
+        None, "Peak learning rate (default 1e-4, with warmup and cosine decay).", gt=0
+    )
+
+    RESETS: ClassVar[dict[str, tuple[str, ...]]] = {"widths": ("loss_weights",)}
+
+    @field_validator("widths")
+    @classmethod
+    def _granularities(cls, widths: list[float]) -> list[float]:
+        from matcli.matformer.granularities import check_fractions
+
+        return check_fractions(widths)
+
+    @model_validator(mode="after")
+    def _one_weight_per_width(self) -> NestOptions:
+        if self.loss_weights is not None and len(self.loss_weights) != len(self.widths):
+            raise ValueError(
+                f"--loss-weights gives {len(self.loss_weights)} weights for "
+                f"{len(self.widths)} --widths granularities"
+            )
+        return self
 
 
 class TruncateOptions(WriteOptions, StreamOptions):

@@ -189,16 +189,7 @@ class QatRun:
     """One QAT run on this process: its rank, the model, the data, optimizer and schedule."""
 
     def __init__(self, options: QuantizeOptions):
-        import torch.distributed as dist
-
-        self.options = options
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.device = pick_device(options.device)
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
-        self.rank = dist.get_rank() if self.world > 1 else 0
-        self.sharded = self.world > 1 and options.parallel == "fsdp"
-        torch.manual_seed(options.seed)
+        self._join(options)
         # The text first: a bad --data file is refused before the model is loaded.
         self.windows = training_windows(options, options.model)
         self.qm = load_quant_model(options, self.device, shard=self.sharded)
@@ -216,6 +207,20 @@ class QatRun:
             self.qm, options, self.model, load_teacher(options, self.device)
         )
         self.global_batch = options.batch_size * options.grad_accum * self.world
+
+    def _join(self, options) -> None:
+        """This process's place in the run (alone, or a torchrun rank) and its seed; also
+        the start of `matcli nest`'s run, which subclasses this one."""
+        import torch.distributed as dist
+
+        self.options = options
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.device = pick_device(options.device)
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
+        self.rank = dist.get_rank() if self.world > 1 else 0
+        self.sharded = self.world > 1 and options.parallel == "fsdp"
+        torch.manual_seed(options.seed)
 
     def _choose_trainable(self) -> None:
         if self.options.gradient_checkpointing:
