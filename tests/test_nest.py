@@ -136,7 +136,7 @@ def test_inspect_shows_the_granularities(nested):
 
 
 def test_distillation_loss_is_kl_at_temperature_plus_labels():
-    from matcli.matformer.nest import distillation_loss
+    from matcli.train.distill import distillation_loss
 
     torch.manual_seed(0)
     student, teacher = torch.randn(10, 7), torch.randn(10, 7)

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from matcli.arch import Architecture, resolve
@@ -36,6 +35,7 @@ from matcli.matformer.nested import NestedFfn, permute_neurons
 from matcli.matformer.source import read_source
 from matcli.options import NestOptions
 from matcli.quant.parent import CONFIG_KEY
+from matcli.train.distill import OriginalTeacher, distillation_loss, load_original, teacher_report
 from matcli.train.export import _in_memory
 from matcli.train.qat import QatRun, _distribute, lr_schedule, warmup_steps
 from matcli.train.registry import Progress
@@ -79,38 +79,19 @@ def label(fraction: float) -> str:
     return f"ffn{fraction:g}"
 
 
-def distillation_loss(
-    logits: torch.Tensor,
-    teacher_log_probs: torch.Tensor,
-    labels: torch.Tensor,
-    teacher_weight: float,
-    temperature: float,
-) -> torch.Tensor:
-    """a * T^2 KL(teacher || student) at temperature T, plus (1 - a) cross-entropy on the
-    labels; logits [tokens, vocab], teacher_log_probs already log_softmax(teacher / T)."""
-    loss = logits.new_zeros(())
-    if teacher_weight > 0:
-        kl = F.kl_div(
-            F.log_softmax(logits / temperature, -1),
-            teacher_log_probs,
-            log_target=True,
-            reduction="batchmean",  # per token: the rows are tokens
-        )
-        loss = loss + teacher_weight * temperature**2 * kl
-    if teacher_weight < 1:
-        loss = loss + (1 - teacher_weight) * F.cross_entropy(logits, labels)
-    return loss
-
-
 class NestedDistillation:
     """The objective of one micro-batch, granularity by granularity (the `backward` that
     QatRun's step calls)."""
 
-    def __init__(self, nested: NestedFfn, teacher: nn.Module, model: nn.Module, options):
+    def __init__(self, nested: NestedFfn, teacher: OriginalTeacher, model: nn.Module, options):
         self.nested, self.teacher, self.model = nested, teacher, model
         self.labels = [label(f) for f in options.widths]
         self.weights = options.loss_weights or [1.0] * len(options.widths)
         self.teacher_weight, self.temperature = options.teacher_weight, options.teacher_temperature
+
+    def teacher_report(self) -> dict:
+        """nest always distils from the original model."""
+        return teacher_report(self.teacher_weight, self.temperature)
 
     def backward(
         self,
@@ -120,9 +101,7 @@ class NestedDistillation:
     ) -> dict[str, float]:
         """Accumulate scale * gradient of the summed granularity losses; each one's loss."""
         labels = input_ids[:, 1:].reshape(-1)
-        with torch.no_grad():  # once per batch, shared by every granularity
-            target = self.teacher(input_ids=input_ids).logits[:, :-1].float()
-            target = F.log_softmax(target.flatten(0, 1) / self.temperature, -1)
+        target = self.teacher.log_probs(input_ids)  # once per batch, for every granularity
         losses = {}
         for g in reversed(range(len(self.labels))):  # the full width first
             with sync(g == 0), self.nested.at(g):
@@ -165,7 +144,7 @@ class NestRun(QatRun):
         self.objective = NestedDistillation(self.nested, teacher, self.model, options)
         self.global_batch = options.batch_size * options.grad_accum * self.world
 
-    def _models(self, source: NestInput) -> tuple[nn.Module, nn.Module]:
+    def _models(self, source: NestInput) -> tuple[nn.Module, OriginalTeacher]:
         """The student (reordered, nested; on the CPU when FSDP is to shard it) and the
         frozen original as the teacher."""
         from transformers import AutoModelForCausalLM
@@ -180,10 +159,7 @@ class NestRun(QatRun):
             student.gradient_checkpointing_enable()
         if not self.sharded:
             student.to(self.device)
-        teacher = AutoModelForCausalLM.from_pretrained(options.model, dtype=torch.float32)
-        teacher.config.use_cache = False
-        teacher.requires_grad_(False)
-        return student, teacher.eval().to(self.device)
+        return student, load_original(options.model, self.device, options.teacher_temperature)
 
     def _ranking(self) -> dict[int, list[int]]:
         """Each layer's neurons by importance, measured by rank 0 and shared, so every rank

@@ -53,6 +53,22 @@ def _known_method(name: str) -> str:
     return name
 
 
+class DistillationOptions(Options):
+    """How a student's loss mixes the KL to its teacher's logits with the labels (quantize
+    --teacher original, nest)."""
+
+    teacher_weight: float = option(
+        1.0,
+        "The KL to the teacher's logits as a share of each loss, the rest cross-entropy on the "
+        "labels (1: KL only, as LLM-QAT; 0.5: Hinton's even mix).",
+        ge=0,
+        le=1,
+    )
+    teacher_temperature: float = option(
+        1.0, "Softmax temperature T of teacher and student (the KL is scaled by T^2).", gt=0
+    )
+
+
 class TrainingLoopOptions(Options):
     """The training loop that `quantize --method qat|omniquant` and `nest` share: data
     windows, batches, optimizer schedule, precision, devices, seeds and resumable state."""
@@ -88,7 +104,9 @@ class TrainingLoopOptions(Options):
     _device = field_validator("device")(lambda cls, v: check_device(v))
 
 
-class QuantizeOptions(WriteOptions, ShardOptions, StreamOptions, TrainingLoopOptions):
+class QuantizeOptions(
+    WriteOptions, ShardOptions, StreamOptions, TrainingLoopOptions, DistillationOptions
+):
     model: Path = option(..., "Dense Hugging Face model folder.", argument=True)
     method: str = option(
         "rtn",
@@ -125,16 +143,6 @@ class QuantizeOptions(WriteOptions, ShardOptions, StreamOptions, TrainingLoopOpt
         None,
         "Distil every width from the dense model being quantized (original): KL divergence to "
         "its logits, computed once per batch.",
-    )
-    teacher_weight: float = option(
-        1.0,
-        "With --teacher: the KL's share of each width's loss, the rest cross-entropy on the "
-        "labels (1: KL only, as LLM-QAT; 0.5: Hinton's even mix).",
-        ge=0,
-        le=1,
-    )
-    teacher_temperature: float = option(
-        1.0, "With --teacher: softmax temperature T of both distributions (KL times T^2).", gt=0
     )
     # --- data and loop (qat, omniquant) -------------------------------------------------
     data: Path | None = option(
@@ -350,7 +358,9 @@ class ReorderOptions(WriteOptions, ShardOptions, StreamOptions, CalibrationOptio
     data: Path = option(..., "Calibration text (.txt or .jsonl).")
 
 
-class NestOptions(WriteOptions, ShardOptions, StreamOptions, TrainingLoopOptions):
+class NestOptions(
+    WriteOptions, ShardOptions, StreamOptions, TrainingLoopOptions, DistillationOptions
+):
     model: Path = option(..., "Dense Hugging Face causal language model folder.", argument=True)
     data: Path = option(..., "Training text: .txt, .jsonl, .parquet, or a cached HF dataset name.")
     widths: FloatList = option(
@@ -360,16 +370,6 @@ class NestOptions(WriteOptions, ShardOptions, StreamOptions, TrainingLoopOptions
     )
     loss_weights: FloatList | None = option(
         None, "Weight of each granularity's loss, one per --widths entry (default: all 1)."
-    )
-    teacher_weight: float = option(
-        1.0,
-        "The KL to the original model's logits as a share of each granularity's loss, the rest "
-        "cross-entropy on the labels (1: distillation only).",
-        ge=0,
-        le=1,
-    )
-    teacher_temperature: float = option(
-        1.0, "Softmax temperature T of teacher and student (the KL is scaled by T^2).", gt=0
     )
     calibration_tokens: int = option(
         16384, "Tokens of --data the neuron importance (the reorder) is measured on.", gt=1

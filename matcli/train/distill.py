@@ -18,6 +18,8 @@ the training text, which plain cross-entropy fine-tuning does (docs/results.md).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -49,13 +51,41 @@ class OriginalTeacher:
         return F.log_softmax(logits.reshape(-1, logits.shape[-1]) / self.temperature, dim=-1)
 
 
+def load_original(folder: Path, device: torch.device, temperature: float) -> OriginalTeacher:
+    """The dense model in `folder`, frozen, on `device`: the teacher of quantize and nest."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    model.config.use_cache = False
+    model.to(device).eval().requires_grad_(False)
+    return OriginalTeacher(model, temperature)
+
+
 def load_teacher(options: QuantizeOptions, device: torch.device) -> OriginalTeacher | None:
     """The teacher `--teacher` names (None without the option), ready on `device`."""
     if options.teacher is None:
         return None
-    from transformers import AutoModelForCausalLM
+    return load_original(options.model, device, options.teacher_temperature)
 
-    model = AutoModelForCausalLM.from_pretrained(options.model, dtype=torch.float32)
-    model.config.use_cache = False
-    model.to(device).eval().requires_grad_(False)
-    return OriginalTeacher(model, options.teacher_temperature)
+
+def distillation_loss(
+    logits: torch.Tensor,
+    teacher_log_probs: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_weight: float,
+    temperature: float,
+) -> torch.Tensor:
+    """w * T^2 KL(teacher || student) + (1 - w) cross-entropy on the labels; logits
+    [tokens, vocab], teacher_log_probs already log_softmax(teacher / T)."""
+    if teacher_weight == 1:
+        return kl_to_teacher(logits, teacher_log_probs, temperature)
+    labels_loss = F.cross_entropy(logits, labels)
+    if teacher_weight == 0:
+        return labels_loss
+    kl = kl_to_teacher(logits, teacher_log_probs, temperature)
+    return teacher_weight * kl + (1 - teacher_weight) * labels_loss
+
+
+def teacher_report(weight: float, temperature: float) -> dict:
+    """The teacher of a run, as its report shows it."""
+    return {"model": "original", "kl_weight": weight, "temperature": temperature}

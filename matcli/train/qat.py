@@ -29,7 +29,12 @@ from matcli.devices import pick_device
 from matcli.errors import MatcliError
 from matcli.options import QuantizeOptions, parse_distill
 from matcli.quant.widths import widest_first
-from matcli.train.distill import OriginalTeacher, kl_to_teacher, load_teacher
+from matcli.train.distill import (
+    OriginalTeacher,
+    distillation_loss,
+    load_teacher,
+    teacher_report,
+)
 from matcli.train.fakequant import at_bits
 from matcli.train.registry import Progress
 from matcli.train.training import (
@@ -119,10 +124,15 @@ class MultiWidthLoss:
         """Cross-entropy on the labels, mixed with the KL to the original model if given."""
         if original is None:
             return F.cross_entropy(flat, targets)
-        kl = kl_to_teacher(flat, original, self.original.temperature)
-        if self.teacher_weight == 1:
-            return kl
-        return self.teacher_weight * kl + (1 - self.teacher_weight) * F.cross_entropy(flat, targets)
+        return distillation_loss(
+            flat, original, targets, self.teacher_weight, self.original.temperature
+        )
+
+    def teacher_report(self) -> dict | None:
+        """What the run distilled from, for the report (None: no --teacher)."""
+        if self.original is None:
+            return None
+        return teacher_report(self.teacher_weight, self.original.temperature)
 
 
 def warmup_steps(options: QuantizeOptions) -> int:
@@ -319,12 +329,8 @@ class QatRun:
             else "one process",
             "final_losses": {f"int{b}": round(v, 5) for b, v in history.items()},
         }
-        if options.teacher is not None:
-            report["teacher"] = {
-                "model": options.teacher,
-                "kl_weight": options.teacher_weight,
-                "temperature": options.teacher_temperature,
-            }
+        if (teacher := self.objective.teacher_report()) is not None:
+            report["teacher"] = teacher
         return self.qm, history, report
 
     def _save(self, step: int) -> None:
