@@ -193,15 +193,102 @@ def test_block_encoding_matches_gguf_py():
 
 def test_family_names_agree_with_gguf_py(gguf_parent, tmp_path):
     """The family's tensor names are the ones gguf-py's own map gives for llama."""
+    assert_names_from_gguf_py(
+        gguf_parent, slice_gguf(gguf_parent, tmp_path / "n.gguf", "--bits", "8")
+    )
+
+
+def assert_names_from_gguf_py(parent: Path, out: Path) -> None:
+    """Every tensor name in the file is gguf-py's name (its tensor map for the file's
+    architecture) of a checkpoint tensor, and every checkpoint tensor has one there."""
     import gguf
 
-    out = slice_gguf(gguf_parent, tmp_path / "n.gguf", "--bits", "8")
-    names = {t.name.removesuffix(".weight") for t in gguf.GGUFReader(out).tensors}
-    mapping = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2)
-    with ModelFolder(gguf_parent) as folder:
-        hf = {n.removesuffix(".weight") for n in folder.tensors if n.endswith(".weight")}
-        hf |= {n.removesuffix(".weight_packed") for n in folder.tensors if "packed" in n}
-    assert names == {mapping.get_name(n) for n in hf}
+    reader = gguf.GGUFReader(out)
+    arch = reader.fields["general.architecture"].contents()
+    model_arch = {name: a for a, name in gguf.MODEL_ARCH_NAMES.items()}[arch]
+    mapping = gguf.get_tensor_name_map(model_arch, 64)
+    with ModelFolder(parent) as folder:
+        hf = {n.replace(".weight_packed", ".weight") for n in folder.tensors}
+    hf = {n for n in hf if n.endswith((".weight", ".bias"))}
+    expected = {mapping.get_name(n, try_suffixes=(".weight", ".bias")) for n in hf}
+    assert None not in expected
+    assert {t.name for t in reader.tensors} == expected
+
+
+TINY = dict(
+    vocab_size=320,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    tie_word_embeddings=False,
+)
+
+
+def build_bf16_family(path: Path, config) -> Path:
+    """A tiny bf16 model of any family, every 1-D tensor (norms, biases) random so that a
+    norm or bias written wrongly shows, with the byte-level BPE tokenizer."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    with torch.no_grad():
+        for tensor in model.parameters():
+            if tensor.dim() == 1:
+                tensor.copy_(torch.randn_like(tensor) * 0.2 + 1)
+    model.save_pretrained(path)
+    bpe_tokenizer().save_pretrained(path)
+    (path / "chat_template.jinja").write_text("{{ messages }}\n")
+    return path
+
+
+def family_config(family: str):
+    import transformers
+
+    configs = {
+        "qwen2": lambda: transformers.Qwen2Config(**TINY),
+        "qwen3": lambda: transformers.Qwen3Config(**TINY, head_dim=16),
+    }
+    return configs[family]()
+
+
+def assert_served_like_reference(parent: Path, out: Path, bits) -> None:
+    """transformers' GGUF model has matcli's dequantized weights bit for bit, and the same
+    logits as the dense model given those weights."""
+    from transformers import AutoModelForCausalLM
+
+    loaded, expected = loaded_weights(out), reference(parent, bits)
+    assert set(loaded) == set(expected)
+    for name, tensor in expected.items():
+        assert torch.equal(loaded[name], tensor), name
+    tokens = torch.randint(0, 300, (2, 12), generator=torch.Generator().manual_seed(0))
+    base = AutoModelForCausalLM.from_pretrained(parent.parent / "dense", dtype=torch.float32)
+    base.load_state_dict(expected)
+    served = AutoModelForCausalLM.from_pretrained(
+        out.parent, gguf_file=out.name, dtype=torch.float32
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(served(tokens).logits, base(tokens).logits)
+
+
+@pytest.mark.parametrize("family", ["qwen2"])
+def test_other_families_load_exactly(family, tmp_path):
+    """Each family's GGUF (Q8_0 and Q4_0 of a group-32 parent): llama.cpp's names and
+    architecture, loaded by transformers with matcli's weights and logits."""
+    import gguf
+
+    dense = build_bf16_family(tmp_path / "dense", family_config(family))
+    parent = make_parent(dense, tmp_path / "parent", "--recipe", str(RECIPE))
+    for bits, ggml_type in ((8, "Q8_0"), (4, "Q4_0")):
+        out = slice_gguf(parent, tmp_path / f"{family}-{bits}.gguf", "--bits", str(bits))
+        reader = gguf.GGUFReader(out)
+        assert reader.fields["general.architecture"].contents() == family
+        types = {t.name: t.tensor_type.name for t in reader.tensors}
+        assert types["blk.1.attn_k.weight"] == types["blk.0.ffn_down.weight"] == ggml_type
+        assert_names_from_gguf_py(parent, out)
+        assert_served_like_reference(parent, out, bits)
 
 
 def test_refusals(gguf_parent, channel_parent, tmp_path):
