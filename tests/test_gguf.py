@@ -249,7 +249,9 @@ def family_config(family: str):
 
     configs = {
         "qwen2": lambda: transformers.Qwen2Config(**TINY),
-        "qwen3": lambda: transformers.Qwen3Config(**TINY, head_dim=16),
+        # transformers' qwen3 GGUF reader ignores attention.key_length and keeps Qwen3's
+        # default head_dim, 128 (every released Qwen3's); llama.cpp reads the key.
+        "qwen3": lambda: transformers.Qwen3Config(**TINY, head_dim=128),
     }
     return configs[family]()
 
@@ -273,7 +275,7 @@ def assert_served_like_reference(parent: Path, out: Path, bits) -> None:
         torch.testing.assert_close(served(tokens).logits, base(tokens).logits)
 
 
-@pytest.mark.parametrize("family", ["qwen2"])
+@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
 def test_other_families_load_exactly(family, tmp_path):
     """Each family's GGUF (Q8_0 and Q4_0 of a group-32 parent): llama.cpp's names and
     architecture, loaded by transformers with matcli's weights and logits."""
@@ -284,7 +286,13 @@ def test_other_families_load_exactly(family, tmp_path):
     for bits, ggml_type in ((8, "Q8_0"), (4, "Q4_0")):
         out = slice_gguf(parent, tmp_path / f"{family}-{bits}.gguf", "--bits", str(bits))
         reader = gguf.GGUFReader(out)
-        assert reader.fields["general.architecture"].contents() == family
+        fields = reader.fields
+        assert fields["general.architecture"].contents() == family
+        # TextModel's keys only: key_length from an explicit head_dim, no rope dimension count
+        head_dim = json.loads((dense / "config.json").read_text()).get("head_dim")
+        key_length = fields.get(f"{family}.attention.key_length")
+        assert (key_length and key_length.contents()) == head_dim
+        assert f"{family}.rope.dimension_count" not in fields
         types = {t.name: t.tensor_type.name for t in reader.tensors}
         assert types["blk.1.attn_k.weight"] == types["blk.0.ffn_down.weight"] == ggml_type
         assert_names_from_gguf_py(parent, out)
