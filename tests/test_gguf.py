@@ -292,6 +292,13 @@ def family_model(family: str):
     return models[family]()
 
 
+def family_parent(family: str, folder: Path) -> tuple[Path, str]:
+    """A group-32 parent of the family's tiny model, and its llama.cpp architecture."""
+    config, arch, tokenizer = family_model(family)
+    dense = build_bf16_family(folder / "dense", config, tokenizer)
+    return make_parent(dense, folder / "parent", "--recipe", str(RECIPE)), arch
+
+
 def assert_tokenizer_as_converter(parent: Path, out: Path) -> None:
     """The vocabulary is what convert_hf_to_gguf.py writes for the tokenizer's kind:
     `llama` with gguf-py's LlamaHfVocab rows (tokens, scores, types) padded to vocab_size,
@@ -322,9 +329,8 @@ def test_other_families_load_exactly(family, tmp_path):
     architecture, loaded by transformers with matcli's weights and logits."""
     import gguf
 
-    config, arch, tokenizer = family_model(family)
-    dense = build_bf16_family(tmp_path / "dense", config, tokenizer)
-    parent = make_parent(dense, tmp_path / "parent", "--recipe", str(RECIPE))
+    parent, arch = family_parent(family, tmp_path)
+    dense = parent.parent / "dense"
     for bits, ggml_type in ((8, "Q8_0"), (4, "Q4_0")):
         out = slice_gguf(parent, tmp_path / f"{family}-{bits}.gguf", "--bits", str(bits))
         assert_tokenizer_as_converter(parent, out)
@@ -397,6 +403,24 @@ def test_unreadable_sentencepiece_style_tokenizer_is_refused(gguf_parent, tmp_pa
     assert_refused(args, out, "cannot read it as a SentencePiece-style", inputs=[parent])
 
 
+def test_every_gguf_block_resolves():
+    """Every family's gguf: block, with extends: resolved, is a valid GgufFamily; an
+    extends: naming no family is refused in one line."""
+    from matcli.arch import families
+    from matcli.errors import MatcliError
+    from matcli.quant import gguf_metadata
+
+    blocks = {n: gguf_metadata.resolved_block(n) for n, f in families().items() if f.gguf}
+    assert {n: gguf_metadata.GgufFamily.model_validate(b).arch for n, b in blocks.items()} == {
+        "llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"
+    }  # fmt: skip
+    assert "self_attn.q_proj.bias" not in blocks["qwen3"]["layer_tensors"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(families()["qwen3"].gguf, "extends", "nope")
+        with pytest.raises(MatcliError, match="extends unknown family 'nope'"):
+            gguf_metadata.resolved_block("qwen3")
+
+
 def test_tokenizer_kind_the_converter_does_not_write_is_refused(tmp_path):
     """llama.cpp's Qwen2Model writes only gpt2 vocabularies: a SentencePiece-style one is
     refused rather than written as something its converter never makes."""
@@ -452,18 +476,38 @@ def llama_cpp_module():
 @pytest.mark.llamacpp
 @pytest.mark.parametrize("bits", [8, 4])
 def test_llama_cpp_runs_matcli_gguf(gguf_parent, tmp_path, bits):
+    out = slice_gguf(gguf_parent, tmp_path / f"m{bits}.gguf", "--bits", str(bits))
+    assert_llama_cpp_matches(gguf_parent, out, bits)
+
+
+@pytest.mark.llamacpp
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "mistral"])
+def test_llama_cpp_runs_other_families(family, tmp_path):
+    """...and llama.cpp's tokenizer (gpt2 or llama model, byte fallback included) splits
+    text as the original tokenizer does."""
+    from transformers import AutoTokenizer
+
+    parent, _ = family_parent(family, tmp_path)
+    for bits in (8, 4):
+        out = slice_gguf(parent, tmp_path / f"{family}-{bits}.gguf", "--bits", str(bits))
+        assert_llama_cpp_matches(parent, out, bits)
+    original = AutoTokenizer.from_pretrained(parent)
+    text = "The quick brown fox jumps over the lazy dog. é"
+    assert llama_cpp_model(out, n_ctx=64).tokenize(text.encode()) == original(text).input_ids
+
+
+def assert_llama_cpp_matches(parent: Path, out: Path, bits: int) -> None:
     """llama.cpp's logits equal the dequantized reference's up to its own rounding (it
     quantizes activations to 8 bits for Q8_0/Q4_0 products), and it generates."""
     from transformers import AutoModelForCausalLM
 
-    out = slice_gguf(gguf_parent, tmp_path / f"m{bits}.gguf", "--bits", str(bits))
     tokens = [int(t) for t in np.random.default_rng(0).integers(0, 300, 32)]
     llama_cpp_module()  # built from the sdist once if missing
     llm = llama_cpp_model(out, n_ctx=64)
     llm.eval(tokens)
     got = np.array(llm.scores[: len(tokens)])
-    base = AutoModelForCausalLM.from_pretrained(gguf_parent.parent / "dense", dtype=torch.float32)
-    base.load_state_dict(reference(gguf_parent, bits))
+    base = AutoModelForCausalLM.from_pretrained(parent.parent / "dense", dtype=torch.float32)
+    base.load_state_dict(reference(parent, bits))
     with torch.no_grad():
         expected = base(torch.tensor([tokens])).logits[0].numpy()
     assert np.abs(got - expected).max() < 0.02 * np.abs(expected).max()
