@@ -57,6 +57,30 @@ def load_model(path: Path, bits: int | None = None, extra_precision: bool = Fals
     return model_from_state(config, state, str(path))
 
 
+def load_view(
+    path: Path,
+    bits: int | None = None,
+    ffn_config: str | None = None,
+    skip_layers: str | None = None,
+    extra_precision: bool = False,
+):
+    """The model eval measures: the folder as it is, its parent sliced to `bits`, or its
+    MatFormer submodel `ffn_config` cut in memory."""
+    if ffn_config is None:
+        return load_model(path, bits, extra_precision)
+    from matcli.matformer.inmemory import load_submodel
+
+    return load_submodel(path, ffn_config, skip_layers)
+
+
+def own_bits(path: Path) -> int | None:
+    """The width a folder's config records (a parent's or a slice's), or None for dense."""
+    from matcli.inputs import read_json_object
+
+    info = read_json_object(path / "config.json", "config.json").get(CONFIG_KEY) or {}
+    return info.get("bits") or info.get("parent_bits")
+
+
 def pretrained(path: Path):
     """A float32 causal LM loaded by stock transformers, without its loading bar: stderr is
     matcli's (its progress, and an error's one line)."""
@@ -98,11 +122,14 @@ def perplexity(
         windows = windows.to(device)
     total_nll, total_tokens = 0.0, 0
     for batch in windows.split(batch_size):
-        logits = model(batch).logits[:, :-1].float()
-        targets = batch[:, 1:]
-        nll = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"
-        )
-        total_nll += nll.item()
-        total_tokens += targets.numel()
+        total_nll += summed_nll(model(batch).logits, batch)
+        total_tokens += batch[:, 1:].numel()
     return math.exp(total_nll / total_tokens)
+
+
+def summed_nll(logits: torch.Tensor, batch: torch.Tensor) -> float:
+    """The negative log-likelihood of every next token of `batch`, summed."""
+    logits = logits[:, :-1].float()
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
+    ).item()

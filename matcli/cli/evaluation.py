@@ -17,6 +17,8 @@ HELP = (
 
 
 def run(options: EvalOptions, invocation: Invocation) -> None:
+    if options.draft is not None:
+        return _draft(options)
     results, tokens = _perplexities(options)
     if options.plot is not None:
         _plot(results, options.plot, str(options.model))
@@ -42,7 +44,7 @@ def _perplexities(options: EvalOptions) -> tuple[list[dict], int]:
 
     from matcli.data import read_texts, token_windows
     from matcli.devices import pick_device
-    from matcli.evaluate import check_model_folder, load_model, perplexity
+    from matcli.evaluate import check_model_folder, load_model, load_view, own_bits, perplexity
 
     check_model_folder(options.model)  # before transformers reads any file of it
     on = pick_device(options.device)
@@ -52,7 +54,7 @@ def _perplexities(options: EvalOptions) -> tuple[list[dict], int]:
     )
     model, batch = options.model, options.batch_size
     if options.ffn_config is not None:
-        submodel = _submodel(model, options.ffn_config, options.skip_layers)
+        submodel = load_view(model, ffn_config=options.ffn_config, skip_layers=options.skip_layers)
         ppl = perplexity(submodel, windows, batch, on)
         row = {"bits": None, "ffn_config": options.ffn_config, "skip_layers": options.skip_layers}
         return [{**row, "perplexity": round(ppl, 4)}], windows.numel()
@@ -60,21 +62,50 @@ def _perplexities(options: EvalOptions) -> tuple[list[dict], int]:
     for r in options.bits or [None]:
         ppl = perplexity(load_model(model, r, options.extra_precision), windows, batch, on)
         results.append(
-            {"bits": r if r is not None else _own_bits(model), "perplexity": round(ppl, 4)}
+            {"bits": r if r is not None else own_bits(model), "perplexity": round(ppl, 4)}
         )
     return results, windows.numel()
 
 
-def _own_bits(model: Path) -> int | None:
-    config = json.loads((model / "config.json").read_text())
-    info = config.get("matcli") or {}
-    return info.get("bits") or info.get("parent_bits")
+def _draft(options: EvalOptions) -> None:
+    """`eval --draft`: the draft's acceptance, speed-up and consistency against the target."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from matcli.evaluate import check_model_folder
+    from matcli.speculative import measure_draft
+
+    check_model_folder(options.model)  # before transformers reads any file of it
+    report = measure_draft(options)
+    if options.json_output:
+        print(json.dumps(report, indent=2))
+    elif not options.quiet:
+        _draft_tables(report)
 
 
-def _submodel(model: Path, ffn_config: str, skip_layers: str | None):
-    from matcli.matformer.inmemory import load_submodel
-
-    return load_submodel(model, ffn_config, skip_layers)
+def _draft_tables(report: dict) -> None:
+    rows = [
+        [name, r["model"], r["bits"] or "dense", r["ffn_config"] or "full", f"{r['parameters']:,}"]
+        + [f"{r['perplexity']:.3f}"]
+        for name, r in zip(("target", "draft"), report["results"])
+    ]
+    agreement, spec, memory = report["consistency"], report["speculative"], report["memory"]
+    title = (
+        f"consistency {agreement['consistency']:.2%} over {agreement['positions']:,} positions; "
+        f"draft adds {memory['draft_bytes'] - memory['shared_bytes']:,} bytes "
+        f"({memory['shared_bytes']:,} shared with the target's {memory['target_bytes']:,})"
+    )
+    columns = ["role", "folder", "bits", "ffn", "parameters", "perplexity"]
+    table(title, columns, rows, {"parameters", "perplexity"})
+    keys = ["acceptance_rate", "accepted_per_step", "tokens_per_s_target"]
+    keys += ["tokens_per_s_assisted", "speedup", "identical_outputs"]
+    title = (
+        f"assisted generation: {spec['prompts']} prompts x {spec['prompt_tokens']} tokens, "
+        f"up to {spec['new_tokens']} new tokens each: {spec['accepted']}/{spec['proposed']} "
+        f"draft tokens accepted, {spec['generated_tokens']} tokens in {spec['target_steps']} "
+        "target steps"
+    )
+    table(title, [k.replace("_", " ") for k in keys], [[spec[k] for k in keys]])
 
 
 def _plot(results: list[dict], path: Path, title: str) -> None:

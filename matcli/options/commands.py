@@ -518,16 +518,55 @@ class EvalOptions(OutputOptions):
     batch_size: int = option(4, "Windows per forward pass.", gt=0)
     device: str = option("auto", f"{DEVICE_HELP} (auto: the first GPU if there is one).")
     plot: Path | None = option(None, "Write a PNG of perplexity against bits (needs matplotlib).")
+    # --- a speculative draft (transformers' assisted generation) -----------------------------
+    draft: Path | None = option(
+        None,
+        "Measure this smaller model as the speculative draft of MODEL: acceptance, tokens/s, "
+        "identical greedy outputs, consistency (the same folder with --draft-bits or "
+        "--draft-ffn-config drafts with a slice or a submodel of it).",
+    )
+    draft_bits: int | None = option(None, "The draft is its parent sliced in memory to this width.")
+    draft_ffn_config: str | None = option(
+        None, "The draft is a MatFormer submodel of --draft cut in memory (same forms as extract)."
+    )
+    draft_skip_layers: str | None = option(
+        None, "With --draft-ffn-config: original layers to drop."
+    )
+    prompts: int = option(8, "With --draft: held-out prompts cut from --data.", gt=0)
+    prompt_tokens: int = option(64, "With --draft: tokens per prompt.", gt=0)
+    new_tokens: int = option(32, "With --draft: greedy tokens generated per prompt.", gt=0)
 
     _bits = field_validator("bits")(lambda cls, v: _widths(v))
+    _draft_bits = field_validator("draft_bits")(
+        lambda cls, v: None if v is None else _widths([v], what="--draft-bits")[0]
+    )
     _device = field_validator("device")(lambda cls, v: check_device(v))
 
     @model_validator(mode="after")
     def _one_kind(self) -> EvalOptions:
-        if self.ffn_config is not None and self.bits:
-            raise ValueError(
-                "--ffn-config and --bits cannot be combined: extract first, then quantize and slice"
-            )
+        for prefix, bits in (("", self.bits), ("draft-", self.draft_bits)):
+            if getattr(self, prefix.replace("-", "_") + "ffn_config") is not None and bits:
+                raise ValueError(
+                    f"--{prefix}ffn-config and --{prefix}bits cannot be combined: extract first, "
+                    "then quantize and slice"
+                )
+        if self.draft_skip_layers is not None and self.draft_ffn_config is None:
+            raise ValueError("--draft-skip-layers needs --draft-ffn-config")
+        return self._draft_options()
+
+    def _draft_options(self) -> EvalOptions:
+        """--draft measures one target against one draft; options of the other mode are refused
+        rather than ignored."""
+        fields = type(self).model_fields
+        draft_only = ("draft_bits", "draft_ffn_config", "prompts", "prompt_tokens", "new_tokens")
+        given = [f for f in draft_only if getattr(self, f) != fields[f].default]
+        if self.draft is None and given:
+            flags = ", ".join("--" + f.replace("_", "-") for f in given)
+            raise ValueError(f"{flags} apply to --draft DRAFT; add it or drop them")
+        if self.draft is not None and self.bits and len(self.bits) > 1:
+            raise ValueError("--draft measures one target: give one --bits width")
+        if self.draft is not None and self.plot is not None:
+            raise ValueError("--plot draws perplexity against --bits; drop it with --draft")
         return self
 
 
