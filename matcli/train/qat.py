@@ -192,7 +192,10 @@ def train(
     """Train; return (QuantModel, final losses, report) for export (None on ranks > 0)."""
     run = QatRun(options)
     history = run.steps(progress)
-    return run.result(history)
+    result = run.result(history)
+    if result is not None and options.learn_scales != "off":
+        result[2]["learned_scales"] = {"train": options.learn_scales, "lr": options.scale_lr}
+    return result
 
 
 class QatRun:
@@ -334,8 +337,6 @@ class QatRun:
             else "one process",
             "final_losses": {f"int{b}": round(v, 5) for b, v in history.items()},
         }
-        if options.learn_scales != "off":
-            report["learned_scales"] = {"train": options.learn_scales, "lr": options.scale_lr}
         if (teacher := self.objective.teacher_report()) is not None:
             report["teacher"] = teacher
         return self.qm, history, report
