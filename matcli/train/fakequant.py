@@ -151,7 +151,7 @@ class FakeQuantLinear(nn.Module):
         (to nearest; STE), at least the dtype's smallest normal number. With no steps taken it
         is the MinMax scale exactly, since exp(0) = 1."""
         gain = self.scale_log_gain if log_gain is None else log_gain
-        alpha = self.scale_start * torch.exp(gain.float())
+        alpha = self.scale_start * torch.exp(gain.float().to(self.scale_start.device))
         tiny = torch.finfo(self.scale_dtype).tiny
         stored = alpha.detach().to(self.scale_dtype).clamp(min=tiny).float()
         return alpha + (stored - alpha).detach()
