@@ -14,20 +14,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+# The shape of every tiny decoder the tests build (any family's config accepts these keys).
+TINY_DECODER = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    tie_word_embeddings=False,
+)
+
+
 def build_llama(path: Path, seed: int = 0, **overrides) -> Path:
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    settings = dict(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    )
-    settings.update(overrides)
+    settings = {**TINY_DECODER, **overrides}
     torch.manual_seed(seed)
     AutoModelForCausalLM.from_config(LlamaConfig(**settings), dtype=torch.float32).save_pretrained(
         path

@@ -249,17 +249,20 @@ def test_dry_run_writes_nothing(llama_parent, tmp_path):
 
 
 def _interrupt_slice(parent: Path, out: Path, sig: int) -> tuple[int, str]:
-    """Start a slice, send `sig` once its first output file is being staged; its exit code
-    and stderr."""
-    cmd = [sys.executable, "-m", "matcli", "slice", str(parent), "--bits", "4,2"]
-    cmd += ["-o", str(out), "--chunk-size", "64", "-q"]
+    """Start a slice (niced, so that this poller runs first on a busy machine), freeze it
+    with SIGSTOP once its first output file is being staged, send `sig`, let it go on; its
+    exit code and stderr."""
+    cmd = ["nice", "-n", "19", sys.executable, "-m", "matcli", "slice", str(parent)]
+    cmd += ["--bits", "4,2", "-o", str(out), "--chunk-size", "64", "-q"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     staged = f".{out.name}.matcli-tmp-*/int*/model.safetensors"
     while time.time() < deadline and not list(out.parent.glob(staged)):
-        time.sleep(0.005)
+        time.sleep(0.002)
     assert proc.poll() is None, "the slice finished before it could be interrupted"
+    os.kill(proc.pid, signal.SIGSTOP)
     os.kill(proc.pid, sig)
+    os.kill(proc.pid, signal.SIGCONT)
     _, stderr = proc.communicate(timeout=60)
     return proc.returncode, stderr
 

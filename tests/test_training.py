@@ -241,18 +241,34 @@ def test_resume_without_a_saved_state_is_refused(llama, corpus, tmp_path):
     assert code == 2 and "no saved training state" in err and not state.exists()
 
 
-@pytest.mark.parametrize(("parallel", "port"), [("fsdp", "29517"), ("ddp", "29518")])
-def test_two_gloo_ranks_match_one_process(llama, corpus, tmp_path, parallel, port):
+@pytest.mark.parametrize(
+    ("parallel", "port", "extra"),
+    [
+        ("fsdp", "29517", ()),
+        ("ddp", "29518", ()),
+        ("fsdp", "29519", ("--learn-scales", "scales+weights", "--scale-lr", "3e-2")),
+    ],
+)
+def test_two_gloo_ranks_match_one_process(llama, corpus, tmp_path, parallel, port, extra):
     """torchrun with 2 CPU processes (gloo), each half of the global batch: the same parent as
-    one process, whether the model is sharded (FSDP2) or replicated (DDP)."""
+    one process, whether the model is sharded (FSDP2) or replicated (DDP), and with learned
+    scales (sharded, then gathered for the export)."""
     single = tmp_path / "single"
-    assert (
-        run_matcli(*qat_args(llama, single, corpus, "--batch-size", "4", "--device", "cpu"))[0] == 0
-    )
+    one = ("--batch-size", "4", "--device", "cpu", *extra)
+    assert run_matcli(*qat_args(llama, single, corpus, *one))[0] == 0
     double = tmp_path / "double"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = qat_args(
-        llama, double, corpus, "--batch-size", "2", "--device", "cpu", "--parallel", parallel
+        llama,
+        double,
+        corpus,
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+        "--parallel",
+        parallel,
+        *extra,
     )
     cmd = [
         sys.executable,

@@ -155,6 +155,14 @@ class QuantizeOptions(
     trainable: Literal["all", "quantized"] = option(
         "all", "qat: all parameters (paper) or only the quantized weights."
     )
+    learn_scales: Literal["off", "scales", "scales+weights"] = option(
+        "off",
+        "Learn the parent's per-group scales (LSQ, STE; symmetric scheme): off, scales (every "
+        "weight frozen) or scales+weights (with the --trainable weights).",
+    )
+    scale_lr: float = option(
+        1e-3, "--learn-scales: learning rate of log(scale) (a relative change per step).", gt=0
+    )
     # --- OmniQuant ----------------------------------------------------------------------
     epochs: int = option(2, "omniquant: passes over the calibration samples per block.", gt=0)
     samples: int = option(32, "omniquant: calibration sequences.", gt=0)
@@ -184,6 +192,7 @@ class QuantizeOptions(
                 f"--method {self.method} trains on text: add --data FILE (.txt, .jsonl or .parquet)"
             )
         _check_teacher(self)
+        _check_learned_scales(self)
         if self.distill is not None:
             teacher, students = parse_distill(self.distill)
             if teacher > self.bits or any(s not in self.train_bits for s in students):
@@ -213,6 +222,27 @@ def _check_teacher(options: QuantizeOptions) -> None:
         raise ValueError(
             f"{flag} weighs a KL loss on logits: add --teacher original with --method "
             + " or ".join(m.name for m in METHODS.values() if m.teacher_use == "logits")
+        )
+
+
+def _check_learned_scales(options: QuantizeOptions) -> None:
+    """--learn-scales needs a method that trains scales, and a layout whose scale is all of
+    the grid (symmetric: the zero point is fixed at 2^(c-1))."""
+    if options.learn_scales == "off":
+        if options.scale_lr != type(options).model_fields["scale_lr"].default:
+            raise ValueError(
+                "--scale-lr is the learning rate of learned scales: add --learn-scales"
+            )
+        return
+    if not get_method(options.method).learns_scales:
+        raise ValueError(
+            f"--learn-scales: --method {options.method} cannot learn scales; use --method "
+            + " or ".join(m.name for m in METHODS.values() if m.learns_scales)
+        )
+    if options.scheme != "symmetric":
+        raise ValueError(
+            "--learn-scales learns the scale of the symmetric grid (zero point 2^(c-1)); an "
+            "asymmetric parent's zero point would need learning too: use --scheme symmetric"
         )
 
 

@@ -11,6 +11,7 @@ import json
 import re
 from hashlib import sha256
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -27,21 +28,43 @@ class GgufFamily(BaseModel):
     layer_tensors: dict[str, str]
     permute_heads: dict[str, str] = {}
     hparams: dict[str, list[str]]
+    # llama.cpp's tokenizer models the family's converter class tries, in its order:
+    # `llama` (SentencePiece-style BPE from tokenizer.json, _set_vocab_llama_hf), `gpt2`.
+    tokenizer_models: list[Literal["llama", "gpt2"]] = ["gpt2"]
 
 
 def gguf_family(arch: Architecture) -> GgufFamily:
     """The family's GGUF data, or a one-line refusal naming what to add."""
-    block = arch.family.gguf
-    if block is None:
+    if arch.family.gguf is None:
         raise MatcliError(
             f"family {arch.family.name!r} has no GGUF metadata yet (supported: "
             f"{', '.join(_gguf_families())}); use --format compressed-tensors, or add a gguf: "
             f"block to matcli/arch/families/{arch.family.name}.yaml"
         )
     try:
-        return GgufFamily.model_validate(block)
+        return GgufFamily.model_validate(resolved_block(arch.family.name))
     except ValidationError as e:
         raise MatcliError(f"family {arch.family.name!r}: malformed gguf: block ({e})") from e
+
+
+def resolved_block(name: str) -> dict:
+    """A family's `gguf:` block with its `extends: FAMILY` resolved: the named family's
+    block, with each mapping merged entry by entry (an entry set to null is removed) and
+    every other key replaced, as llama.cpp's converter classes derive from one another."""
+    from matcli.arch import families
+
+    block = dict(families()[name].gguf or {})
+    parent = block.pop("extends", None)
+    if parent is None:
+        return block
+    if parent not in families():
+        raise MatcliError(f"family {name!r}: gguf: extends unknown family {parent!r}")
+    merged = resolved_block(parent)
+    for key, value in block.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            value = {k: v for k, v in {**merged[key], **value}.items() if v is not None}
+        merged[key] = value
+    return merged
 
 
 def _gguf_families() -> list[str]:
@@ -130,20 +153,21 @@ CHECK_TEXT = (
 
 
 class Vocabulary(BaseModel):
-    """A BPE tokenizer as llama.cpp's `gpt2` tokenizer model stores it."""
+    """A tokenizer as llama.cpp stores it: `gpt2` (byte-level BPE) or `llama`
+    (SentencePiece-style BPE, with a score per token)."""
 
     model_config = ConfigDict(frozen=True)
+    model: Literal["gpt2", "llama"]
     tokens: list[str]
     token_types: list[int]
+    scores: list[float] | None = None
     pre: str
     known_pre: bool
 
 
-def vocabulary(folder: Path, vocab_size: int) -> Vocabulary:
-    """The token list of tokenizer.json (BPE), padded to the model's vocabulary size."""
-    import gguf
-    from tokenizers import Tokenizer
-
+def vocabulary(folder: Path, vocab_size: int, family: GgufFamily) -> Vocabulary:
+    """The token list of tokenizer.json, in the first of the family's tokenizer models
+    that describes it, as the family's converter class chooses."""
     path = folder / "tokenizer.json"
     data = _tokenizer_json(path)
     model = data.get("model") or {}
@@ -152,25 +176,76 @@ def vocabulary(folder: Path, vocab_size: int) -> Vocabulary:
             f"{path}: GGUF output supports BPE tokenizers (tokenizer.json model type BPE), "
             f"not {model.get('type')!r}; use --format compressed-tensors"
         )
-    if _sentencepiece_style(data):
+    kind = "llama" if _sentencepiece_style(data) else "gpt2"
+    if kind not in family.tokenizer_models:
         raise MatcliError(
-            f"{path}: a SentencePiece-style BPE tokenizer (byte fallback, '▁' for spaces) is "
-            "llama.cpp's `llama` tokenizer model, which matcli's GGUF output does not write yet; "
-            "use --format compressed-tensors"
+            f"{path}: a {_KIND_TEXT[kind]} tokenizer is not one llama.cpp's {family.arch} "
+            f"converter writes (it writes {', '.join(family.tokenizer_models)}); use "
+            "--format compressed-tensors"
         )
+    if kind == "llama":
+        return _llama_vocabulary(folder, vocab_size)
+    return _gpt2_vocabulary(path, data, vocab_size)
+
+
+_KIND_TEXT = {
+    "llama": "SentencePiece-style BPE (byte fallback, '▁' for spaces)",
+    "gpt2": "byte-level BPE",
+}
+
+
+def _gpt2_vocabulary(path: Path, data: dict, vocab_size: int) -> Vocabulary:
+    """convert_hf_to_gguf.py's get_vocab_base: tokens padded to vocab_size with [PADi]."""
+    import gguf
+    from tokenizers import Tokenizer
+
     added = {t["id"]: t for t in data.get("added_tokens") or []}
-    by_id = {i: t for t, i in model.get("vocab", {}).items()} | {
+    by_id = {i: t for t, i in data["model"].get("vocab", {}).items()} | {
         i: t["content"] for i, t in added.items()
     }
-    if by_id and max(by_id) >= vocab_size:
-        raise MatcliError(f"{path} has token id {max(by_id)} >= vocab_size {vocab_size}")
+    _check_ids(path, max(by_id, default=-1), vocab_size)
     tokens, types = [], []
     for i in range(vocab_size):
         tokens.append(by_id.get(i, f"[PAD{i}]"))
         types.append(_token_type(gguf, added.get(i), i in by_id))
     ids = Tokenizer.from_file(str(path)).encode(CHECK_TEXT).ids
     pre = PRE_TOKENIZERS.get(sha256(str(ids).encode()).hexdigest())
-    return Vocabulary(tokens=tokens, token_types=types, pre=pre or "default", known_pre=bool(pre))
+    return Vocabulary(
+        model="gpt2", tokens=tokens, token_types=types, pre=pre or "default", known_pre=bool(pre)
+    )
+
+
+def _llama_vocabulary(folder: Path, vocab_size: int) -> Vocabulary:
+    """convert_hf_to_gguf.py's _set_vocab_llama_hf: gguf-py's LlamaHfVocab (byte tokens
+    <0xNN> typed BYTE, special ones CONTROL, every score -1000 as gguf-py writes them),
+    padded to vocab_size with unused [PADi] tokens."""
+    import gguf
+
+    try:
+        hf = gguf.LlamaHfVocab(folder)
+    except (FileNotFoundError, TypeError) as e:
+        raise MatcliError(
+            f"{folder / 'tokenizer.json'}: gguf-py cannot read it as a SentencePiece-style "
+            f"tokenizer ({e}); use --format compressed-tensors"
+        ) from e
+    rows = list(hf.all_tokens())
+    _check_ids(folder / "tokenizer.json", len(rows) - 1, vocab_size)
+    rows += [
+        (f"[PAD{i}]".encode(), -1000.0, gguf.TokenType.UNUSED) for i in range(len(rows), vocab_size)
+    ]
+    return Vocabulary(
+        model="llama",
+        tokens=[text.decode("utf-8") for text, _, _ in rows],
+        token_types=[int(kind) for _, _, kind in rows],
+        scores=[float(score) for _, score, _ in rows],
+        pre="default",
+        known_pre=True,
+    )
+
+
+def _check_ids(path: Path, largest: int, vocab_size: int) -> None:
+    if largest >= vocab_size:
+        raise MatcliError(f"{path} has token id {largest} >= vocab_size {vocab_size}")
 
 
 def _sentencepiece_style(data: dict) -> bool:
@@ -205,13 +280,16 @@ def _tokenizer_json(path: Path) -> dict:
 
 
 def add_tokenizer(writer, folder: Path, vocab: Vocabulary) -> None:
-    """Tokens, merges, special token ids and chat template, as convert_hf_to_gguf.py writes
-    them for a `gpt2` (byte-level BPE) tokenizer."""
+    """Tokens, merges (gpt2), scores (llama), special token ids and chat template, as
+    convert_hf_to_gguf.py's _set_vocab_gpt2 / _set_vocab_llama_hf write them."""
     import gguf
 
-    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_model(vocab.model)
     writer.add_tokenizer_pre(vocab.pre)
     writer.add_token_list(vocab.tokens)
+    if vocab.scores is not None:
+        writer.add_token_scores(vocab.scores)
     writer.add_token_types(vocab.token_types)
-    special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=len(vocab.tokens))
+    merges = vocab.model == "gpt2"
+    special = gguf.SpecialVocab(folder, load_merges=merges, n_vocab=len(vocab.tokens))
     special.add_to_gguf(writer, quiet=True)

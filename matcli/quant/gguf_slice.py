@@ -356,7 +356,7 @@ def plan_gguf(options, parent, choice, warnings: list[str]) -> GgufPlan:
     )
     tensors = gguf_tensors(ctx, widths)
     gguf_metadata.hparams(family, config)  # refuses a config it cannot describe, now
-    vocab = gguf_metadata.vocabulary(parent.folder.path, int(config.get("vocab_size") or 0))
+    vocab = gguf_metadata.vocabulary(parent.folder.path, int(config.get("vocab_size") or 0), family)
     if not vocab.known_pre:
         warnings.append(
             "llama.cpp does not know this tokenizer's pre-tokenizer: written as 'default', so "

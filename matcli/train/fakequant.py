@@ -54,7 +54,8 @@ class _MatQuantSTE(torch.autograd.Function):
     """dequant(S(Q(w), r)) in one autograd node: the straight-through gradient is the
     incoming gradient where neither Q's nor S's clamp is active, and 0 where one is. Only that
     mask is kept for backward, not every intermediate of the chain, so a width's graph costs
-    about what a plain Linear's does."""
+    about what a plain Linear's does. A learned scale (--learn-scales) also keeps LSQ's
+    per-element slope d w_r / d alpha; a MinMax scale gets no gradient."""
 
     @staticmethod
     def forward(ctx, w, scale, zero, parent_bits: int, bits: int, extra_precision: bool):
@@ -71,20 +72,20 @@ class _MatQuantSTE(torch.autograd.Function):
                 inside &= x <= (1 << bits) - 1
                 x = x.clamp(0, (1 << bits) - 1)
             q = x * (1 << k)
-        ctx.save_for_backward(inside)
+        # LSQ's gradient of a learned scale (Esser et al. 2020), per element: the code it
+        # dequantizes, q - z, less u = w / alpha where the rounding passes the gradient.
+        if ctx.needs_input_grad[1]:
+            ctx.save_for_backward(inside, (q - zero.unsqueeze(-1)) - u * inside)
+        else:
+            ctx.save_for_backward(inside)
         return ((q - zero.unsqueeze(-1)) * scale.unsqueeze(-1)).reshape(rows, cols)
 
     @staticmethod
     def backward(ctx, grad):
-        (inside,) = ctx.saved_tensors
-        return (
-            (grad.reshape(inside.shape) * inside).reshape(grad.shape),
-            None,
-            None,
-            None,
-            None,
-            None,
-        )
+        inside, *scale_slope = ctx.saved_tensors
+        grouped = grad.reshape(inside.shape)
+        grad_scale = (grouped * scale_slope[0]).sum(-1) if scale_slope else None
+        return (grouped * inside).reshape(grad.shape), grad_scale, None, None, None, None
 
 
 class FakeQuantLinear(nn.Module):
@@ -93,7 +94,9 @@ class FakeQuantLinear(nn.Module):
     The scale and zero point are the MinMax ones of the current weights (recomputed from the
     weights at every forward, without gradient), rounded to the dtype they will be stored in,
     so the codes exported at the end are the codes the last forward used. Optional learnable
-    weight clipping (OmniQuant's LWC) multiplies the range by sigmoid(clip) per channel/group.
+    weight clipping (OmniQuant's LWC) multiplies the range by sigmoid(clip) per channel/group;
+    or the scale itself is learned (LSQ, `enable_learned_scale`) and no longer follows the
+    weights.
     """
 
     def __init__(
@@ -113,6 +116,8 @@ class FakeQuantLinear(nn.Module):
         self.clip_low: nn.Parameter | None = None
         # LET: inputs are divided by `input_scale` and weight columns multiplied by it.
         self.input_scale: nn.Parameter | None = None
+        # --learn-scales: alpha = MinMax alpha at the start * exp(scale_log_gain), per group.
+        self.scale_log_gain: nn.Parameter | None = None
 
     @property
     def weight(self) -> torch.Tensor:
@@ -126,6 +131,31 @@ class FakeQuantLinear(nn.Module):
         if not self.scheme.symmetric:
             self.clip_low = nn.Parameter(torch.full(shape, init, device=self.weight.device))
 
+    def enable_learned_scale(self) -> None:
+        """LSQ: the scale becomes a trainable parameter, starting from the MinMax scale of the
+        current weights (in its storage dtype). It is trained as the log of its ratio to that
+        start, so it stays positive and an optimizer step changes it by a relative amount,
+        whatever the layer's magnitude (docs/architecture.md, decision 36)."""
+        start, _ = grid.minmax_params(
+            self.weight.detach(),
+            self.scheme.bits,
+            self.scheme.symmetric,
+            self.scheme.group_size,
+            self.scale_dtype,
+        )
+        self.register_buffer("scale_start", start.float(), persistent=False)
+        self.scale_log_gain = nn.Parameter(torch.zeros_like(self.scale_start))
+
+    def learned_scale(self, log_gain: torch.Tensor | None = None) -> torch.Tensor:
+        """The learned scale as it is stored: start * exp(gain) rounded to the scale dtype
+        (to nearest; STE), at least the dtype's smallest normal number. With no steps taken it
+        is the MinMax scale exactly, since exp(0) = 1."""
+        gain = self.scale_log_gain if log_gain is None else log_gain
+        alpha = self.scale_start * torch.exp(gain.float().to(self.scale_start.device))
+        tiny = torch.finfo(self.scale_dtype).tiny
+        stored = alpha.detach().to(self.scale_dtype).clamp(min=tiny).float()
+        return alpha + (stored - alpha).detach()
+
     def enable_let(self) -> None:
         self.input_scale = nn.Parameter(
             torch.ones(self.linear.in_features, device=self.weight.device)
@@ -136,7 +166,11 @@ class FakeQuantLinear(nn.Module):
         return w * self.input_scale if self.input_scale is not None else w
 
     def params(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scale and zero point: MinMax of the weights (times the learned clip factors)."""
+        """Scale and zero point: learned (--learn-scales), or MinMax of the weights (times the
+        learned clip factors)."""
+        if self.scale_log_gain is not None:
+            zero = torch.full_like(self.scale_start, float(grid.symmetric_zero(self.scheme.bits)))
+            return self.learned_scale().to(w.dtype), zero.to(w.dtype)
         if self.clip_high is None:
             scale, zero = grid.minmax_params(
                 w.detach(),
@@ -162,7 +196,7 @@ class FakeQuantLinear(nn.Module):
     def quantized_weight(self, bits: int) -> torch.Tensor:
         w = self.transformed_weight()
         scale, zero = self.params(w)
-        if self.clip_high is None and self.input_scale is None:  # QAT: no gradient to the grid
+        if self.clip_high is None and self.input_scale is None:  # QAT: one autograd node
             return _MatQuantSTE.apply(w, scale, zero, self.scheme.bits, bits, self.extra_precision)
         q = fake_codes(w, scale, zero, self.scheme.bits)
         q = fake_slice(q, self.scheme.bits, bits, self.extra_precision)
@@ -179,11 +213,16 @@ class FakeQuantLinear(nn.Module):
 
     @torch.no_grad()
     def export(
-        self, weight: torch.Tensor | None = None
+        self, weight: torch.Tensor | None = None, log_gain: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(uint8 codes, scale in its storage dtype, integer zero point) of the current weights,
-        or of `weight` (the same Linear's weight gathered from its shards), on the CPU. They
-        are computed where the weights are (a GPU too), with the forward's own arithmetic."""
+        or of `weight` and `log_gain` (the same Linear's gathered from their shards), on the
+        CPU. They are computed where the weights are (a GPU too), with the forward's own
+        arithmetic."""
+        if self.scale_log_gain is not None:
+            w = self.weight if weight is None else weight
+            scale = self.learned_scale(log_gain).detach()
+            return self._codes_at(w.detach().float().to(scale.device), scale)
         if weight is not None:
             return minmax_codes(weight.detach().float().cpu(), self.scheme, self.scale_dtype)
         w = self.transformed_weight().detach().float()
@@ -194,6 +233,15 @@ class FakeQuantLinear(nn.Module):
             scale, zero = s.to(self.scale_dtype), grid.round_to_grid(z).to(torch.int32)
             codes = grid.quantize_codes(w, scale, zero, self.scheme.bits)
         return codes.cpu(), scale.cpu(), zero.cpu()
+
+    def _codes_at(
+        self, w: torch.Tensor, scale: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Q(w, c) on the symmetric grid of a given (learned) float32 scale: codes, the scale
+        in its storage dtype (exactly the same number) and the zero point."""
+        zero = torch.full(scale.shape, grid.symmetric_zero(self.scheme.bits), dtype=torch.int32)
+        codes = grid.quantize_codes(w, scale, zero.to(scale.device), self.scheme.bits)
+        return codes.cpu(), scale.to(self.scale_dtype).cpu(), zero
 
 
 def minmax_codes(

@@ -192,7 +192,10 @@ def train(
     """Train; return (QuantModel, final losses, report) for export (None on ranks > 0)."""
     run = QatRun(options)
     history = run.steps(progress)
-    return run.result(history)
+    result = run.result(history)
+    if result is not None and options.learn_scales != "off":
+        result[2]["learned_scales"] = {"train": options.learn_scales, "lr": options.scale_lr}
+    return result
 
 
 class QatRun:
@@ -207,9 +210,7 @@ class QatRun:
         self.model = _distribute(self.qm, options, self.device, self.world)
         # After sharding: this rank's shards.
         self.params = [p for p in self.qm.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            self.params, lr=options.lr or QAT_LR, weight_decay=options.weight_decay
-        )
+        self.optimizer = torch.optim.AdamW(_param_groups(self.qm, options))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_schedule(options, warmup_steps(options))
         )
@@ -233,13 +234,20 @@ class QatRun:
         torch.manual_seed(options.seed)
 
     def _choose_trainable(self) -> None:
-        if self.options.gradient_checkpointing:
+        """--trainable's weights; with --learn-scales also every quantized Linear's scales,
+        and with `scales` those alone."""
+        options = self.options
+        if options.gradient_checkpointing:
             self.qm.model.gradient_checkpointing_enable()
-        if self.options.trainable == "quantized":
+        if options.trainable == "quantized" or options.learn_scales == "scales":
             for p in self.qm.model.parameters():
                 p.requires_grad_(False)
+        if options.trainable == "quantized" and options.learn_scales != "scales":
             for fq in self.qm.wrapped.values():
                 fq.linear.weight.requires_grad_(True)
+        if options.learn_scales != "off":
+            for fq in self.qm.wrapped.values():
+                fq.enable_learned_scale()
 
     def steps(self, progress: Progress) -> dict[int, float]:
         """Every step left; saves the state every --save-every steps and when asked to stop.
@@ -386,6 +394,21 @@ class QatRun:
         return int(state["step"])
 
 
+def _param_groups(qm: QuantModel, options: QuantizeOptions) -> list[dict]:
+    """AdamW's groups: the trainable weights (--lr, --weight-decay), and the learned scales'
+    log-gains (--scale-lr, no decay: decay would pull them back to the MinMax scale)."""
+    weights, gains = [], []
+    for name, p in qm.model.named_parameters():
+        if p.requires_grad:
+            (gains if name.endswith("scale_log_gain") else weights).append(p)
+    groups = [{"params": gains, "lr": options.scale_lr, "weight_decay": 0.0}] if gains else []
+    if weights:
+        groups.insert(
+            0, {"params": weights, "lr": options.lr or QAT_LR, "weight_decay": options.weight_decay}
+        )
+    return groups
+
+
 def _check_resumable(options: QuantizeOptions, state: dict, global_batch: int) -> None:
     """How the global batch is split (processes, --batch-size, --grad-accum, --parallel) may
     change; the options and the global batch itself (it fixes the data order) may not."""
@@ -482,7 +505,10 @@ def export_inputs(qm: QuantModel) -> tuple[dict, dict]:
     """(quantized Linears as codes/scale/zero, every other trained tensor) for the parent."""
     if qm.gathered is not None:
         quantized = {
-            name: fq.export(qm.gathered[name + ".linear.weight"]) for name, fq in qm.wrapped.items()
+            name: fq.export(
+                qm.gathered[name + ".linear.weight"], qm.gathered.get(name + ".scale_log_gain")
+            )
+            for name, fq in qm.wrapped.items()
         }
     else:
         quantized = {name: fq.export() for name, fq in qm.wrapped.items()}

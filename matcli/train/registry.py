@@ -47,6 +47,8 @@ class Method:
     # model's), "blocks" (the dense model's block outputs, the method's own target: the option
     # changes nothing); None: the method does not train and refuses a teacher.
     teacher_use: str | None = None
+    # Whether `--learn-scales` can train its per-group scales (LSQ); False: refused.
+    learns_scales: bool = False
     # Tokens one progress unit processes (for tokens/s in the progress lines); None: unknown.
     tokens_per_unit: Callable[[QuantizeOptions], int] | None = None
 
@@ -105,6 +107,7 @@ METHODS: dict[str, Method] = {
             "matcli.train.qat",
             finish=_lazy("matcli.train.qat", "finish"),
             teacher_use="logits",
+            learns_scales=True,
             tokens_per_unit=lambda o: (
                 o.batch_size * o.grad_accum * o.seq_len * int(os.environ.get("WORLD_SIZE", "1"))
             ),
