@@ -254,7 +254,10 @@ def _interrupt_slice(parent: Path, out: Path, sig: int) -> tuple[int, str]:
     exit code and stderr."""
     cmd = ["nice", "-n", "19", sys.executable, "-m", "matcli", "slice", str(parent)]
     cmd += ["--bits", "4,2", "-o", str(out), "--chunk-size", "64", "-q"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    # An earlier test may leave SIGINT ignored in this process, and children inherit that
+    # (Python then installs no KeyboardInterrupt handler): give the slice the default.
+    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     deadline = time.time() + 60
     staged = f".{out.name}.matcli-tmp-*/int*/model.safetensors"
     while time.time() < deadline and not list(out.parent.glob(staged)):
