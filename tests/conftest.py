@@ -230,3 +230,13 @@ def build_sentence_transformer(path: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def sentence_model(tmp_path_factory) -> Path:
     return build_sentence_transformer(tmp_path_factory.mktemp("st") / "model")
+
+
+def free_port() -> str:
+    """A TCP port nobody listens on now, for a torchrun rendezvous (a fixed port can still be
+    held in TIME_WAIT by the previous run)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])

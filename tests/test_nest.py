@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_refused, run_matcli
+from conftest import assert_refused, free_port, run_matcli
 from safetensors.torch import load_file
 
 WIDTHS = [0.25, 0.5, 0.75, 1.0]
@@ -210,15 +210,15 @@ def test_resume_after_a_kill_gives_the_uninterrupted_weights(llama, corpus, tmp_
         assert torch.equal(a[name], b[name]), name
 
 
-@pytest.mark.parametrize(("parallel", "port"), [("fsdp", "29527"), ("ddp", "29528")])
-def test_two_gloo_ranks_match_one_process(llama, corpus, tmp_path, parallel, port):
+@pytest.mark.parametrize("parallel", ["fsdp", "ddp"])
+def test_two_gloo_ranks_match_one_process(llama, corpus, tmp_path, parallel):
     single, double = tmp_path / "single", tmp_path / "double"
     assert run_matcli(*nest_args(llama, single, corpus, "--device", "cpu"))[0] == 0
     args = nest_args(
         llama, double, corpus, "--batch-size", "2", "--device", "cpu", "--parallel", parallel
     )
     run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    cmd = [*run, "--master_port", port, "-m", "matcli", *args]
+    cmd = [*run, "--master_port", free_port(), "-m", "matcli", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_refused, run_matcli
+from conftest import assert_refused, free_port, run_matcli
 from safetensors.torch import load_file
 
 from matcli.quant import grid
@@ -242,14 +242,14 @@ def test_resume_without_a_saved_state_is_refused(llama, corpus, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("parallel", "port", "extra"),
+    ("parallel", "extra"),
     [
-        ("fsdp", "29517", ()),
-        ("ddp", "29518", ()),
-        ("fsdp", "29519", ("--learn-scales", "scales+weights", "--scale-lr", "3e-2")),
+        ("fsdp", ()),
+        ("ddp", ()),
+        ("fsdp", ("--learn-scales", "scales+weights", "--scale-lr", "3e-2")),
     ],
 )
-def test_two_gloo_ranks_match_one_process(llama, corpus, tmp_path, parallel, port, extra):
+def test_two_gloo_ranks_match_one_process(llama, corpus, tmp_path, parallel, extra):
     """torchrun with 2 CPU processes (gloo), each half of the global batch: the same parent as
     one process, whether the model is sharded (FSDP2) or replicated (DDP), and with learned
     scales (sharded, then gathered for the export)."""
@@ -277,7 +277,7 @@ def test_two_gloo_ranks_match_one_process(llama, corpus, tmp_path, parallel, por
         "--nproc_per_node",
         "2",
         "--master_port",
-        port,
+        free_port(),
         "-m",
         "matcli",
         *args,
